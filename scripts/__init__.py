@@ -1,0 +1,1 @@
+"""UM-ProtoShare MONAI bundle: custom components named by the configs."""

@@ -1,0 +1,1 @@
+"""Data: datalists, folds, transforms, synthetic BraTS generator."""

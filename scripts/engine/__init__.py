@@ -1,0 +1,1 @@
+"""Training engine: stages, iteration, handlers."""

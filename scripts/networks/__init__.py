@@ -1,0 +1,1 @@
+"""Networks: 3D ResNet encoder, decoder, fusion, prototype head, models."""

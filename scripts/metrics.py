@@ -1,0 +1,403 @@
+"""Evaluation metrics (SPEC §6, Appendix D, F.2): BAC, class attention maps, AP and IDS.
+
+Pure PyTorch: no ignite, no model classes. Conventions fixed here where the paper is silent:
+
+- Resampling of a map to the input grid is trilinear with ``align_corners=False`` (the behaviour of
+  ``torch.nn.functional.interpolate``'s default, which the MProtoNet reference inherits from Captum).
+- Binary problems: class index 1 (HGG) is the positive class.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import compute_roc_auc
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[float]
+
+
+def _as_long(values: ArrayLike, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(values).detach().cpu()
+    if tensor.ndim != 1 or tensor.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of class indices, got {tuple(tensor.shape)}.")
+    return tensor.long()
+
+
+def per_class_recall(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> torch.Tensor:
+    """Recall of every class, NaN for a class absent from ``y_true``.
+
+    Args:
+        y_true: ground-truth class indices, (N,).
+        y_pred: predicted class indices, (N,).
+        num_classes: C.
+
+    Returns:
+        (C,) float64 tensor.
+    """
+    y_true, y_pred = _as_long(y_true, "y_true"), _as_long(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ in length.")
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        if values.min() < 0 or values.max() >= num_classes:
+            raise ValueError(f"{name} holds indices outside [0, {num_classes}): {values.unique().tolist()}.")
+    support = torch.bincount(y_true, minlength=num_classes).double()
+    hits = torch.bincount(y_true[y_true == y_pred], minlength=num_classes).double()
+    return torch.where(support > 0, hits / support.clamp_min(1), torch.full_like(support, math.nan))
+
+
+def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:
+    """Balanced accuracy, the mean of per-class recall (Eq. 24).
+
+    Binary: (TPR + TNR) / 2. Classes absent from ``y_true`` have no recall and are left out of the
+    mean (as scikit-learn's ``balanced_accuracy_score``), so a single-class fold scores that class's
+    recall.
+
+    Args:
+        y_true: ground-truth class indices, (N,).
+        y_pred: predicted class indices, (N,).
+        num_classes: C.
+    """
+    return float(per_class_recall(y_true, y_pred, num_classes).nanmean())
+
+
+def classification_metrics(y_true: ArrayLike, probs: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """BAC, accuracy, sensitivity, specificity and ROC AUC of one fold, all fractions.
+
+    The prediction is ``argmax(probs)``. Binary (C = 2): sensitivity is the recall of class 1 (HGG),
+    specificity that of class 0 (LGG), ROC AUC ranks ``probs[:, 1]``. C > 2: macro averages over
+    classes, one-vs-rest (sensitivity = mean recall, specificity = mean true-negative rate, ROC AUC =
+    mean one-vs-rest AUC). Undefined values are NaN, never an error: a rate whose denominator class is
+    absent, and ROC AUC whenever ``y_true`` lacks any of the C classes (e.g. a single-class fold).
+
+    Args:
+        y_true: ground-truth class indices, (N,).
+        probs: class probabilities (or any scores whose argmax is the prediction), (N, C).
+    """
+    y_true = _as_long(y_true, "y_true")
+    probs = torch.as_tensor(probs).detach().cpu().double()
+    if probs.ndim != 2 or probs.shape[0] != y_true.numel() or probs.shape[1] < 2:
+        raise ValueError(f"probs must be (N, C) with N = {y_true.numel()} and C >= 2, got {tuple(probs.shape)}.")
+    num_classes = probs.shape[1]
+    y_pred = probs.argmax(dim=1)
+    recall = per_class_recall(y_true, y_pred, num_classes)
+    one_hot_true = F.one_hot(y_true, num_classes).bool()
+    one_hot_pred = F.one_hot(y_pred, num_classes).bool()
+    negatives = (~one_hot_true).sum(0).double()
+    true_negatives = (~one_hot_true & ~one_hot_pred).sum(0).double()
+    tnr = torch.where(negatives > 0, true_negatives / negatives.clamp_min(1), torch.full_like(negatives, math.nan))
+    if bool(torch.all(one_hot_true.any(0))):
+        scores, target = (probs[:, 1], y_true) if num_classes == 2 else (probs, one_hot_true.long())
+        roc_auc = float(compute_roc_auc(scores, target, average="macro"))
+    else:
+        roc_auc = math.nan
+    binary = num_classes == 2
+    return {
+        "bac": float(recall.nanmean()),
+        "accuracy": float((y_pred == y_true).double().mean()),
+        "sensitivity": float(recall[1] if binary else recall.mean()),
+        "specificity": float(recall[0] if binary else tnr.mean()),
+        "roc_auc": roc_auc,
+    }
+
+
+def _resize(maps: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+    """Trilinear resampling, align_corners=False: (B, K, h, w, d) -> (B, K, *out_size)."""
+    out_size = tuple(int(s) for s in out_size)
+    if len(out_size) != 3:
+        raise ValueError(f"out_size must give 3 spatial sizes (H, W, D), got {out_size}.")
+    if tuple(maps.shape[2:]) == out_size:
+        return maps
+    return F.interpolate(maps.float(), size=out_size, mode="trilinear", align_corners=False)
+
+
+def _mean_selected(maps: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Mean over the selected maps of each case; zeros where a case selects none.
+
+    Args:
+        maps: (B, K, h, w, d).
+        selected: bool (B, K).
+
+    Returns:
+        (B, 1, h, w, d).
+    """
+    weights = selected.to(device=maps.device, dtype=maps.dtype)
+    total = torch.einsum("bk,bk...->b...", weights, maps).unsqueeze(1)
+    count = weights.sum(1).clamp_min(1).view(-1, 1, 1, 1, 1)
+    return total / count
+
+
+def _check_maps(maps: torch.Tensor, name: str) -> None:
+    if maps.ndim != 5:
+        raise ValueError(f"{name} must be (B, K, h, w, d), got shape {tuple(maps.shape)}.")
+
+
+def _select_rows(table: torch.Tensor, target_class: torch.Tensor, batch: int) -> torch.Tensor:
+    target_class = torch.as_tensor(target_class, device=table.device).long().reshape(-1)
+    if target_class.numel() != batch:
+        raise ValueError(f"target_class has {target_class.numel()} entries for a batch of {batch}.")
+    if target_class.min() < 0 or target_class.max() >= table.shape[0]:
+        raise ValueError(f"target_class {target_class.tolist()} outside [0, {table.shape[0]}).")
+    return table[target_class]
+
+
+def class_attention_map(
+    maps_per_scale: Sequence[torch.Tensor],
+    zeta: torch.Tensor,
+    target_class: torch.Tensor,
+    out_size: Sequence[int],
+) -> torch.Tensor:
+    """UM-ProtoShare class attention map over the supporting prototypes K+_(s,c) (Eq. 27–28).
+
+    For each scale s, the maps of prototypes with ζ_{c,p} > 0 are averaged (unweighted), the mean is
+    upsampled to ``out_size`` (trilinear, align_corners=False), and the scales are summed. A scale
+    with no supporting prototype for c contributes zero. Maps are used as given (the model's
+    normalised, soft-masked maps).
+
+    Args:
+        maps_per_scale: per scale, prototype maps (B, K_s, h_s, w_s, d_s).
+        zeta: soft class-prototype coefficients (C, K_total), columns ordered by scale then k.
+        target_class: class c of each case (normally the ground truth), (B,).
+        out_size: (H, W, D) of the input grid.
+
+    Returns:
+        (B, H, W, D).
+    """
+    for s, maps in enumerate(maps_per_scale):
+        _check_maps(maps, f"maps_per_scale[{s}]")
+    widths = [maps.shape[1] for maps in maps_per_scale]
+    if zeta.ndim != 2 or zeta.shape[1] != sum(widths):
+        raise ValueError(f"zeta must be (C, K_total = {sum(widths)}) for K_s = {widths}, got {tuple(zeta.shape)}.")
+    batch = maps_per_scale[0].shape[0]
+    supports = _select_rows(zeta, target_class, batch) > 0
+    columns = torch.split(supports, widths, dim=1)
+    return sum(_resize(_mean_selected(maps, cols), out_size) for maps, cols in zip(maps_per_scale, columns))[:, 0]
+
+
+def owned_prototype_map(
+    maps: torch.Tensor, ownership: torch.Tensor, target_class: torch.Tensor, out_size: Sequence[int]
+) -> torch.Tensor:
+    """Class attention map of a class-specific model: mean of the class-c prototypes' maps (Eq. 26).
+
+    Used for XProtoNet, MProtoNet and MAProtoNet (and ProtoPNet's similarity maps). The mean is
+    upsampled to ``out_size`` (trilinear, align_corners=False); a class owning no prototype gives zeros.
+
+    Args:
+        maps: prototype maps (B, K, h, w, d).
+        ownership: prototype-class identity (K, C); prototype k belongs to c where entry > 0.
+        target_class: class c of each case (normally the ground truth), (B,).
+        out_size: (H, W, D) of the input grid.
+
+    Returns:
+        (B, H, W, D).
+    """
+    _check_maps(maps, "maps")
+    if ownership.ndim != 2 or ownership.shape[0] != maps.shape[1]:
+        raise ValueError(f"ownership must be (K = {maps.shape[1]}, C), got {tuple(ownership.shape)}.")
+    owned = _select_rows(ownership.T, target_class, maps.shape[0]) > 0
+    return _resize(_mean_selected(maps, owned), out_size)[:, 0]
+
+
+def min_max_normalize(volume: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise one case over the whole map to [0, 1]; a constant map becomes all zeros.
+
+    Args:
+        volume: any shape, one case.
+    """
+    span = volume.max() - volume.min()
+    return (volume - volume.min()) / span if span > 0 else torch.zeros_like(volume)
+
+
+def _single_map(attribution: torch.Tensor, name: str) -> torch.Tensor:
+    """(H, W, D) or (1, H, W, D) -> (1, 1, H, W, D) float, finite."""
+    attribution = torch.as_tensor(attribution)
+    if attribution.ndim == 4 and attribution.shape[0] == 1:
+        attribution = attribution[0]
+    if attribution.ndim != 3:
+        raise ValueError(f"{name} must be (H, W, D) or (1, H, W, D), got shape {tuple(attribution.shape)}.")
+    if not torch.isfinite(attribution).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return attribution.float()[None, None]
+
+
+def activation_precision(attribution: torch.Tensor, mask: torch.Tensor) -> float:
+    """Activation precision of one case (Eq. 25).
+
+    The map is upsampled to the mask's grid (trilinear, align_corners=False), min-max normalised over
+    the whole map, binarised at >= 0.5, and AP = |binary ∩ tumour| / max(|binary|, 1). A constant map
+    normalises to zeros, selects no voxel and scores 0 (it localises nothing).
+
+    Args:
+        attribution: class attention map M(x), any grid, (h, w, d) or (1, h, w, d).
+        mask: whole-tumour mask on the input grid, (H, W, D) or (1, H, W, D); any label > 0 is tumour.
+    """
+    volume = _single_map(attribution, "attribution")
+    tumour = _single_map(mask, "mask")[0, 0] > 0
+    binary = min_max_normalize(_resize(volume, tumour.shape)[0, 0]) >= 0.5
+    return float((binary & tumour).sum()) / max(int(binary.sum()), 1)
+
+
+def activation_precision_per_case(
+    attributions: torch.Tensor | Sequence[torch.Tensor], masks: torch.Tensor | Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Per-case AP of a fold (Eq. 25); the fold's AP is the mean over all cases, correct or not.
+
+    Args:
+        attributions: N maps, (N, h, w, d), (N, 1, h, w, d) or a sequence of single maps.
+        masks: N whole-tumour masks, (N, H, W, D), (N, 1, H, W, D) or a sequence.
+
+    Returns:
+        (N,) float64.
+    """
+    if len(attributions) != len(masks):
+        raise ValueError(f"{len(attributions)} attribution maps for {len(masks)} masks.")
+    values = []
+    for case, (attribution, mask) in enumerate(zip(attributions, masks)):
+        try:
+            values.append(activation_precision(attribution, mask))
+        except ValueError as error:
+            raise ValueError(f"case {case}: {error}") from error
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _channel_mean(attribution: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, D) as is, (B, C, H, W, D) averaged over channels -> (B, H, W, D) float, finite."""
+    attribution = torch.as_tensor(attribution)
+    if attribution.ndim == 5:
+        attribution = attribution.float().mean(1)
+    if attribution.ndim != 4:
+        raise ValueError(f"attribution must be (B, H, W, D) or (B, C, H, W, D), got {tuple(attribution.shape)}.")
+    if not torch.isfinite(attribution).all():
+        raise ValueError("attribution contains NaN or infinite values.")
+    return attribution if attribution.is_floating_point() else attribution.float()
+
+
+def deletion_thresholds(attribution: torch.Tensor, steps: int = 50) -> torch.Tensor:
+    """Per-case deletion thresholds: at step k, voxels with attribution >= threshold[b, k] are deleted.
+
+    threshold[b, k] is the (1 − k/steps) quantile of case b's map (``torch.quantile``, linear
+    interpolation) for k >= 1, and +inf for k = 0, so that step 0 deletes nothing (the quantile at 1
+    is the maximum, which ``>=`` would delete). Step ``steps`` (quantile 0, the minimum) deletes every
+    voxel. With distinct values step k deletes n − ceil((n − 1)(1 − k/steps)) of n voxels; tied values
+    at a threshold are deleted together.
+
+    Args:
+        attribution: (B, H, W, D), or (B, C, H, W, D) averaged over channels.
+        steps: number of deletion steps (50: 2% each).
+
+    Returns:
+        (B, steps + 1), the attribution's dtype.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    volume = _channel_mean(attribution)
+    levels = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:].to(volume.dtype)
+    rows = [torch.quantile(case.flatten(), levels.to(case.device)) for case in volume]
+    inf = torch.full((volume.shape[0], 1), math.inf, dtype=volume.dtype, device=volume.device)
+    return torch.cat([inf, torch.stack(rows)], dim=1)
+
+
+def deletion_masks(attribution: torch.Tensor, steps: int = 50) -> torch.Tensor:
+    """All deletion masks of a batch (True = deleted); nested in k, step 0 empty, last step full.
+
+    Materialises (B, steps + 1, H, W, D) booleans, so meant for inspection and small inputs;
+    ``deletion_curve`` builds the same masks one step at a time.
+
+    Args:
+        attribution: (B, H, W, D), or (B, C, H, W, D) averaged over channels.
+        steps: number of deletion steps.
+
+    Returns:
+        bool (B, steps + 1, H, W, D).
+    """
+    volume = _channel_mean(attribution)
+    thresholds = deletion_thresholds(volume, steps)
+    return volume[:, None] >= thresholds[:, :, None, None, None]
+
+
+def _deleted_copies(
+    images: torch.Tensor | Sequence[torch.Tensor],
+    attributions: torch.Tensor | Sequence[torch.Tensor],
+    steps: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (case, step, deleted image (C, H, W, D)), one case's attribution in memory at a time."""
+    for case, (image, attribution) in enumerate(zip(images, attributions)):
+        if image.ndim != 4:
+            raise ValueError(f"case {case}: image must be (C, H, W, D), got {tuple(image.shape)}.")
+        try:
+            volume = _channel_mean(torch.as_tensor(attribution)[None])
+        except ValueError as error:
+            raise ValueError(f"case {case}: {error}") from error
+        if volume.shape[1:] != image.shape[1:]:
+            volume = _resize(volume[:, None], image.shape[1:])[:, 0]
+        volume = volume.to(image.device)
+        thresholds = deletion_thresholds(volume, steps)[0]
+        for step, threshold in enumerate(thresholds):
+            yield case, step, image.masked_fill(volume >= threshold, 0)
+
+
+def deletion_curve(
+    predict_fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor | Sequence[torch.Tensor],
+    attributions: torch.Tensor | Sequence[torch.Tensor],
+    labels: ArrayLike,
+    batch_size: int = 17,
+    steps: int = 50,
+) -> torch.Tensor:
+    """Fold-level BAC after deleting the most attributed voxels, C_0..C_steps (SPEC §6 IDS).
+
+    At step k every case's voxels with channel-averaged attribution >= its (1 − k/steps) quantile
+    (``deletion_thresholds``) are set to 0 in all channels. The (case, step) copies are streamed in
+    batches of ``batch_size`` (a batch may span cases), so memory holds one batch of images, and the
+    cost is N·(steps + 1) forward items. ``predict_fn`` runs under ``torch.no_grad``. A map on a
+    coarser grid is first upsampled to the image's (trilinear, align_corners=False).
+
+    Args:
+        predict_fn: (b, C_in, H, W, D) -> logits (b, num_classes); the prediction is their argmax.
+        images: (N, C_in, H, W, D) or a sequence of N (C_in, H, W, D) tensors.
+        attributions: N maps, (N, h, w, d), (N, C, h, w, d) or a sequence of per-case maps.
+        labels: ground-truth class indices, (N,).
+        batch_size: forward batch size; 17 splits a case's 51 copies into 3 full batches.
+        steps: number of deletion steps.
+
+    Returns:
+        (steps + 1,) float64 BAC per step.
+    """
+    labels = _as_long(labels, "labels")
+    if not len(images) == len(attributions) == labels.numel():
+        raise ValueError(f"{len(images)} images, {len(attributions)} attributions, {labels.numel()} labels.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    predictions = torch.empty(labels.numel(), steps + 1, dtype=torch.long)
+    num_classes = int(labels.max()) + 1
+    copies = _deleted_copies(images, attributions, steps)
+    while batch := list(itertools.islice(copies, batch_size)):
+        cases, indices, inputs = zip(*batch)
+        with torch.no_grad():
+            logits = predict_fn(torch.stack(inputs))
+        predictions[list(cases), list(indices)] = logits.argmax(dim=1).cpu()
+        num_classes = max(num_classes, logits.shape[1])
+    return torch.tensor([balanced_accuracy(labels, predictions[:, k], num_classes) for k in range(steps + 1)],
+                        dtype=torch.float64)
+
+
+def incremental_deletion_score(curve: ArrayLike) -> float:
+    """Incremental deletion score of a deletion curve (SPEC §6; lower is better).
+
+    lo = min(C_0, C_last), hi = max(C_0, C_last); R_k = (clip(C_k, lo, hi) − lo) / max(hi − lo, 1e−12);
+    IDS = trapezoid area of R over [0, 1] = mean over k of (R_k + R_{k+1}) / 2. A flat curve
+    (hi == lo, e.g. a model that ignores its input) gives R ≡ 0 and IDS 0.0.
+
+    Args:
+        curve: (steps + 1,) metric per deletion step, steps >= 1.
+    """
+    values = torch.as_tensor(curve).detach().cpu().double()
+    if values.ndim != 1 or values.numel() < 2 or not torch.isfinite(values).all():
+        raise ValueError(f"curve must be a finite 1-D sequence of >= 2 values, got {values.tolist()}.")
+    lo, hi = torch.minimum(values[0], values[-1]), torch.maximum(values[0], values[-1])
+    ratios = (values.clamp(lo, hi) - lo) / (hi - lo).clamp_min(1e-12)
+    return float(((ratios[:-1] + ratios[1:]) / 2).mean())

@@ -1,0 +1,64 @@
+"""Named parameter groups, freezing by group, and frozen parts kept in eval mode."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from monai.utils import look_up_option
+from torch import nn
+
+__all__ = ["PARAMETER_GROUPS", "GroupedNetwork", "group_of"]
+
+PARAMETER_GROUPS = {
+    "encoder": re.compile(r"backbone\.encoder(\.|$)"),
+    "decoder": re.compile(r"backbone\.decoder(\.|$)"),
+    "fusion": re.compile(r"backbone\.fusion(\.|$)"),
+    "addon": re.compile(r"heads\.[^.]+\.addon(\.|$)"),
+    "mapping": re.compile(r"heads\.[^.]+\.mapping(\.|$)"),
+    "prototypes": re.compile(r"heads\.[^.]+\.prototypes$"),
+    "classifier": re.compile(r"classifier(\.|$)"),
+}
+"""Group name → pattern matched against parameter, buffer and module names of the networks."""
+
+
+def group_of(name: str) -> str | None:
+    """The parameter group of a parameter, buffer or module name, or None (e.g. a container)."""
+    for group, pattern in PARAMETER_GROUPS.items():
+        if pattern.match(name):
+            return group
+    return None
+
+
+class GroupedNetwork(nn.Module):
+    """Base of the networks: parameters by named group, ``set_trainable``, and a ``train`` that keeps frozen groups in eval mode.
+
+    ignite/MONAI trainers call ``network.train()`` every iteration; the override puts the modules of
+    frozen groups back in eval mode so that their batch-norm statistics do not drift.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen_groups: tuple[str, ...] = ()
+
+    def group_parameters(self, group: str) -> list[nn.Parameter]:
+        """Parameters of one group of :data:`PARAMETER_GROUPS` (empty when the network has none of it)."""
+        look_up_option(group, PARAMETER_GROUPS)
+        return [p for name, p in self.named_parameters() if group_of(name) == group]
+
+    def set_trainable(self, groups: Iterable[str]) -> None:
+        """Train exactly ``groups``: their parameters require grad; all other groups are frozen and kept in eval mode."""
+        trainable = {look_up_option(group, PARAMETER_GROUPS) for group in groups}
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(group_of(name) in trainable)
+        self.frozen_groups = tuple(group for group in PARAMETER_GROUPS if group not in trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> GroupedNetwork:
+        """``nn.Module.train``, then eval mode again for the modules of frozen groups."""
+        super().train(mode)
+        if mode and self.frozen_groups:
+            for name, module in self.named_modules():
+                if group_of(name) in self.frozen_groups:
+                    module.train(False)
+        return self

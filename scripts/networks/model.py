@@ -1,0 +1,219 @@
+"""UM-ProtoShare: backbone, per-scale prototype heads and a linear classifier (Section 2.2, Appendix A)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from typing import NamedTuple
+
+import torch
+from monai.utils import look_up_option
+from torch import Tensor, nn
+
+from .backbone import Backbone
+from .groups import GroupedNetwork, group_of
+from .head import PrototypeHead
+
+__all__ = ["BACKBONE_GROUPS", "PROTOTYPE_SHARING", "Explanation", "ScaleExplanation", "UMProtoShare"]
+
+PROTOTYPE_SHARING = ("shared", "class_specific")
+"""``shared``: class-agnostic prototypes (UM-ProtoShare, A2–E); ``class_specific``: hard ownership (A1)."""
+
+BACKBONE_GROUPS = ("encoder", "decoder", "fusion", "addon")
+"""Parameter groups initialised from the backbone warm-up CNN by :meth:`UMProtoShare.load_backbone`."""
+
+
+class ScaleExplanation(NamedTuple):
+    """One prototype-carrying scale s of an :class:`Explanation`."""
+
+    scale: int
+    """s ∈ {1, 2, 3}."""
+    features: Tensor
+    """F_s, (B, C_s, H_s, W_s, D_s)."""
+    gate: Tensor | None
+    """α_s, (B, C_s, 1, 1, 1), for gated fusion; None otherwise."""
+    hidden: Tensor
+    """Mapping module hidden activations, (B, D, H_s, W_s, D_s)."""
+    raw_maps: Tensor
+    """M⁰_s, (B, K_s, H_s, W_s, D_s)."""
+    soft_maps: Tensor
+    """M¹_s (Eq. 12), (B, K_s, H_s, W_s, D_s)."""
+    maps: Tensor
+    """M_s (Eq. 13), (B, K_s, H_s, W_s, D_s)."""
+    embeddings: Tensor
+    """G_s, (B, E, H_s, W_s, D_s)."""
+    descriptors: Tensor
+    """H_s (Eq. 14), (B, K_s, E)."""
+    similarities: Tensor
+    """S_s, (B, K_s)."""
+
+
+class Explanation(NamedTuple):
+    """Output of :meth:`UMProtoShare.explain`."""
+
+    per_scale: list[ScaleExplanation]
+    """One entry per prototype-carrying scale, ascending (``model.scales``)."""
+    similarities: Tensor
+    """S(x, P), (B, K_total), columns as ``model.prototype_columns``."""
+    logits: Tensor
+    """(B, C), identical to ``model(x)``."""
+
+
+class UMProtoShare(GroupedNetwork):
+    """UM-ProtoShare with shared (or class-specific) multi-scale prototypes; ``forward`` returns logits.
+
+    Args:
+        spatial_dims: 3 (or 2).
+        in_channels: input channels, [T1, T1-CE, T2, FLAIR].
+        num_classes: C ≥ 2.
+        encoder_layers: bottlenecks in layer1 and layer2 (ResNet-152: (3, 8)).
+        encoder_width: encoder stem width (64 → C_s = 64, 256, 512).
+        prototypes_per_scale: (K_1, K_2, K_3); K_s = 0 means scale s carries no prototypes and gets
+            no head (A1/A2: (0, 0, 30)).
+        fusion: "gated" (Eq. 11), "concat" (ablation C) or "none" (no decoder; A, B).
+        prototype_sharing: "shared" (classifier starts from PyTorch's default init) or
+            "class_specific" (each scale's K_s split equally among the classes in order; classifier
+            starts from +1 own class / −0.5 other classes).
+        embed_dim: E.
+        mapping_dim: hidden channels of the mapping module.
+        addon_activation: "relu" or "sigmoid".
+        similarity_clamp: clamp cosine similarities at 0 (reference implementations' choice).
+        soft_mask_weight: w of Eq. 12.
+        soft_mask_threshold: σ of Eq. 12.
+        pretrained_path: local torchvision ResNet state dict inflated into the encoder, or None.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 4,
+        num_classes: int = 2,
+        encoder_layers: Sequence[int] = (3, 8),
+        encoder_width: int = 64,
+        prototypes_per_scale: Sequence[int] = (9, 15, 6),
+        fusion: str = "gated",
+        prototype_sharing: str = "shared",
+        embed_dim: int = 128,
+        mapping_dim: int = 128,
+        addon_activation: str = "relu",
+        similarity_clamp: bool = False,
+        soft_mask_weight: float = 10.0,
+        soft_mask_threshold: float = 0.5,
+        pretrained_path: str | PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        if len(prototypes_per_scale) != 3 or min(prototypes_per_scale) < 0 or sum(prototypes_per_scale) < 1:
+            raise ValueError(
+                f"prototypes_per_scale must give three non-negative counts (K_1, K_2, K_3) with at least one "
+                f"prototype, got {tuple(prototypes_per_scale)}."
+            )
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
+        self.num_classes = num_classes
+        self.prototypes_per_scale = tuple(int(k) for k in prototypes_per_scale)
+        self.scales = [s for s, k in enumerate(self.prototypes_per_scale, start=1) if k > 0]
+        self.backbone = Backbone(
+            spatial_dims, in_channels, encoder_layers, encoder_width, self.scales, fusion, pretrained_path
+        )
+        self.channels_per_scale = self.backbone.encoder.channels
+        self.heads = nn.ModuleDict(
+            {
+                f"scale{s}": PrototypeHead(
+                    spatial_dims,
+                    self.channels_per_scale[s - 1],
+                    self.prototypes_per_scale[s - 1],
+                    embed_dim,
+                    mapping_dim,
+                    addon_activation,
+                    similarity_clamp,
+                    soft_mask_weight,
+                    soft_mask_threshold,
+                )
+                for s in self.scales
+            }
+        )
+        self.prototype_columns = [(s, k) for s in self.scales for k in range(self.prototypes_per_scale[s - 1])]
+        self.num_prototypes = len(self.prototype_columns)
+        self.classifier = nn.Linear(self.num_prototypes, num_classes, bias=False)
+        ownership = None
+        if self.prototype_sharing == "class_specific":
+            ownership = self._hard_ownership()
+            with torch.no_grad():
+                self.classifier.weight.copy_(1.5 * ownership.T - 0.5)
+        self.register_buffer("ownership", ownership, persistent=False)
+
+    def _hard_ownership(self) -> Tensor:
+        """(K_total, C) one-hot: each scale's K_s prototypes split into C equal consecutive slots."""
+        owners = []
+        for s in self.scales:
+            count = self.prototypes_per_scale[s - 1]
+            if count % self.num_classes:
+                raise ValueError(
+                    f"class_specific prototypes need K_s divisible by num_classes={self.num_classes}; "
+                    f"scale {s} has K_s={count}."
+                )
+            owners.append(torch.arange(count) // (count // self.num_classes))
+        return nn.functional.one_hot(torch.cat(owners), self.num_classes).float()
+
+    def columns(self, scale: int) -> slice:
+        """Classifier columns (and entries of S(x, P)) of scale ``scale``'s prototypes."""
+        if scale not in self.scales:
+            raise ValueError(f"scale {scale} carries no prototypes; prototype scales are {self.scales}.")
+        start = sum(self.prototypes_per_scale[: scale - 1])
+        return slice(start, start + self.prototypes_per_scale[scale - 1])
+
+    def head(self, scale: int) -> PrototypeHead:
+        """The prototype head of scale ``scale`` (add-on, mapping module, prototypes)."""
+        self.columns(scale)
+        return self.heads[f"scale{scale}"]
+
+    def fused_features(self, x: Tensor) -> list[Tensor]:
+        """F_s (B, C_s, H_s, W_s, D_s) for each prototype scale in ``scales``, from x (B, C_in, H, W, D)."""
+        return self.backbone(x)
+
+    def similarities(self, features: list[Tensor]) -> Tensor:
+        """S(x, P) (B, K_total) from the fused features of ``fused_features``."""
+        similarities: list[Tensor] = []
+        for i, head in enumerate(self.heads.values()):
+            similarities.append(head(features[i]))
+        return torch.cat(similarities, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, C) from x (B, C_in, H, W, D)."""
+        return self.classifier(self.similarities(self.fused_features(x)))
+
+    def explain(self, x: Tensor) -> Explanation:
+        """Every intermediate of the forward pass (same code path), per prototype scale, with S and logits."""
+        taps, decoded = self.backbone.encode_decode(x)
+        features = self.backbone.fuse(taps, decoded)
+        gates = self.backbone.gates(taps, decoded)
+        per_scale = [
+            ScaleExplanation(s, f, gate, *head.run(f))
+            for s, f, gate, head in zip(self.scales, features, gates, self.heads.values())
+        ]
+        similarities = torch.cat([scale.similarities for scale in per_scale], dim=1)
+        return Explanation(per_scale, similarities, self.classifier(similarities))
+
+    def load_backbone(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Initialise encoder, decoder, fusion and add-ons from a :class:`BackboneCNN` state dict.
+
+        Raises a ValueError listing every missing or shape-mismatched key of those groups.
+
+        Returns:
+            The keys of ``state_dict`` not used (e.g. the CNN's classifier, add-ons of other scales).
+        """
+        wanted = {k: v for k, v in self.state_dict().items() if group_of(k) in BACKBONE_GROUPS}
+        missing = [k for k in wanted if k not in state_dict]
+        mismatched = [
+            f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+            for k, v in wanted.items()
+            if k in state_dict and state_dict[k].shape != v.shape
+        ]
+        if missing or mismatched:
+            raise ValueError(
+                f"backbone state dict does not fit this model: {len(missing)} missing keys {missing}; "
+                f"{len(mismatched)} shape mismatches (given vs model) {mismatched}."
+            )
+        self.load_state_dict({k: state_dict[k] for k in wanted}, strict=False)
+        return [k for k in state_dict if k not in wanted]

@@ -43,12 +43,12 @@ class GroupedNetwork(nn.Module):
 
     def group_parameters(self, group: str) -> list[nn.Parameter]:
         """Parameters of one group of :data:`PARAMETER_GROUPS` (empty when the network has none of it)."""
-        look_up_option(group, PARAMETER_GROUPS)
+        look_up_option(group, tuple(PARAMETER_GROUPS))
         return [p for name, p in self.named_parameters() if group_of(name) == group]
 
     def set_trainable(self, groups: Iterable[str]) -> None:
         """Train exactly ``groups``: their parameters require grad; all other groups are frozen and kept in eval mode."""
-        trainable = {look_up_option(group, PARAMETER_GROUPS) for group in groups}
+        trainable = {look_up_option(group, tuple(PARAMETER_GROUPS)) for group in groups}
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(group_of(name) in trainable)
         self.frozen_groups = tuple(group for group in PARAMETER_GROUPS if group not in trainable)

@@ -153,7 +153,10 @@ def test_basic_block_file_raises_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     "file_layers, encoder_layers, message",
-    [((1, 1), (2, 1), r"encoder key 'layer1\.1\.conv1\.weight' is missing"), ((2, 1), (1, 1), r"file key 'layer1\.1\.")],
+    [
+        ((1, 1), (2, 1), r"encoder key 'layer1\.1\.conv1\.weight' is missing"),
+        ((2, 1), (1, 1), r"file key 'layer1\.1\."),
+    ],
 )
 def test_depth_mismatch_raises_clear_error(tmp_path, file_layers, encoder_layers, message):
     path = _save(ResNet2d(layers=file_layers), tmp_path / "resnet.pth")

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the network equations: Eq. 11 (gated fusion), 12 (soft mask), 13 (ℓ1), 14 (descriptors), cosine."""
+"""Hand-computed checks of Eq. 11 (gated fusion), 12 (soft mask), 13 (ℓ1), 14 (descriptors) and the cosine."""
 
 from __future__ import annotations
 

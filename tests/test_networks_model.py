@@ -10,7 +10,7 @@ from torch import nn
 
 from scripts.networks import BackboneCNN, ConcatFusion, GatedFusion, UMProtoShare
 
-TINY = {"encoder_layers": (1, 1), "encoder_width": 8, "embed_dim": 16, "mapping_dim": 16}
+TINY = {"encoder_layers": (1, 1), "encoder_width": 8, "embed_dim": 16, "mapping_dim": 12}
 SHAPE = (1, 4, 32, 32, 24)
 TAP_SHAPES = {1: (8, 16, 16, 12), 2: (32, 8, 8, 6), 3: (64, 4, 4, 3)}
 
@@ -63,7 +63,7 @@ def test_explanation_shapes_maps_and_gates():
         assert entry.features.shape == (2, c, *spatial)
         assert entry.gate.shape == (2, c, 1, 1, 1)
         assert torch.all(entry.gate > 0) and torch.all(entry.gate < 1)
-        assert entry.hidden.shape == (2, 16, *spatial)
+        assert entry.hidden.shape == (2, 12, *spatial)
         for maps in (entry.raw_maps, entry.soft_maps, entry.maps):
             assert maps.shape == (2, k, *spatial)
         torch.testing.assert_close(entry.maps.sum(dim=(2, 3, 4)), torch.ones(2, k), atol=1e-5, rtol=0)
@@ -97,7 +97,8 @@ def test_forward_is_classifier_of_explained_similarities():
 
 def test_prototype_columns_table_and_column_slices():
     model = tiny(prototypes_per_scale=(9, 15, 6)).eval()
-    assert model.prototype_columns == [(1, k) for k in range(9)] + [(2, k) for k in range(15)] + [(3, k) for k in range(6)]
+    expected = [(1, k) for k in range(9)] + [(2, k) for k in range(15)] + [(3, k) for k in range(6)]
+    assert model.prototype_columns == expected
     assert model.columns(1) == slice(0, 9) and model.columns(2) == slice(9, 24) and model.columns(3) == slice(24, 30)
     single = tiny(prototypes_per_scale=(0, 0, 30))
     assert single.columns(3) == slice(0, 30) and single.prototype_columns[-1] == (3, 29)
@@ -159,7 +160,8 @@ def test_torchscript_logits_equal_python(kwargs):
 def test_monai_ckpt_export_round_trip(tmp_path):
     from monai.bundle import ckpt_export
 
-    config = {"network_def": {"_target_": "scripts.networks.UMProtoShare", **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}}}
+    arguments = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    config = {"network_def": {"_target_": "scripts.networks.UMProtoShare", **arguments}}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "metadata.json").write_text(json.dumps({"version": "0.0.1"}))
     model = tiny()

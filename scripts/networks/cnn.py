@@ -64,7 +64,9 @@ class BackboneCNN(GroupedNetwork):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-        self.backbone = Backbone(spatial_dims, in_channels, encoder_layers, encoder_width, scales, fusion, pretrained_path)
+        self.backbone = Backbone(
+            spatial_dims, in_channels, encoder_layers, encoder_width, scales, fusion, pretrained_path
+        )
         self.scales = self.backbone.scales
         self.channels_per_scale = self.backbone.encoder.channels
         self.heads = nn.ModuleDict(

@@ -36,7 +36,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Sequential | None = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(conv(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels))
+            self.downsample = nn.Sequential(
+                conv(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, *S) → (B, 4·planes, *S / stride)."""

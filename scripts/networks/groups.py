@@ -31,7 +31,7 @@ def group_of(name: str) -> str | None:
 
 
 class GroupedNetwork(nn.Module):
-    """Base of the networks: parameters by named group, ``set_trainable``, and a ``train`` that keeps frozen groups in eval mode.
+    """Base of the networks: parameters by named group, ``set_trainable``, frozen groups kept in eval mode.
 
     ignite/MONAI trainers call ``network.train()`` every iteration; the override puts the modules of
     frozen groups back in eval mode so that their batch-norm statistics do not drift.
@@ -47,7 +47,7 @@ class GroupedNetwork(nn.Module):
         return [p for name, p in self.named_parameters() if group_of(name) == group]
 
     def set_trainable(self, groups: Iterable[str]) -> None:
-        """Train exactly ``groups``: their parameters require grad; all other groups are frozen and kept in eval mode."""
+        """Train exactly ``groups``: their parameters require grad; the other groups are frozen and kept in eval mode."""
         trainable = {look_up_option(group, tuple(PARAMETER_GROUPS)) for group in groups}
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(group_of(name) in trainable)

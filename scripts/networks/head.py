@@ -100,7 +100,7 @@ class AddOn(nn.Sequential):
 
 
 class MappingModule(nn.Module):
-    """Mapping module: ``hidden`` = Conv1³ C_s→D + BN + ReLU, then ``out_conv`` Conv1³ D→K_s + ``out_norm`` BN + sigmoid = M⁰."""
+    """Mapping module: ``hidden`` (Conv1³ C_s→D + BN + ReLU), ``out_conv`` (Conv1³ D→K_s), ``out_norm`` (BN), sigmoid → M⁰."""
 
     def __init__(self, spatial_dims: int, in_channels: int, num_prototypes: int, hidden_dim: int = 128) -> None:
         super().__init__()

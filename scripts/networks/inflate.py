@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 from .layers import check_spatial_dims
 
-__all__ = ["ENCODER_PREFIXES", "expand_input_channels", "inflate_kernel", "inflate_resnet_state_dict", "load_imagenet_weights"]
+__all__ = [
+    "ENCODER_PREFIXES",
+    "expand_input_channels",
+    "inflate_kernel",
+    "inflate_resnet_state_dict",
+    "load_imagenet_weights",
+]
 
 ENCODER_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.")
 """torchvision key prefixes the truncated encoder uses; fc, layer3 and layer4 are ignored."""
@@ -107,5 +113,7 @@ def load_imagenet_weights(encoder: nn.Module, path: str | PathLike) -> None:
             )
     extra = [key for key in inflated if key not in target]
     if extra:
-        raise ValueError(f"{path}: file key '{extra[0]}' has no counterpart in the encoder ({len(extra)} such keys); {hint}.")
+        raise ValueError(
+            f"{path}: file key '{extra[0]}' has no counterpart in the encoder ({len(extra)} such keys); {hint}."
+        )
     encoder.load_state_dict(inflated, strict=False)

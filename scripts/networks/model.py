@@ -156,16 +156,19 @@ class UMProtoShare(GroupedNetwork):
             owners.append(torch.arange(count) // (count // self.num_classes))
         return nn.functional.one_hot(torch.cat(owners), self.num_classes).float()
 
-    def columns(self, scale: int) -> slice:
-        """Classifier columns (and entries of S(x, P)) of scale ``scale``'s prototypes."""
+    def _check_scale(self, scale: int) -> None:
         if scale not in self.scales:
             raise ValueError(f"scale {scale} carries no prototypes; prototype scales are {self.scales}.")
+
+    def columns(self, scale: int) -> slice:
+        """Classifier columns (and entries of S(x, P)) of scale ``scale``'s prototypes."""
+        self._check_scale(scale)
         start = sum(self.prototypes_per_scale[: scale - 1])
         return slice(start, start + self.prototypes_per_scale[scale - 1])
 
     def head(self, scale: int) -> PrototypeHead:
         """The prototype head of scale ``scale`` (add-on, mapping module, prototypes)."""
-        self.columns(scale)
+        self._check_scale(scale)
         return self.heads[f"scale{scale}"]
 
     def fused_features(self, x: Tensor) -> list[Tensor]:
@@ -189,7 +192,7 @@ class UMProtoShare(GroupedNetwork):
         features = self.backbone.fuse(taps, decoded)
         gates = self.backbone.gates(taps, decoded)
         per_scale = [
-            ScaleExplanation(s, f, gate, *head.run(f))
+            ScaleExplanation(scale=s, features=f, gate=gate, **head.run(f)._asdict())
             for s, f, gate, head in zip(self.scales, features, gates, self.heads.values())
         ]
         similarities = torch.cat([scale.similarities for scale in per_scale], dim=1)

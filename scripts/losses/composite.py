@@ -1,0 +1,220 @@
+"""Composite objectives: stage 1 (Eq. 1/19) and stage 3 (Eq. 3/21)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from monai.utils import look_up_option
+from torch import nn
+
+from scripts.losses.localisation import LSE_SHARPNESS, mapping_loss, online_cam_logits
+from scripts.losses.terms import (
+    CLASSIFICATION_LOSSES,
+    classification_loss,
+    clustering_loss_class_specific,
+    clustering_loss_shared,
+    diversity_loss,
+    l1_regularisation,
+    separation_loss_class_specific,
+    separation_loss_shared,
+    soft_class_coefficients,
+)
+
+PROTOTYPE_SHARING = ("shared", "class_specific")
+MAP_RATIOS = (0.75, 0.875)
+
+
+class ScaleTerms(NamedTuple):
+    """What the model gives :class:`Stage1Loss` for one scale s that carries prototypes.
+
+    Attributes:
+        features: fused features F_s `(B, C_s, H_s, W_s, D_s)`.
+        hidden: mapping module's first Conv+BN+ReLU output h_s `(B, 128, H_s, W_s, D_s)`.
+        w2: mapping module's second conv weight `(K_s, 128, 1, 1, 1)`.
+        soft_maps: soft-masked maps M1_s `(B, K_s, H_s, W_s, D_s)`.
+        similarities: S_s `(B, K_s)`.
+        prototypes: p_s `(K_s, E)`.
+        map_fn: re-runs the mapping module (incl. soft mask) on features `F -> M1`. In train
+            mode its BatchNorm also sees the resized features, as in MProtoNet.
+        columns: this scale's classifier columns (slice or indices), in order.
+    """
+
+    features: torch.Tensor
+    hidden: torch.Tensor
+    w2: torch.Tensor
+    soft_maps: torch.Tensor
+    similarities: torch.Tensor
+    prototypes: torch.Tensor
+    map_fn: Callable[[torch.Tensor], torch.Tensor]
+    columns: slice | Sequence[int] | torch.Tensor
+
+
+class Stage1Loss(nn.Module):
+    """Stage-1 (latent space) objective (Eq. 1/19).
+
+    ``L = l_cls L_cls + l_clst L_clst + l_sep L_sep + l_map/n_s sum_s L_map^s
+    + l_OC/n_s sum_s L_OC^s + l_div L_div`` with n_s the number of scales given.
+
+    Args:
+        prototype_sharing: ``"shared"`` (Eq. 8-9 with zeta of Eq. 7) or ``"class_specific"``
+            (Eq. 22-23 with a hard ownership matrix).
+        cls_weight, clst_weight, sep_weight, map_weight, oc_weight, div_weight: the lambdas.
+        use_map, use_oc: switch L_map / L_OC off (their map_fn / hidden are then unused).
+        map_ratios: r is drawn uniformly from these once per call.
+        seed: seeds a private generator for the r draws; None uses torch's global RNG.
+        classification, class_weights, focal_gamma: see :func:`classification_loss`.
+        lse_sharpness: r of the Online-CAM log-sum-exp pooling.
+    """
+
+    def __init__(
+        self,
+        prototype_sharing: str = "shared",
+        cls_weight: float = 1.0,
+        clst_weight: float = 0.8,
+        sep_weight: float = 0.08,
+        map_weight: float = 0.5,
+        oc_weight: float = 0.05,
+        div_weight: float = 0.001,
+        use_map: bool = True,
+        use_oc: bool = True,
+        map_ratios: Sequence[float] = MAP_RATIOS,
+        seed: int | None = None,
+        classification: str = "cross_entropy",
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 2.0,
+        lse_sharpness: float = LSE_SHARPNESS,
+    ) -> None:
+        super().__init__()
+        self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
+        self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
+        if not map_ratios or not all(0.0 < r <= 1.0 for r in map_ratios):
+            raise ValueError(f"map_ratios must be a non-empty sequence of values in (0, 1], got {map_ratios}.")
+        self.lambdas = {
+            "cls": cls_weight,
+            "clst": clst_weight,
+            "sep": sep_weight,
+            "map": map_weight,
+            "oc": oc_weight,
+            "div": div_weight,
+        }
+        self.use_map, self.use_oc = use_map, use_oc
+        self.map_ratios = tuple(float(r) for r in map_ratios)
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.class_weights = class_weights
+        self.focal_gamma = focal_gamma
+        self.lse_sharpness = lse_sharpness
+
+    def draw_ratio(self) -> float:
+        """One r from ``map_ratios`` (uniform), from the private generator if seeded."""
+        return self.map_ratios[int(torch.randint(len(self.map_ratios), (1,), generator=self.generator))]
+
+    def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
+
+    def forward(
+        self,
+        scales: Sequence[ScaleTerms],
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        classifier_weight: torch.Tensor,
+        ownership: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and the unweighted terms.
+
+        Args:
+            scales: one :class:`ScaleTerms` per scale that carries prototypes, in column order.
+            logits: `(B, C)`.
+            labels: `(B,)`.
+            classifier_weight: `(C, K_total)`.
+            ownership: hard ownership `(K_total, C)`, required for ``"class_specific"``.
+
+        Returns:
+            The scalar total, and detached unweighted terms keyed ``cls, clst, sep, div`` plus
+            ``map`` and ``oc`` (scale means) when switched on.
+        """
+        if not scales:
+            raise ValueError("Stage1Loss needs at least one scale that carries prototypes.")
+        k_total = classifier_weight.shape[1]
+        columns = [
+            torch.arange(k_total)[s.columns.cpu() if isinstance(s.columns, torch.Tensor) else s.columns].reshape(-1)
+            for s in scales
+        ]
+        widths_match = [c.numel() for c in columns] == [s.similarities.shape[1] for s in scales]
+        if not widths_match or not torch.equal(torch.cat(columns), torch.arange(k_total)):
+            raise ValueError(
+                f"scale columns {[c.tolist() for c in columns]} must match the similarity widths "
+                f"{[s.similarities.shape[1] for s in scales]} and cover 0..{k_total - 1} in order."
+            )
+        similarities = torch.cat([s.similarities for s in scales], dim=1)
+        if self.prototype_sharing == "shared":
+            zeta = soft_class_coefficients(classifier_weight)
+            terms = {
+                "clst": clustering_loss_shared(similarities, labels, zeta),
+                "sep": separation_loss_shared(similarities, labels, zeta),
+            }
+        else:
+            if ownership is None:
+                raise ValueError('prototype_sharing="class_specific" needs the ownership matrix (K_total, C).')
+            terms = {
+                "clst": clustering_loss_class_specific(similarities, labels, ownership),
+                "sep": separation_loss_class_specific(similarities, labels, ownership),
+            }
+        terms["cls"] = self._cls(logits, labels)
+        terms["div"] = diversity_loss([s.prototypes for s in scales])
+        if self.use_map:
+            ratio = self.draw_ratio()
+            terms["map"] = torch.stack([mapping_loss(s.features, s.soft_maps, s.map_fn, ratio) for s in scales]).mean()
+        if self.use_oc:
+            terms["oc"] = torch.stack(
+                [
+                    self._cls(online_cam_logits(s.hidden, s.w2, classifier_weight[:, cols], self.lse_sharpness), labels)
+                    for s, cols in zip(scales, columns)
+                ]
+            ).mean()
+        total = sum(self.lambdas[name] * value for name, value in terms.items())
+        return total, {name: value.detach() for name, value in terms.items()}
+
+
+class LastLayerLoss(nn.Module):
+    """Stage-3 (classifier) objective (Eq. 3/21): ``l_cls L_cls + l_L1 L_L1``.
+
+    Args:
+        cls_weight: lambda_cls.
+        l1_weight: lambda_L1.
+        classification, class_weights, focal_gamma: see :func:`classification_loss`.
+    """
+
+    def __init__(
+        self,
+        cls_weight: float = 1.0,
+        l1_weight: float = 0.01,
+        classification: str = "cross_entropy",
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
+        self.cls_weight, self.l1_weight = cls_weight, l1_weight
+        self.class_weights = class_weights
+        self.focal_gamma = focal_gamma
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        classifier_weight: torch.Tensor,
+        ownership: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and the detached unweighted terms ``cls, l1``.
+
+        Args:
+            logits: `(B, C)`.
+            labels: `(B,)`.
+            classifier_weight: `(C, K_total)`.
+            ownership: hard ownership `(K_total, C)` for class-specific prototypes, else None.
+        """
+        cls = classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
+        l1 = l1_regularisation(classifier_weight, ownership)
+        return self.cls_weight * cls + self.l1_weight * l1, {"cls": cls.detach(), "l1": l1.detach()}

@@ -1,0 +1,92 @@
+"""Localisation terms of Eq. 1/19 that follow MProtoNet: L_map^s and L_OC^s (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LSE_SHARPNESS = 10.0
+
+
+def resize_spatial(x: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The resize A of L_map: trilinear, align_corners=True, size ``floor(size * ratio)``.
+
+    Args:
+        x: `(B, N, H, W, D)`.
+        ratio: scale factor r in (0, 1].
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"resize ratio must lie in (0, 1], got {ratio}.")
+    size = [math.floor(n * ratio) for n in x.shape[2:]]
+    if min(size) < 1:
+        raise ValueError(f"spatial size {tuple(x.shape[2:])} resized by {ratio} gives an empty axis {tuple(size)}.")
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+
+
+def mapping_loss(
+    features: torch.Tensor,
+    soft_maps: torch.Tensor,
+    map_fn: Callable[[torch.Tensor], torch.Tensor],
+    ratio: float,
+) -> torch.Tensor:
+    """Mapping loss L_map^s, a term of Eq. 1/19 (MProtoNet definition, SPEC §3).
+
+    ``mean|A(M1(F)) - M1(A(F))| + mean|M1(F)|``: the maps must follow a resize of the features,
+    and stay small. Applied to the soft-masked maps M1 (before the l1 normalisation of Eq. 13).
+
+    Args:
+        features: fused features F_s `(B, C_s, H_s, W_s, D_s)`.
+        soft_maps: M1(F_s) as computed in the forward pass `(B, K_s, H_s, W_s, D_s)`.
+        map_fn: re-runs the mapping module (with soft mask) on features; only this is re-run.
+        ratio: the resize ratio r drawn for this batch.
+    """
+    consistency = (resize_spatial(soft_maps, ratio) - map_fn(resize_spatial(features, ratio))).abs().mean()
+    return consistency + soft_maps.abs().mean()
+
+
+def lse_pool(x: torch.Tensor, sharpness: float = LSE_SHARPNESS) -> torch.Tensor:
+    """Log-sum-exp pooling of Online-CAM: ``(logsumexp(r x) - log N) / r`` over voxels.
+
+    Tends to the max for large r and to the mean for small r.
+
+    Args:
+        x: `(B, N_ch, H, W, D)`.
+        sharpness: r.
+
+    Returns:
+        `(B, N_ch)`.
+    """
+    flat = x.flatten(start_dim=2)
+    return (torch.logsumexp(sharpness * flat, dim=2) - math.log(flat.shape[2])) / sharpness
+
+
+def online_cam_logits(
+    hidden: torch.Tensor,
+    w2: torch.Tensor,
+    classifier_columns: torch.Tensor,
+    sharpness: float = LSE_SHARPNESS,
+) -> torch.Tensor:
+    """Online-CAM class logits of one scale, for L_OC^s of Eq. 1/19 (MProtoNet definition).
+
+    ``q = lse_pool(h) W2^T`` (the mapping module's second conv, bypassing its BN and sigmoid),
+    then ``logits = q w_cls[:, columns of s]^T``.
+
+    Args:
+        hidden: h_s, output of the mapping module's first Conv+BN+ReLU `(B, 128, H_s, W_s, D_s)`.
+        w2: second conv weight `(K_s, 128, 1, 1, 1)` or `(K_s, 128)`.
+        classifier_columns: the classifier weight's columns of this scale `(C, K_s)`.
+        sharpness: r of the log-sum-exp pooling.
+
+    Returns:
+        `(B, C)`.
+    """
+    w2 = w2.reshape(w2.shape[0], -1)
+    if w2.shape[1] != hidden.shape[1] or classifier_columns.shape[1] != w2.shape[0]:
+        raise ValueError(
+            f"Online-CAM shapes disagree: hidden {tuple(hidden.shape)}, w2 {tuple(w2.shape)}, "
+            f"classifier columns {tuple(classifier_columns.shape)}."
+        )
+    return lse_pool(hidden, sharpness) @ w2.t() @ classifier_columns.t()

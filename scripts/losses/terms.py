@@ -1,0 +1,193 @@
+"""Per-equation loss terms on similarities, prototypes and classifier weights.
+
+Eq. 7-10 and 22-23 (Section 2.3, Appendix B.2), L_cls and L_L1 (Eq. 3/21). Shapes: ``B`` batch,
+``C`` classes, ``K_s`` prototypes of scale ``s``, ``K_total`` all prototypes (classifier columns
+ordered by scale, then k), ``E`` embedding size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.utils import look_up_option
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
+ZETA_EPS = 1e-6
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    kind: str = "cross_entropy",
+    class_weights: torch.Tensor | Sequence[float] | None = None,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Classification loss L_cls, a term of Eq. 1/19 and Eq. 3/21.
+
+    ``"cross_entropy"`` is the paper's loss. ``"focal"`` is MProtoNet's option: per sample
+    ``-(1 - p_y)^gamma log p_y`` with softmax probabilities, reduced as a class-weighted mean
+    ``sum_b w[y_b] l_b / sum_b w[y_b]`` (MProtoNet uses ``w = 1/n_class``, see
+    :func:`inverse_frequency_weights`). MONAI's ``FocalLoss(use_softmax=True)`` averages over
+    ``B * C`` one-hot entries and does not renormalise by the weights, so it is not used here.
+
+    Args:
+        logits: class scores `(B, C)`.
+        labels: class indices `(B,)`.
+        kind: ``"cross_entropy"`` or ``"focal"``.
+        class_weights: optional per-class weights `(C,)`, used by both kinds.
+        gamma: focusing exponent of the focal loss.
+    """
+    kind = look_up_option(kind, CLASSIFICATION_LOSSES)
+    weight = None
+    if class_weights is not None:
+        weight = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits, labels, weight=weight)
+    log_prob = F.log_softmax(logits, dim=1)
+    return F.nll_loss((1.0 - log_prob.exp()) ** gamma * log_prob, labels, weight=weight)
+
+
+def inverse_frequency_weights(labels: torch.Tensor | Sequence[int], num_classes: int) -> torch.Tensor:
+    """Per-class weights ``1 / n_class`` counted from training labels `(N,)` -> `(C,)`."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    if counts.numel() != num_classes or (counts == 0).any():
+        raise ValueError(f"each of the {num_classes} classes needs a label, got counts {counts.tolist()}.")
+    return (1.0 / counts).float()
+
+
+def soft_class_coefficients(classifier_weight: torch.Tensor) -> torch.Tensor:
+    """Soft class-prototype coefficients zeta (Eq. 7), detached from the classifier.
+
+    Args:
+        classifier_weight: `(C, K_total)`.
+
+    Returns:
+        `(C, K_total)`; each column sums to 1 where any weight of that prototype is positive,
+        and is all zero otherwise.
+    """
+    positive = torch.relu(classifier_weight.detach())
+    return positive / (positive.sum(dim=0, keepdim=True) + ZETA_EPS)
+
+
+def _check_labels(similarities: torch.Tensor, labels: torch.Tensor) -> None:
+    if similarities.ndim != 2 or labels.shape != similarities.shape[:1]:
+        raise ValueError(
+            f"expected similarities (B, K_total) and labels (B,), "
+            f"got {tuple(similarities.shape)} and {tuple(labels.shape)}."
+        )
+
+
+def clustering_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    """Class-agnostic clustering loss (Eq. 8), averaged over the batch.
+
+    ``-sum_p zeta[y, p] S(x, p)``.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        zeta: soft coefficients `(C, K_total)` from :func:`soft_class_coefficients`.
+    """
+    _check_labels(similarities, labels)
+    return -(zeta[labels] * similarities).sum(dim=1).mean()
+
+
+def separation_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    """Class-agnostic separation loss (Eq. 9), averaged over the batch; enters Eq. 1 with a + sign.
+
+    ``sum_p (sum_{c' != y} zeta[c', p]) S(x, p)``.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        zeta: soft coefficients `(C, K_total)`.
+    """
+    _check_labels(similarities, labels)
+    other = zeta.sum(dim=0, keepdim=True) - zeta[labels]
+    return (other * similarities).sum(dim=1).mean()
+
+
+def _own_mask(similarities: torch.Tensor, labels: torch.Tensor, ownership: torch.Tensor) -> torch.Tensor:
+    """Boolean `(B, K_total)`: True where the prototype belongs to the sample's class."""
+    if ownership.ndim != 2 or ownership.shape[0] != similarities.shape[1]:
+        raise ValueError(f"ownership must be (K_total={similarities.shape[1]}, C), got {tuple(ownership.shape)}.")
+    if not (((ownership == 0) | (ownership == 1)).all() and (ownership.sum(dim=1) == 1).all()):
+        raise ValueError("ownership must be 0/1 with exactly one owning class per prototype (row).")
+    _check_labels(similarities, labels)
+    own = ownership.t()[labels].bool()
+    if not own.any(dim=1).all() or own.all(dim=1).any():
+        raise ValueError("every labelled class needs at least one own and one other-class prototype.")
+    return own
+
+
+def clustering_loss_class_specific(
+    similarities: torch.Tensor, labels: torch.Tensor, ownership: torch.Tensor
+) -> torch.Tensor:
+    """Class-specific clustering loss (Eq. 22): ``-max`` of S over own-class prototypes, batch mean.
+
+    The max runs over the own-class prototypes only; it equals Eq. 22 as printed (max of
+    ``zeta_hard * S`` over all prototypes) whenever that max is not negative.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        ownership: hard ownership `(K_total, C)`, one 1 per row.
+    """
+    own = _own_mask(similarities, labels, ownership)
+    return -similarities.masked_fill(~own, -math.inf).amax(dim=1).mean()
+
+
+def separation_loss_class_specific(
+    similarities: torch.Tensor, labels: torch.Tensor, ownership: torch.Tensor
+) -> torch.Tensor:
+    """Class-specific separation loss (Eq. 23): ``max`` of S over other-class prototypes, batch mean.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        ownership: hard ownership `(K_total, C)`.
+    """
+    own = _own_mask(similarities, labels, ownership)
+    return similarities.masked_fill(own, -math.inf).amax(dim=1).mean()
+
+
+def diversity_loss(prototypes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Prototype-diversity regulariser L_div (Eq. 10).
+
+    Per scale the mean cosine over prototype pairs ``i < j``, then the mean over scales. A scale
+    with fewer than two prototypes has no pair and is skipped (left out of the mean too); with no
+    such pair anywhere the loss is 0.
+
+    Args:
+        prototypes: one `(K_s, E)` tensor per scale.
+    """
+    per_scale = []
+    for bank in prototypes:
+        if bank.shape[0] < 2:
+            continue
+        unit = F.normalize(bank, dim=1)
+        rows, cols = torch.triu_indices(bank.shape[0], bank.shape[0], offset=1, device=bank.device)
+        per_scale.append((unit[rows] * unit[cols]).sum(dim=1).mean())
+    if not per_scale:
+        return prototypes[0].new_zeros(()) if prototypes else torch.zeros(())
+    return torch.stack(per_scale).mean()
+
+
+def l1_regularisation(classifier_weight: torch.Tensor, ownership: torch.Tensor | None = None) -> torch.Tensor:
+    """l1 penalty L_L1 of the classifier weights (Eq. 3/21).
+
+    Shared prototypes (``ownership=None``): all weights. Class-specific prototypes: only the
+    other-class connections, mask ``1 - ownership^T``.
+
+    Args:
+        classifier_weight: `(C, K_total)`.
+        ownership: optional hard ownership `(K_total, C)`.
+    """
+    if ownership is None:
+        return classifier_weight.abs().sum()
+    if ownership.shape != classifier_weight.shape[::-1]:
+        expected = tuple(classifier_weight.shape[::-1])
+        raise ValueError(f"ownership must be (K_total, C) = {expected}, got {tuple(ownership.shape)}.")
+    return (classifier_weight * (1 - ownership.t().to(classifier_weight.dtype))).abs().sum()

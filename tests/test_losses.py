@@ -1,0 +1,330 @@
+"""Tests of the training objectives: every expected value is worked out by hand in a comment."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scripts.losses import (
+    LastLayerLoss,
+    ScaleTerms,
+    Stage1Loss,
+    classification_loss,
+    clustering_loss_class_specific,
+    clustering_loss_shared,
+    diversity_loss,
+    inverse_frequency_weights,
+    l1_regularisation,
+    lse_pool,
+    mapping_loss,
+    online_cam_logits,
+    resize_spatial,
+    separation_loss_class_specific,
+    separation_loss_shared,
+    soft_class_coefficients,
+)
+
+LN3 = math.log(3.0)
+
+
+def test_eq7_soft_coefficients_hand_value_and_detached():
+    # ReLU(w) = [[1, 0, 0], [3, 2, 0]]; column sums 4, 2, 0.
+    # zeta = [[1/4, 0, 0], [3/4, 2/2, 0]] (up to the 1e-6 in the denominators); the all-negative
+    # column gives zeros.
+    w = torch.tensor([[1.0, -1.0, 0.0], [3.0, 2.0, -5.0]], requires_grad=True)
+    zeta = soft_class_coefficients(w)
+    expected = torch.tensor([[1 / (4 + 1e-6), 0.0, 0.0], [3 / (4 + 1e-6), 2 / (2 + 1e-6), 0.0]])
+    torch.testing.assert_close(zeta, expected)
+    # property: columns sum to 1 where any weight is positive, else 0
+    torch.testing.assert_close(zeta.sum(0), torch.tensor([1.0, 1.0, 0.0]), atol=1e-5, rtol=0)
+    assert not zeta.requires_grad
+
+
+def test_eq8_eq9_shared_clustering_separation_two_classes():
+    # zeta ~ [[0.25, 0, 0], [0.75, 1, 0]] from w below.
+    # sample 0 (y=0): clst = -(0.25*0.5) = -0.125; sep = 0.75*0.5 + 1*(-0.2) + 0*0.9 = 0.175
+    # sample 1 (y=1): clst = -(0.75*0.1 + 1*0.4) = -0.475; sep = 0.25*0.1 = 0.025
+    # batch means: clst = -0.3, sep = 0.1
+    zeta = soft_class_coefficients(torch.tensor([[1.0, -1.0, 0.0], [3.0, 2.0, -5.0]]))
+    s = torch.tensor([[0.5, -0.2, 0.9], [0.1, 0.4, -0.3]])
+    y = torch.tensor([0, 1])
+    assert clustering_loss_shared(s, y, zeta).item() == pytest.approx(-0.3, abs=1e-5)
+    assert separation_loss_shared(s, y, zeta).item() == pytest.approx(0.1, abs=1e-5)
+
+
+def test_eq9_shared_separation_sums_all_other_classes():
+    # three classes, one prototype with w = (1, 1, 2): zeta = (0.25, 0.25, 0.5); S = 0.8, y = 2.
+    # clst = -0.5*0.8 = -0.4; sep = (0.25 + 0.25)*0.8 = 0.4
+    zeta = soft_class_coefficients(torch.tensor([[1.0], [1.0], [2.0]]))
+    s, y = torch.tensor([[0.8]]), torch.tensor([2])
+    assert clustering_loss_shared(s, y, zeta).item() == pytest.approx(-0.4, abs=1e-5)
+    assert separation_loss_shared(s, y, zeta).item() == pytest.approx(0.4, abs=1e-5)
+
+
+OWNERSHIP = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1]])  # prototypes 0,1 -> class 0; 2,3 -> class 1
+
+
+def test_eq22_eq23_class_specific_clustering_separation():
+    # sample 0 (y=0): own {0.2, 0.7} -> clst -0.7; other {-0.1, 0.4} -> sep 0.4
+    # sample 1 (y=1): own {-0.6, -0.2} -> clst 0.2; other {-0.5, -0.3} -> sep -0.3
+    # means: clst = (-0.7 + 0.2)/2 = -0.25; sep = (0.4 - 0.3)/2 = 0.05
+    s = torch.tensor([[0.2, 0.7, -0.1, 0.4], [-0.5, -0.3, -0.6, -0.2]])
+    y = torch.tensor([0, 1])
+    assert clustering_loss_class_specific(s, y, OWNERSHIP).item() == pytest.approx(-0.25)
+    assert separation_loss_class_specific(s, y, OWNERSHIP).item() == pytest.approx(0.05)
+
+
+def test_eq22_rejects_ownership_with_two_owners():
+    bad = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 1]])
+    with pytest.raises(ValueError, match="ownership"):
+        clustering_loss_class_specific(torch.zeros(1, 4), torch.tensor([0]), bad)
+
+
+def test_eq10_diversity_hand_value_skips_single_prototype_scales():
+    # scale a: [1,0],[0,1],[1,1]: cosines 0, 1/sqrt2, 1/sqrt2 -> mean sqrt2/3
+    # scale b: [1,0],[-2,0]: cosine -1
+    # scale c: one prototype, no pair -> skipped; L_div = (sqrt2/3 - 1)/2
+    banks = [
+        torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+        torch.tensor([[1.0, 0.0], [-2.0, 0.0]]),
+        torch.tensor([[3.0, 4.0]]),
+    ]
+    assert diversity_loss(banks).item() == pytest.approx((math.sqrt(2) / 3 - 1) / 2)
+
+
+def test_eq10_diversity_properties():
+    # orthogonal prototypes -> 0; parallel ones -> 1
+    assert diversity_loss([torch.eye(4)]).item() == pytest.approx(0.0)
+    assert diversity_loss([torch.tensor([[1.0, 2.0], [2.0, 4.0], [0.5, 1.0]])]).item() == pytest.approx(1.0)
+
+
+def test_eq1_classification_cross_entropy_hand_value():
+    # logits (0, ln3): p = (1/4, 3/4); y = 1 -> -ln(3/4) = ln(4/3)
+    loss = classification_loss(torch.tensor([[0.0, LN3]]), torch.tensor([1]))
+    assert loss.item() == pytest.approx(math.log(4 / 3))
+
+
+def test_eq1_classification_focal_class_weighted_hand_value():
+    # sample 0: logits (0, ln3), y=1: p_y = 3/4 -> (1/4)^2 * ln(4/3) = ln(4/3)/16
+    # sample 1: logits (0, 0),   y=0: p_y = 1/2 -> (1/2)^2 * ln 2   = ln(2)/4
+    # weights 1/n_class from counts (1, 3): w = (1, 1/3); weighted mean over samples:
+    # (1 * ln2/4 + 1/3 * ln(4/3)/16) / (1 + 1/3)
+    logits = torch.tensor([[0.0, LN3], [0.0, 0.0]])
+    y = torch.tensor([1, 0])
+    weights = inverse_frequency_weights(torch.tensor([0, 1, 1, 1]), num_classes=2)
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1 / 3]))
+    expected = (math.log(2) / 4 + math.log(4 / 3) / 48) / (4 / 3)
+    assert classification_loss(logits, y, "focal", weights).item() == pytest.approx(expected)
+
+
+def test_classification_rejects_unknown_kind():
+    with pytest.raises(ValueError):
+        classification_loss(torch.zeros(1, 2), torch.tensor([0]), "hinge")
+
+
+def test_inverse_frequency_weights_rejects_missing_class():
+    with pytest.raises(ValueError, match="classes"):
+        inverse_frequency_weights(torch.tensor([0, 0]), num_classes=2)
+
+
+def test_eq1_map_resize_sizes_and_corners():
+    # floor(16*0.875) = 14, floor(12*0.875) = 10; align_corners keeps the end values
+    x = torch.arange(16.0).reshape(1, 1, 16, 1, 1).expand(1, 1, 16, 12, 12)
+    out = resize_spatial(x, 0.875)
+    assert out.shape == (1, 1, 14, 10, 10)
+    assert out[0, 0, 0, 0, 0].item() == 0.0 and out[0, 0, -1, 0, 0].item() == pytest.approx(15.0)
+    with pytest.raises(ValueError, match="empty axis"):
+        resize_spatial(torch.zeros(1, 1, 4, 1, 1), 0.75)
+
+
+def test_eq1_map_loss_hand_value():
+    # F along H = (0, 1, 2, 3), constant along W and D (size 2 -> floor(1.5) = 1); map M1(x) = x^2.
+    # r = 0.75: H 4 -> 3, align_corners samples at h = 0, 1.5, 3.
+    #   A(M1(F)) = A(0, 1, 4, 9) = (0, 2.5, 9);  M1(A(F)) = (0, 1.5, 3)^2 = (0, 2.25, 9)
+    #   consistency = mean(0, 0.25, 0) = 1/12;  size term = mean(0, 1, 4, 9) = 3.5
+    f = torch.arange(4.0).reshape(1, 1, 4, 1, 1).expand(1, 1, 4, 2, 2)
+    loss = mapping_loss(f, f**2, lambda x: x**2, 0.75)
+    assert loss.item() == pytest.approx(3.5 + 1 / 12)
+
+
+def test_eq1_map_loss_consistency_vanishes_for_linear_map():
+    # trilinear resize commutes with a per-voxel linear map, so only mean|M1| is left
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(2, 3, 8, 8, 6, generator=g)
+    mix = torch.rand(4, 3, generator=g)
+
+    def map_fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("kc,bchwd->bkhwd", mix, x)
+
+    maps = map_fn(f)
+    assert mapping_loss(f, maps, map_fn, 0.875).item() == pytest.approx(maps.abs().mean().item(), rel=1e-5)
+
+
+def test_eq1_oc_lse_pool_hand_value_and_limits():
+    # r = 10, voxels (0, 0.1 ln3): r*h = (0, ln3) -> logsumexp = ln 4; (ln4 - ln2)/10 = ln2/10
+    h = torch.tensor([0.0, 0.1 * LN3]).reshape(1, 1, 2, 1, 1)
+    assert lse_pool(h).item() == pytest.approx(math.log(2) / 10)
+    # limits in float64 (dividing by a tiny r amplifies float32 rounding):
+    # large r -> max (bias <= log(64)/r), small r -> mean (bias ~ r * var / 2)
+    x = torch.rand(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    flat = x.flatten(2)
+    torch.testing.assert_close(lse_pool(x, 1e4), flat.amax(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(lse_pool(x, 1e-4), flat.mean(2), atol=1e-4, rtol=0)
+
+
+def test_eq1_oc_logits_and_loss_hand_value():
+    # hidden channel 0 = (0, 0.1 ln3) -> g0 = ln2/10; channel 1 constant 0.5 -> g1 = 0.5
+    # W2 = [[1, 0], [0, 2]] -> q = (ln2/10, 1); classifier columns (1, 2) of w = identity -> logits = q
+    # y = 1: CE = ln(1 + exp(q0 - q1))
+    hidden = torch.tensor([[0.0, 0.1 * LN3], [0.5, 0.5]]).reshape(1, 2, 2, 1, 1)
+    w2 = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).reshape(2, 2, 1, 1, 1)
+    w_cls = torch.tensor([[9.0, 1.0, 0.0], [9.0, 0.0, 1.0]])
+    logits = online_cam_logits(hidden, w2, w_cls[:, [1, 2]])
+    torch.testing.assert_close(logits, torch.tensor([[math.log(2) / 10, 1.0]]))
+    expected = math.log(1 + math.exp(math.log(2) / 10 - 1))
+    assert classification_loss(logits, torch.tensor([1])).item() == pytest.approx(expected)
+
+
+def test_eq3_l1_shared_and_class_specific():
+    # all: 1 + 2 + 0.5 + 3 + 4 + 0 = 10.5
+    # ownership: p0 -> c0, p1 -> c1, p2 -> c0; other-class entries w[0,1], w[1,0], w[1,2]: 2 + 3 + 0 = 5
+    w = torch.tensor([[1.0, -2.0, 0.5], [-3.0, 4.0, 0.0]])
+    ownership = torch.tensor([[1, 0], [0, 1], [1, 0]])
+    assert l1_regularisation(w).item() == pytest.approx(10.5)
+    assert l1_regularisation(w, ownership).item() == pytest.approx(5.0)
+
+
+def test_eq3_last_layer_loss_hand_value():
+    # CE = ln(4/3); L1 = 10.5; total = ln(4/3) + 0.01*10.5
+    w = torch.tensor([[1.0, -2.0, 0.5], [-3.0, 4.0, 0.0]])
+    total, parts = LastLayerLoss()(torch.tensor([[0.0, LN3]]), torch.tensor([1]), w)
+    assert total.item() == pytest.approx(math.log(4 / 3) + 0.105)
+    assert set(parts) == {"cls", "l1"} and parts["l1"].item() == pytest.approx(10.5)
+
+
+def _constant(shape: tuple[int, ...], values: list[float]) -> torch.Tensor:
+    """A (1, N, *spatial) tensor whose channel n is the constant values[n]."""
+    return torch.tensor(values).reshape(1, -1, 1, 1, 1).expand(1, len(values), *shape).clone()
+
+
+def _two_scales(calls: list[tuple[int, ...]] | None = None) -> tuple[list[ScaleTerms], torch.Tensor]:
+    """Two scales with hand-checkable terms (see test_eq1_stage1_total_hand_value)."""
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        if calls is not None:
+            calls.append(tuple(x.shape[2:]))
+        return x
+
+    f1, f2 = _constant((4, 4, 4), [0.5]), _constant((4, 4, 4), [0.25, 0.25])
+    scale1 = ScaleTerms(
+        features=f1,
+        hidden=_constant((4, 4, 4), [1.0, 0.0]),
+        w2=torch.tensor([[2.0, 3.0]]).reshape(1, 2, 1, 1, 1),
+        soft_maps=f1,
+        similarities=torch.tensor([[0.2]], requires_grad=True),
+        prototypes=torch.tensor([[1.0, 0.0]]),
+        map_fn=identity,
+        columns=slice(0, 1),
+    )
+    scale2 = ScaleTerms(
+        features=f2,
+        hidden=_constant((4, 4, 4), [1.0, 1.0]),
+        w2=torch.tensor([[1.0, 0.0], [0.0, -1.0]]).reshape(2, 2, 1, 1, 1),
+        soft_maps=f2,
+        similarities=torch.tensor([[0.6, -0.4]], requires_grad=True),
+        prototypes=torch.tensor([[1.0, 0.0], [1.0, 1.0]]),
+        map_fn=identity,
+        columns=[1, 2],
+    )
+    w_cls = torch.tensor([[0.0, 1.0, 2.0], [LN3, 0.0, 1.0]], requires_grad=True)
+    return [scale1, scale2], w_cls
+
+
+def test_eq1_stage1_total_hand_value():
+    # y = 1, logits (0, ln3): cls = ln(4/3)
+    # zeta columns: (0, 1), (1, 0), (2/3, 1/3); S = (0.2 | 0.6, -0.4)
+    #   clst = -(1*0.2 + 0*0.6 + 1/3*(-0.4)) = -1/15;  sep = 0*0.2 + 1*0.6 + 2/3*(-0.4) = 1/3
+    # map: identity map on constant features -> consistency 0; mean|M1| = 0.5 and 0.25 -> mean 0.375
+    # oc scale 1: g = (1, 0), q = 2, logits = 2*(0, ln3) = (0, 2 ln3) -> CE = ln(1 + 1/9)
+    # oc scale 2: g = (1, 1), q = (1, -1), columns 1, 2 of w = [[1, 2], [0, 1]]:
+    #   logits = (1*1 - 1*2, 1*0 - 1*1) = (-1, -1) -> CE = ln 2;  oc = mean of the two
+    # div: scale 1 has one prototype (skipped); scale 2 cos = 1/sqrt2
+    scales, w_cls = _two_scales()
+    cls, clst, sep, mp = math.log(4 / 3), -1 / 15, 1 / 3, 0.375
+    oc = (math.log(10 / 9) + math.log(2)) / 2
+    div = 1 / math.sqrt(2)
+    total, parts = Stage1Loss(seed=0)(scales, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)
+    expected = 1 * cls + 0.8 * clst + 0.08 * sep + 0.5 * mp + 0.05 * oc + 0.001 * div
+    assert total.item() == pytest.approx(expected, abs=1e-5)
+    for name, value in {"cls": cls, "clst": clst, "sep": sep, "map": mp, "oc": oc, "div": div}.items():
+        assert parts[name].item() == pytest.approx(value, abs=1e-5), name
+        assert not parts[name].requires_grad
+
+
+def test_eq1_stage1_switches_and_single_map_call_per_scale():
+    calls: list[tuple[int, ...]] = []
+    scales, w_cls = _two_scales(calls)
+    args = (scales, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)
+    total_off, parts_off = Stage1Loss(use_map=False, use_oc=False)(*args)
+    assert calls == [] and set(parts_off) == {"cls", "clst", "sep", "div"}
+    _, parts_on = Stage1Loss(map_ratios=(0.75,))(*args)
+    assert calls == [(3, 3, 3), (3, 3, 3)]  # one re-run of the mapping module per scale, at floor(4*0.75)
+    expected_off = sum(w * parts_on[k].item() for k, w in {"cls": 1, "clst": 0.8, "sep": 0.08, "div": 0.001}.items())
+    assert total_off.item() == pytest.approx(expected_off)
+
+
+def test_eq1_stage1_ratio_draw_is_seeded():
+    # on 8 voxels per axis r = 0.75 resizes to 6 and r = 0.875 to 7
+    def drawn(seed: int) -> list[int]:
+        calls: list[int] = []
+
+        def identity(x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[2])
+            return x
+
+        f = torch.rand(1, 1, 8, 8, 8)
+        scale = ScaleTerms(f, f, torch.ones(1, 1, 1, 1, 1), f, torch.zeros(1, 1), torch.ones(1, 2), identity, [0])
+        loss = Stage1Loss(seed=seed, use_oc=False)
+        for _ in range(16):
+            loss([scale], torch.zeros(1, 2), torch.tensor([0]), torch.ones(2, 1))
+        return calls
+
+    first = drawn(3)
+    assert first == drawn(3)
+    assert set(first) == {6, 7}
+
+
+def test_eq7_stage1_zeta_detached_no_grad_to_classifier():
+    # only clst and sep on: the classifier weight enters through zeta alone, which is detached
+    scales, w_cls = _two_scales()
+    loss = Stage1Loss(cls_weight=0.0, div_weight=0.0, use_map=False, use_oc=False)
+    total, _ = loss(scales, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)
+    total.backward()
+    assert w_cls.grad is None
+    # d total / d S = 0.8*(-zeta_y) + 0.08*zeta_other; for S_2,1 (zeta = (1, 0)): 0.08
+    assert scales[1].similarities.grad[0, 0].item() == pytest.approx(0.08, abs=1e-6)
+
+
+def test_eq22_stage1_class_specific_uses_ownership():
+    scales, w_cls = _two_scales()
+    ownership = torch.tensor([[1, 0], [0, 1], [1, 0]])
+    args = (scales, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)
+    loss = Stage1Loss(prototype_sharing="class_specific", use_map=False, use_oc=False)
+    # y = 1 owns only prototype 1 (S = 0.6): clst = -0.6; others (0.2, -0.4): sep = 0.2
+    _, parts = loss(*args, ownership=ownership)
+    assert parts["clst"].item() == pytest.approx(-0.6) and parts["sep"].item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="ownership"):
+        loss(*args)
+
+
+def test_stage1_rejects_bad_options_and_columns():
+    with pytest.raises(ValueError):
+        Stage1Loss(prototype_sharing="partly")
+    with pytest.raises(ValueError, match="map_ratios"):
+        Stage1Loss(map_ratios=(1.5,))
+    scales, w_cls = _two_scales()
+    swapped = [scales[0]._replace(columns=[2]), scales[1]._replace(columns=[0, 1])]
+    with pytest.raises(ValueError, match="columns"):
+        Stage1Loss()(swapped, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)

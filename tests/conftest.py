@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data.synthetic import brats_affine, generate_dataset
+from scripts.data.synthetic import NAME_MAPPING_COLUMNS, brats_affine, generate_dataset
 
 DATA_SMALL_SHAPE = (48, 48, 36)
 
@@ -54,7 +54,7 @@ def data_brats2020_tree(tmp_path: Path) -> Path:
         seg = "W39_1998.09.19_Segm.nii" if n == 355 else "default"
         _write_case(root / case_id, case_id, "nii" if n % 3 == 0 else "nii.gz", seg, seed=n)
         rows.append(f"{grade},NA,NA,{'TCGA-' + str(n) if n < 4 else 'NA'},NA,{case_id}")
-    header = "Grade,BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,BraTS_2019_subject_ID,BraTS_2020_subject_ID"
+    header = ",".join(NAME_MAPPING_COLUMNS)
     (root / "name_mapping.csv").write_text("\n".join([header, *rows]) + "\n")
     return root
 

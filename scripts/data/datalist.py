@@ -40,7 +40,8 @@ DEFAULT_CLASS_NAMES = ("LGG", "HGG")
 
 def parse_class_names(class_names: str | Sequence[str]) -> list[str]:
     """Class names in label order, from a list or a comma-separated string; at least two, unique."""
-    names = [n.strip() for n in class_names.split(",")] if isinstance(class_names, str) else [str(n) for n in class_names]
+    names = class_names.split(",") if isinstance(class_names, str) else class_names
+    names = [str(n).strip() for n in names]
     if len(names) < 2 or len(set(names)) != len(names) or not all(names):
         raise ValueError(f"class_names must be at least two distinct non-empty names, got {class_names!r}")
     return names
@@ -174,10 +175,15 @@ def main(
 ) -> None:
     """Build the datalist of ``dataset_dir`` and write it to ``out`` (overwriting it); print a summary."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    datalist = build_datalist(dataset_dir, class_names, layout, seed, num_folds, skip_bad_cases, check_voxels, num_workers)
+    datalist = build_datalist(
+        dataset_dir, class_names, layout, seed, num_folds, skip_bad_cases, check_voxels, num_workers
+    )
     write_datalist(datalist, out)
     counts = Counter((item["fold"], item["label_name"]) for item in datalist["training"])
-    logger.info("%s: %d cases (%s layout), %d skipped", out, len(datalist["training"]), datalist["layout"], len(datalist["skipped"]))
+    logger.info(
+        "%s: %d cases (%s layout), %d skipped",
+        out, len(datalist["training"]), datalist["layout"], len(datalist["skipped"]),
+    )
     for fold in range(datalist["num_folds"]):
         logger.info("fold %d: %s", fold, {name: counts[(fold, name)] for name in datalist["class_names"]})
 

@@ -73,7 +73,9 @@ def _axes(shape: Sequence[int], centre: np.ndarray, radii: np.ndarray) -> list[n
     return axes
 
 
-def _box(centre: np.ndarray, half: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+def _box(
+    centre: np.ndarray, half: np.ndarray, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Integer box ``[lo, hi)`` around ``centre`` of half-size ``half``, clipped to ``shape``, and its slices."""
     lo = np.clip(np.floor(centre - half), 0, shape).astype(int)
     hi = np.clip(np.ceil(centre + half) + 1, 0, shape).astype(int)
@@ -140,7 +142,8 @@ def generate_case(
         v_radii = np.array([0.09, 0.33, 0.18]) * radii * spread
         v_lo, v_hi, v_box = _box(v_centre, v_radii * 1.2 + 2, work)
         v_axes = _axes(v_hi - v_lo, v_centre - v_lo, v_radii)
-        np.maximum(ventricles[v_box], _ramp(np.sqrt(sum(a**2 for a in v_axes)) - 1.0, edge / 0.15), out=ventricles[v_box])
+        v_fill = _ramp(np.sqrt(sum(a**2 for a in v_axes)) - 1.0, edge / 0.15)
+        np.maximum(ventricles[v_box], v_fill, out=ventricles[v_box])
     # Per-case tissue contrast jitter, shared by both grades.
     tissue = [t * rng.uniform(0.95, 1.05, 4).astype(np.float32) for t in (WHITE, GREY, CSF)]
     images = np.empty((4, *work), np.float32)

@@ -63,7 +63,9 @@ def check_case(case: dict, check_voxels: bool = True) -> None:
             _read_voxels(case_id, path, image)
 
 
-def case_problems(cases: Sequence[dict], check_voxels: bool = True, num_workers: int | None = None) -> list[DataError | None]:
+def case_problems(
+    cases: Sequence[dict], check_voxels: bool = True, num_workers: int | None = None
+) -> list[DataError | None]:
     """``check_case`` on every case, in threads (decompression releases the GIL); one entry per case.
 
     ``num_workers`` defaults to ``min(8, cpus)``.

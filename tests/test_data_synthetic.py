@@ -1,0 +1,142 @@
+"""The synthetic BraTS generator: layout, reproducibility, and grade evidence only inside the tumour."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.data import build_datalist, generate_case, generate_dataset
+from scripts.data.synthetic import brats_affine
+
+SHAPE = (48, 48, 36)
+SPEC_COLUMNS = ["Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
+                "BraTS_2019_subject_ID", "BraTS_2020_subject_ID"]
+
+
+def _info(root: Path) -> list[dict[str, str]]:
+    with open(root / "synthetic_info.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_brats_affine_is_lps_with_the_brats_origin():
+    affine = brats_affine((240, 240, 155))
+    assert nib.aff2axcodes(affine) == ("L", "P", "S")
+    assert np.array_equal(affine, [[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
+
+
+def test_output_follows_the_brats2020_layout(data_synthetic_root):
+    root = data_synthetic_root
+    with open(root / "name_mapping.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == SPEC_COLUMNS
+    assert [r[5] for r in rows[1:]] == [f"BraTS20_Training_{n:03d}" for n in range(1, 13)]
+    case = root / "BraTS20_Training_007"
+    assert sorted(p.name for p in case.iterdir()) == sorted(
+        f"BraTS20_Training_007_{s}.nii.gz" for s in ("flair", "seg", "t1", "t1ce", "t2")
+    )
+    for sequence in ("t1", "t1ce", "t2", "flair"):
+        image = nib.load(case / f"BraTS20_Training_007_{sequence}.nii.gz")
+        assert image.shape == SHAPE and image.get_data_dtype() == np.int16
+        assert np.array_equal(image.affine, brats_affine(SHAPE)) and image.header.get_zooms() == (1.0, 1.0, 1.0)
+        data = np.asanyarray(image.dataobj)
+        assert data.min() == 0 and data.max() > 100  # skull-stripped: zero background
+    seg = nib.load(case / "BraTS20_Training_007_seg.nii.gz")
+    assert seg.get_data_dtype() == np.uint8 and set(np.unique(seg.dataobj)) <= {0, 1, 2, 4}
+
+
+def test_output_loads_with_the_brats2020_datalist_unchanged(data_synthetic_root):
+    datalist = build_datalist(data_synthetic_root, num_folds=2)
+    grades = {r["case_id"]: r["grade"] for r in _info(data_synthetic_root)}
+    assert datalist["layout"] == "brats2020" and len(datalist["training"]) == 12
+    assert {i["case_id"]: i["label_name"] for i in datalist["training"]} == grades
+    assert all(i["mask"].endswith("_seg.nii.gz") for i in datalist["training"])
+
+
+def test_labels_follow_the_grade(data_synthetic_root):
+    for row in _info(data_synthetic_root):
+        seg = np.asanyarray(nib.load(data_synthetic_root / row["case_id"] / f"{row['case_id']}_seg.nii.gz").dataobj)
+        present = set(np.unique(seg).tolist())
+        assert present == ({0, 1, 2, 4} if row["grade"] == "HGG" else {0, 1, 2})
+
+
+def test_seeded_and_reproducible(tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        generate_dataset(tmp_path / name, cases=2, shape=(24, 24, 16), seed=seed, extension="nii")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.nii"))
+    assert len(files) == 10 and all(str(f).endswith(".nii") for f in files)
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files)
+
+
+def test_grade_does_not_change_any_voxel_outside_the_tumour():
+    for seed in range(3):
+        high, high_labels, _ = generate_case(np.random.default_rng(seed), True, shape=SHAPE)
+        low, low_labels, _ = generate_case(np.random.default_rng(seed), False, shape=SHAPE)
+        assert np.array_equal(high_labels > 0, low_labels > 0)
+        outside = high_labels == 0
+        assert np.array_equal(high[:, outside], low[:, outside])
+        assert not np.array_equal(high[:, ~outside], low[:, ~outside])
+
+
+def _core_contrast(images: np.ndarray, labels: np.ndarray, sequence: int) -> float:
+    """Mean of a sequence in the tumour core (labels 1, 4) over its mean in the normal brain."""
+    brain = (images[sequence] > 0) & (labels == 0)
+    return float(images[sequence][np.isin(labels, (1, 4))].mean() / images[sequence][brain].mean())
+
+
+def _outside_statistic(images: np.ndarray, labels: np.ndarray) -> float:
+    """T1-CE over T1 in the brain outside the tumour: would show contrast uptake if any leaked out."""
+    brain = (images[0] > 0) & (labels == 0)
+    return float(images[1][brain].mean() / images[0][brain].mean())
+
+
+def test_grades_differ_inside_the_tumour_and_not_outside():
+    stats = {True: ([], []), False: ([], [])}
+    for seed in range(16):
+        high = seed % 2 == 0
+        images, labels, _ = generate_case(np.random.default_rng(100 + seed), high, shape=SHAPE)
+        stats[high][0].append(_core_contrast(images, labels, 1))
+        stats[high][1].append(_outside_statistic(images, labels))
+    inside_high, inside_low = np.array(stats[True][0]), np.array(stats[False][0])
+    assert inside_high.min() > inside_low.max()  # enhancing rim only in HGG: perfectly separable
+    outside_high, outside_low = np.array(stats[True][1]), np.array(stats[False][1])
+    pooled = np.sqrt((outside_high.var(ddof=1) + outside_low.var(ddof=1)) / 8)
+    assert abs(outside_high.mean() - outside_low.mean()) / pooled < 2.0  # Welch t well inside chance
+    assert outside_high.max() > outside_low.min() and outside_low.max() > outside_high.min()  # overlapping
+
+
+def test_ambiguous_cases_blend_the_two_looks(tmp_path):
+    clear = generate_dataset(tmp_path / "clear", cases=10, shape=(24, 24, 16), seed=1, ambiguous_fraction=0.0)
+    assert all((r["appearance"] >= 0.75) == (r["grade"] == "HGG") for r in clear)
+    blended = generate_dataset(tmp_path / "amb", cases=10, shape=(24, 24, 16), seed=1, ambiguous_fraction=1.0)
+    assert all(0.35 <= r["appearance"] <= 0.65 and r["ambiguous"] for r in blended)
+    assert [r["grade"] for r in blended] == [r["grade"] for r in clear]  # same grades, other looks
+
+
+def test_hgg_fraction_sets_the_grade_ratio(tmp_path):
+    records = generate_dataset(tmp_path, cases=60, shape=(16, 16, 16), seed=0, hgg_fraction=0.8)
+    hgg = sum(r["grade"] == "HGG" for r in records)
+    assert 38 <= hgg <= 58  # binomial(60, 0.8): mean 48, sd 3.1
+    assert all(r["grade"] == "LGG" for r in generate_dataset(tmp_path / "lgg", 4, (16, 16, 16), hgg_fraction=0.0))
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        generate_dataset(tmp_path, cases=1, shape="64,64")
+    with pytest.raises(ValueError, match="nii.gz"):
+        generate_dataset(tmp_path, cases=1, shape=(16, 16, 16), extension="mha")
+
+
+def test_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.data.synthetic", "--out", str(tmp_path), "--cases", "2", "--shape", "24,24,16"],
+        check=True, cwd=Path(__file__).parents[1], capture_output=True, text=True,
+    )
+    assert "2 cases" in result.stdout and "s per case" in result.stdout
+    assert nib.load(tmp_path / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz").shape == (24, 24, 16)

@@ -70,7 +70,8 @@ def test_preprocessing_spec_size_from_a_full_size_case(tmp_path):
             "mask": f"{case}_seg.nii.gz"}
     out = preprocessing_transforms(with_mask=True)(item)
     assert out["image"].shape == (4, 128, 128, 96) and out["mask"].shape == (1, 128, 128, 96)
-    assert np.allclose(np.abs(np.diag(out["image"].affine.numpy())[:3]), 1.5)
+    affine = out["image"].affine.numpy()
+    assert np.allclose(np.diag(affine)[:3], 1.5) and nib.aff2axcodes(affine) == ("R", "A", "S")  # from LPS input
 
 
 def test_mask_lands_on_the_tumour(data_items):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,10 +106,9 @@ def write_datalist(datalist: dict, path: str | Path) -> None:
     """Write atomically (temporary file + rename); same content gives the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(datalist, indent=2) + "\n"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(datalist, indent=2) + "\n")
+    os.replace(temporary, path)
 
 
 def load_datalist(path: str | Path) -> dict:

@@ -125,11 +125,6 @@ class _Best:
             self.similarity = self.similarity.to(other.similarity.device)
             self.descriptors = torch.zeros_like(other.descriptors)
             self.maps = torch.zeros_like(other.maps)
-        if other.maps.shape != self.maps.shape:
-            raise ValueError(
-                f"push needs one input size: case {next(c for c in other.case_ids if c)} gives attention maps "
-                f"{tuple(other.maps.shape[1:])}, earlier cases {tuple(self.maps.shape[1:])}."
-            )
         better = other.similarity > self.similarity
         self.similarity = torch.where(better, other.similarity, self.similarity)
         self.descriptors = torch.where(better[:, None], other.descriptors, self.descriptors)
@@ -206,8 +201,15 @@ def _search(net: UMProtoShare, loader: Iterable[Mapping[str, Any]], class_names:
     """Stream over ``loader`` keeping, per scale, each prototype's most similar eligible case (eval, no grad)."""
     owners = None if net.ownership is None else net.ownership.argmax(dim=1).to(device)
     bests = [_Best.empty(net.prototypes_per_scale[s - 1]) for s in net.scales]
+    grid: list[int] | None = None
     for batch in loader:
         images, labels, case_ids = _batch_fields(batch, class_names)
+        if grid is not None and list(images.shape[2:]) != grid:
+            raise ValueError(
+                f"push needs one input size: cases {case_ids} have images {list(images.shape[2:])}, earlier "
+                f"cases {grid}."
+            )
+        grid = list(images.shape[2:])
         explanation = net.explain(images.to(device))
         label_tensor = torch.tensor(labels, device=device)
         for best, entry in zip(bests, explanation.per_scale):
@@ -215,7 +217,7 @@ def _search(net: UMProtoShare, loader: Iterable[Mapping[str, Any]], class_names:
                 eligible = torch.ones_like(entry.similarities, dtype=torch.bool)
             else:
                 eligible = label_tensor[:, None] == owners[net.columns(entry.scale)][None, :]
-            best.absorb(_Best.from_batch(entry, eligible, case_ids, labels, list(images.shape[2:])))
+            best.absorb(_Best.from_batch(entry, eligible, case_ids, labels, grid))
     return bests
 
 
@@ -228,14 +230,18 @@ def _merge_ranks(bests: list[_Best]) -> list[_Best]:
     dist.all_gather_object(gathered, local)
     merged = [_Best.empty(len(best.case_ids)) for best in local]
     for rank_bests in gathered:
-        for mine, theirs in zip(merged, rank_bests or []):
+        for mine, theirs in zip(merged, rank_bests):
             mine.absorb(theirs)
     return merged
 
 
 def _check_found(net: UMProtoShare, bests: list[_Best], class_names: Sequence[str]) -> None:
     """Raise a ValueError when a prototype found no eligible case (empty loader, or a class with no case)."""
-    missing = [column for column, (s, k) in enumerate(net.prototype_columns) if bests[net.scales.index(s)].case_ids[k] is None]
+    missing = [
+        column
+        for column, (s, k) in enumerate(net.prototype_columns)
+        if bests[net.scales.index(s)].case_ids[k] is None
+    ]
     if not missing:
         return
     if net.ownership is None:

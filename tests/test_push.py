@@ -88,7 +88,8 @@ def test_eq2_shared_push_takes_the_most_similar_case_over_all_cases():
     # after the push each prototype is maximally similar (S = 1) to its own source case
     similarities, _ = brute_force(model, cases)
     winners = [int(r["case_id"][4:]) for r in result.records]
-    assert torch.allclose(similarities[winners, range(model.num_prototypes)], torch.ones(model.num_prototypes), atol=1e-5)
+    own_similarity = similarities[winners, range(model.num_prototypes)]
+    assert torch.allclose(own_similarity, torch.ones(model.num_prototypes), atol=1e-5)
 
 
 def test_eq20_class_specific_push_searches_only_the_owning_class():
@@ -212,6 +213,14 @@ def test_class_specific_push_without_a_class_names_it():
         (batches(make_cases([0, 1])), ["LGG"], "2 classes"),
         (batches(make_cases([0, 2])), CLASSES, "case1"),
         ([{"image": torch.randn(1, *SHAPE), "label": torch.tensor([0])}], CLASSES, "case_id"),
+        (
+            [
+                {"image": torch.randn(1, *SHAPE), "label": torch.tensor([0]), "case_id": ["a"]},
+                {"image": torch.randn(1, 4, 32, 32, 16), "label": torch.tensor([1]), "case_id": ["b"]},
+            ],
+            CLASSES,
+            r"one input size: cases \['b'\]",
+        ),
     ],
 )
 def test_push_input_errors(loader, class_names, message):

@@ -197,7 +197,9 @@ def _batch_fields(batch: Mapping[str, Any], class_names: Sequence[str]) -> tuple
     return images, labels, case_ids
 
 
-def _search(net: UMProtoShare, loader: Iterable[Mapping[str, Any]], class_names: Sequence[str], device) -> list[_Best]:
+def _search(
+    net: UMProtoShare, loader: Iterable[Mapping[str, Any]], class_names: Sequence[str], device: torch.device
+) -> list[_Best]:
     """Stream over ``loader`` keeping, per scale, each prototype's most similar eligible case (eval, no grad)."""
     owners = None if net.ownership is None else net.ownership.argmax(dim=1).to(device)
     bests = [_Best.empty(net.prototypes_per_scale[s - 1]) for s in net.scales]
@@ -273,7 +275,7 @@ def push_prototypes(
         loader: yields dicts with "image" (B, C_in, H, W, D), "label" (B,) class indices and
             "case_id" (B strings); under DDP, this rank's shard.
         class_names: name of each class, in label order (len = model.num_classes).
-        device: where the search runs; default the model's device.
+        device: where the images are sent (the model's device, which is the default).
         input_size: grid of the peak voxels, [H, W, D]; default each winning case's image size.
 
     Returns:

@@ -44,7 +44,8 @@ class PushResult:
     """Provenance of one push; ``state_dict``/``load_state_dict`` make it checkpointable (plain data only).
 
     ``records``: one dict per classifier column, in column order, with keys ``column``, ``scale``, ``k``,
-    ``case_id``, ``label``, ``class_name``, ``similarity`` (the S that won, before the push),
+    ``case_id``, ``label``, ``class_name``, ``similarity`` (the S that won, before the push; for
+    ProtoPNet's ``voxel_topk`` similarity, the best voxel's similarity, see ``push_similarities``),
     ``peak_voxel`` ([i, j, l] in the input grid), ``map_shape`` ([h_s, w_s, d_s]) and ``input_shape``
     (the grid of ``peak_voxel``). ``maps``: column → the winning attention map M_s^k, (h_s, w_s, d_s).
     """
@@ -103,7 +104,7 @@ class _Best:
             labels: B labels.
             input_shape: spatial size of the batch's images, [H, W, D].
         """
-        masked = entry.similarities.float().masked_fill(~eligible, -math.inf)
+        masked = entry.push_similarities.float().masked_fill(~eligible, -math.inf)
         index = masked.argmax(dim=0)
         columns = torch.arange(masked.shape[1], device=masked.device)
         found = torch.isfinite(masked[index, columns]).tolist()
@@ -267,8 +268,10 @@ def push_prototypes(
 
     Runs ``model.explain`` in eval mode without gradient, then restores every module's train/eval
     state. Shared prototypes search all cases; class-specific ones (``model.ownership``) only the
-    cases of their own class. Ties go to the first case seen (under DDP: the lowest rank). The new
-    prototypes are copied in place into each head's ``prototypes`` parameter, identically on all ranks.
+    cases of their own class. Cases compete by ``push_similarities`` (S; for ProtoPNet's ``voxel_topk``
+    similarity the best voxel's, whose feature vector is its descriptor). Ties go to the first case
+    seen (under DDP: the lowest rank). The new prototypes are copied in place into each head's
+    ``prototypes`` parameter, identically on all ranks.
 
     Args:
         model: a UMProtoShare, optionally wrapped in DistributedDataParallel / DataParallel.

@@ -7,8 +7,22 @@ The functions take plain tensors and callables, so they do not depend on the mod
 
 from __future__ import annotations
 
-from scripts.losses.composite import MAP_RATIOS, PROTOTYPE_SHARING, LastLayerLoss, ScaleTerms, Stage1Loss
-from scripts.losses.localisation import LSE_SHARPNESS, lse_pool, mapping_loss, online_cam_logits, resize_spatial
+from scripts.losses.composite import (
+    MAP_RATIOS,
+    MAPPING_LOSS_KINDS,
+    PROTOTYPE_SHARING,
+    LastLayerLoss,
+    ScaleTerms,
+    Stage1Loss,
+)
+from scripts.losses.localisation import (
+    LSE_SHARPNESS,
+    lse_pool,
+    mapping_loss,
+    multiscale_mapping_loss,
+    online_cam_logits,
+    resize_spatial,
+)
 from scripts.losses.terms import (
     CLASSIFICATION_LOSSES,
     classification_loss,
@@ -25,6 +39,7 @@ from scripts.losses.terms import (
 __all__ = [
     "CLASSIFICATION_LOSSES",
     "LSE_SHARPNESS",
+    "MAPPING_LOSS_KINDS",
     "MAP_RATIOS",
     "PROTOTYPE_SHARING",
     "LastLayerLoss",
@@ -38,6 +53,7 @@ __all__ = [
     "l1_regularisation",
     "lse_pool",
     "mapping_loss",
+    "multiscale_mapping_loss",
     "online_cam_logits",
     "resize_spatial",
     "separation_loss_class_specific",

@@ -9,7 +9,7 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from scripts.losses.localisation import LSE_SHARPNESS, mapping_loss, online_cam_logits
+from scripts.losses.localisation import LSE_SHARPNESS, mapping_loss, multiscale_mapping_loss, online_cam_logits
 from scripts.losses.terms import (
     CLASSIFICATION_LOSSES,
     classification_loss,
@@ -24,6 +24,9 @@ from scripts.losses.terms import (
 
 PROTOTYPE_SHARING = ("shared", "class_specific")
 MAP_RATIOS = (0.75, 0.875)
+MAPPING_LOSS_KINDS = ("single_scale", "multi_scale")
+"""L_map^s on the resized F_s (:func:`mapping_loss`, MProtoNet) or on F_s re-fused from its resized inputs
+(:func:`multiscale_mapping_loss`, MAProtoNet)."""
 
 
 class ScaleTerms(NamedTuple):
@@ -39,16 +42,25 @@ class ScaleTerms(NamedTuple):
         map_fn: re-runs the mapping module (incl. soft mask) on features `F -> M1`. In train
             mode its BatchNorm also sees the resized features, as in MProtoNet.
         columns: this scale's classifier columns (slice or indices), in order.
+        fusion_inputs: what F_s is fused from (``ScaleExplanation.fusion_inputs``); needed only by
+            ``mapping_loss_kind="multi_scale"``.
+        refuse_fn: fuses resized ``fusion_inputs`` into F_s (``functools.partial(model.refuse, s)``);
+            needed only by ``mapping_loss_kind="multi_scale"``.
+
+    Without a mapping module (ProtoPNet) ``hidden``, ``w2``, ``soft_maps`` and ``map_fn`` may be None
+    when L_map and L_OC are off.
     """
 
     features: torch.Tensor
-    hidden: torch.Tensor
-    w2: torch.Tensor
-    soft_maps: torch.Tensor
+    hidden: torch.Tensor | None
+    w2: torch.Tensor | None
+    soft_maps: torch.Tensor | None
     similarities: torch.Tensor
     prototypes: torch.Tensor
-    map_fn: Callable[[torch.Tensor], torch.Tensor]
+    map_fn: Callable[[torch.Tensor], torch.Tensor] | None
     columns: slice | Sequence[int] | torch.Tensor
+    fusion_inputs: Sequence[torch.Tensor] | None = None
+    refuse_fn: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
 
 
 class Stage1Loss(nn.Module):
@@ -66,6 +78,7 @@ class Stage1Loss(nn.Module):
         seed: seeds a private generator for the r draws; None uses torch's global RNG.
         classification, class_weights, focal_gamma: see :func:`classification_loss`.
         lse_sharpness: r of the Online-CAM log-sum-exp pooling.
+        mapping_loss_kind: one of :data:`MAPPING_LOSS_KINDS` (``multi_scale``: MAProtoNet).
     """
 
     def __init__(
@@ -85,9 +98,11 @@ class Stage1Loss(nn.Module):
         class_weights: Sequence[float] | None = None,
         focal_gamma: float = 2.0,
         lse_sharpness: float = LSE_SHARPNESS,
+        mapping_loss_kind: str = "single_scale",
     ) -> None:
         super().__init__()
         self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
+        self.mapping_loss_kind = look_up_option(mapping_loss_kind, MAPPING_LOSS_KINDS)
         self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
         if not map_ratios or not all(0.0 < r <= 1.0 for r in map_ratios):
             raise ValueError(f"map_ratios must be a non-empty sequence of values in (0, 1], got {map_ratios}.")
@@ -109,6 +124,22 @@ class Stage1Loss(nn.Module):
     def draw_ratio(self) -> float:
         """One r from ``map_ratios`` (uniform), from the private generator if seeded."""
         return self.map_ratios[int(torch.randint(len(self.map_ratios), (1,), generator=self.generator))]
+
+    def _mapping_loss(self, scale: ScaleTerms, ratio: float) -> torch.Tensor:
+        if scale.soft_maps is None or scale.map_fn is None:
+            raise ValueError("L_map needs soft_maps and map_fn (a mapping module); switch use_map off without one.")
+        if self.mapping_loss_kind == "single_scale":
+            return mapping_loss(scale.features, scale.soft_maps, scale.map_fn, ratio)
+        if scale.fusion_inputs is None or scale.refuse_fn is None:
+            raise ValueError('mapping_loss_kind="multi_scale" needs ScaleTerms.fusion_inputs and refuse_fn.')
+        return multiscale_mapping_loss(scale.fusion_inputs, scale.soft_maps, scale.refuse_fn, scale.map_fn, ratio)
+
+    def _online_cam_loss(
+        self, scale: ScaleTerms, classifier_columns: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        if scale.hidden is None or scale.w2 is None:
+            raise ValueError("L_OC needs hidden and w2 (a mapping module); switch use_oc off without one.")
+        return self._cls(online_cam_logits(scale.hidden, scale.w2, classifier_columns, self.lse_sharpness), labels)
 
     def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
@@ -165,13 +196,10 @@ class Stage1Loss(nn.Module):
         terms["div"] = diversity_loss([s.prototypes for s in scales])
         if self.use_map:
             ratio = self.draw_ratio()
-            terms["map"] = torch.stack([mapping_loss(s.features, s.soft_maps, s.map_fn, ratio) for s in scales]).mean()
+            terms["map"] = torch.stack([self._mapping_loss(s, ratio) for s in scales]).mean()
         if self.use_oc:
             terms["oc"] = torch.stack(
-                [
-                    self._cls(online_cam_logits(s.hidden, s.w2, classifier_weight[:, cols], self.lse_sharpness), labels)
-                    for s, cols in zip(scales, columns)
-                ]
+                [self._online_cam_loss(s, classifier_weight[:, cols], labels) for s, cols in zip(scales, columns)]
             ).mean()
         total = sum(self.lambdas[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,31 @@ def mapping_loss(
         ratio: the resize ratio r drawn for this batch.
     """
     consistency = (resize_spatial(soft_maps, ratio) - map_fn(resize_spatial(features, ratio))).abs().mean()
+    return consistency + soft_maps.abs().mean()
+
+
+def multiscale_mapping_loss(
+    fusion_inputs: Sequence[torch.Tensor],
+    soft_maps: torch.Tensor,
+    refuse_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+    map_fn: Callable[[torch.Tensor], torch.Tensor],
+    ratio: float,
+) -> torch.Tensor:
+    """Multi-scale mapping loss, MAProtoNet's L_map^s in Eq. 1/19 (SPEC §8).
+
+    ``mean|A(M1(F)) - M1(fuse(A(f_1), ..., A(f_n)))| + mean|M1(F)|``: every feature map F is fused
+    from is resized by r, F is re-fused from them, the mapping module re-run, and the result compared
+    with the resized map. With a single input and an identity fusion this is :func:`mapping_loss`.
+
+    Args:
+        fusion_inputs: the tensors F_s is fused from, each `(B, C_i, H_i, W_i, D_i)`.
+        soft_maps: M1(F_s) from the forward pass `(B, K_s, H_s, W_s, D_s)`.
+        refuse_fn: fuses the resized inputs into features for ``map_fn``.
+        map_fn: re-runs the mapping module (with its map activation) on features.
+        ratio: the resize ratio r drawn for this batch.
+    """
+    resized = [resize_spatial(x, ratio) for x in fusion_inputs]
+    consistency = (resize_spatial(soft_maps, ratio) - map_fn(refuse_fn(resized))).abs().mean()
     return consistency + soft_maps.abs().mean()
 
 

@@ -1,32 +1,45 @@
-"""Networks: 3D ResNet encoder, decoder, fusion, prototype heads, UM-ProtoShare and its backbone CNN."""
+"""Networks: 3D ResNet encoder, decoder, fusion, prototype heads, UM-ProtoShare, its backbone CNN, baselines."""
 
-from .backbone import Backbone
+from .attention import QuadrupletAttention
+from .backbone import FEATURE_FUSION_KINDS, Backbone, StemPoolConcat
+from .baselines import BASELINES, Baseline, build_baseline
 from .cnn import BackboneCNN, CNNHead
 from .decoder import Decoder, DecoderBlock
-from .encoder import Bottleneck, ResNetEncoder
+from .encoder import ENCODER_ATTENTION, ENCODER_LAST_LAYERS, Bottleneck, ResNetEncoder
 from .fusion import FUSION_KINDS, ConcatFusion, GatedFusion, gated_fusion
 from .groups import PARAMETER_GROUPS, GroupedNetwork, group_of
 from .head import (
+    MAP_ACTIVATIONS,
+    SIMILARITY_KINDS,
     AddOn,
     HeadOutput,
     MappingModule,
     PrototypeHead,
     l1_normalise,
+    minmax_soft_mask,
     prototype_descriptors,
     prototype_similarity,
     soft_mask,
 )
 from .inflate import inflate_resnet_state_dict, load_imagenet_weights
 from .model import BACKBONE_GROUPS, PROTOTYPE_SHARING, Explanation, ScaleExplanation, UMProtoShare
+from .voxel_similarity import best_voxel_features, topk_mean_similarity, voxel_similarity_maps
 
 __all__ = [
     "BACKBONE_GROUPS",
+    "BASELINES",
+    "ENCODER_ATTENTION",
+    "ENCODER_LAST_LAYERS",
+    "FEATURE_FUSION_KINDS",
     "FUSION_KINDS",
+    "MAP_ACTIVATIONS",
     "PARAMETER_GROUPS",
     "PROTOTYPE_SHARING",
+    "SIMILARITY_KINDS",
     "AddOn",
     "Backbone",
     "BackboneCNN",
+    "Baseline",
     "Bottleneck",
     "CNNHead",
     "ConcatFusion",
@@ -38,15 +51,22 @@ __all__ = [
     "HeadOutput",
     "MappingModule",
     "PrototypeHead",
+    "QuadrupletAttention",
     "ResNetEncoder",
     "ScaleExplanation",
+    "StemPoolConcat",
     "UMProtoShare",
+    "best_voxel_features",
+    "build_baseline",
     "gated_fusion",
     "group_of",
     "inflate_resnet_state_dict",
     "l1_normalise",
     "load_imagenet_weights",
+    "minmax_soft_mask",
     "prototype_descriptors",
     "prototype_similarity",
     "soft_mask",
+    "topk_mean_similarity",
+    "voxel_similarity_maps",
 ]

@@ -33,7 +33,8 @@ class BackboneCNN(GroupedNetwork):
     Encoder, decoder, fusion and add-ons are built by the same code and carry the same names as in
     :class:`~scripts.networks.model.UMProtoShare`. Give ``scales`` = the scales that carry prototypes
     in the target model (``UMProtoShare(...).scales``; (3,) for A1/A2). MProtoNet's encoder-only CNN
-    is ``fusion="none", scales=(3,)``.
+    is ``fusion="none", scales=(3,)``; MAProtoNet's warm-up CNN adds ``encoder_last_layer="layer1",
+    encoder_attention="quadruplet", scales=(2,)`` (its add-on reads f2, as MAProtoNet's does).
 
     Args:
         spatial_dims: 3 (or 2).
@@ -46,6 +47,8 @@ class BackboneCNN(GroupedNetwork):
         embed_dim: E.
         addon_activation: "relu" or "sigmoid".
         pretrained_path: local torchvision ResNet state dict inflated into the encoder, or None.
+        encoder_last_layer: "layer2" or "layer1" (see :class:`~scripts.networks.encoder.ResNetEncoder`).
+        encoder_attention: "none" or "quadruplet".
     """
 
     def __init__(
@@ -60,12 +63,22 @@ class BackboneCNN(GroupedNetwork):
         embed_dim: int = 128,
         addon_activation: str = "relu",
         pretrained_path: str | PathLike | None = None,
+        encoder_last_layer: str = "layer2",
+        encoder_attention: str = "none",
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
         self.backbone = Backbone(
-            spatial_dims, in_channels, encoder_layers, encoder_width, scales, fusion, pretrained_path
+            spatial_dims,
+            in_channels,
+            encoder_layers,
+            encoder_width,
+            scales,
+            fusion,
+            pretrained_path,
+            encoder_last_layer=encoder_last_layer,
+            encoder_attention=encoder_attention,
         )
         self.scales = self.backbone.scales
         self.channels_per_scale = self.backbone.encoder.channels

@@ -1,8 +1,20 @@
-"""Localisation component and prototypes of one scale: add-on, mapping, Eq. 12–14, cosine similarity."""
+"""Localisation component and prototypes of one scale: add-on, mapping, Eq. 12–14, cosine similarity.
+
+The same head serves UM-ProtoShare and the prototype baselines (SPEC §8) through two fields:
+
+- ``map_activation``: how the mapping module's BN output z becomes the maps. ``soft_mask``
+  (UM-ProtoShare): M⁰ = σ(z), M¹ = Eq. 12, M = Eq. 13. ``sigmoid`` (XProtoNet): M⁰ = M¹ = M = σ(z).
+  ``minmax_soft_mask`` (MProtoNet "C", MAProtoNet): M⁰ = ReLU(z), M¹ = M = :func:`minmax_soft_mask`.
+  The descriptor is always Eq. 14, the voxel mean of G ⊙ M; with the un-normalised occurrence maps of
+  the baselines this is their occurrence-weighted mean of f (the references' formula; a per-prototype
+  positive factor away from Σ M G / Σ M, which the cosine ignores).
+- ``similarity_kind``: ``descriptor`` (cosine of H to p) or ``voxel_topk`` (ProtoPNet: no mapping
+  module, :mod:`~scripts.networks.voxel_similarity`; ``maps`` are the per-voxel similarities).
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,14 +23,18 @@ from monai.utils import look_up_option
 from torch import Tensor, nn
 
 from .layers import conv_bn
+from .voxel_similarity import best_voxel_features, topk_mean_similarity, voxel_similarity_maps
 
 __all__ = [
     "ADDON_ACTIVATIONS",
+    "MAP_ACTIVATIONS",
+    "SIMILARITY_KINDS",
     "AddOn",
     "HeadOutput",
     "MappingModule",
     "PrototypeHead",
     "l1_normalise",
+    "minmax_soft_mask",
     "prototype_descriptors",
     "prototype_similarity",
     "soft_mask",
@@ -26,6 +42,15 @@ __all__ = [
 
 ADDON_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 """Final add-on activation: ReLU (UM-ProtoShare) or Sigmoid (the ProtoPNet/MProtoNet family)."""
+
+MAP_ACTIVATIONS = ("soft_mask", "sigmoid", "minmax_soft_mask")
+"""Mapping-module output → maps: Eq. 12–13 (UM-ProtoShare), sigmoid (XProtoNet), min-max soft mask (MProtoNet)."""
+
+SIMILARITY_KINDS = ("descriptor", "voxel_topk")
+"""``descriptor``: cos(H_s^k, p_s^k); ``voxel_topk``: ProtoPNet's top-1% mean of per-voxel similarities."""
+
+MINMAX_EPS = 1e-4
+"""Floor of the min-max range in :func:`minmax_soft_mask` (MProtoNet's value)."""
 
 
 def soft_mask(raw_maps: Tensor, weight: float = 10.0, threshold: float = 0.5) -> Tensor:
@@ -40,6 +65,26 @@ def soft_mask(raw_maps: Tensor, weight: float = 10.0, threshold: float = 0.5) ->
         M¹_s, same shape, values in (0, 1).
     """
     return torch.sigmoid(weight * (raw_maps - threshold))
+
+
+def minmax_soft_mask(
+    activations: Tensor, weight: float = 10.0, threshold: float = 0.5, eps: float = MINMAX_EPS
+) -> Tensor:
+    """MProtoNet's soft mask: min-max normalise z per sample over prototypes and voxels, then σ(w (z − σ)).
+
+    Args:
+        activations: z = ReLU(BN output of the mapping module), (B, K_s, H_s, W_s, D_s).
+        weight: w (10).
+        threshold: σ (0.5).
+        eps: floor of max − min (a constant sample gives z − min = 0, so σ(−w σ)).
+
+    Returns:
+        M¹, same shape, values in (0, 1).
+    """
+    dims = list(range(1, activations.ndim))
+    shifted = activations - activations.amin(dim=dims, keepdim=True)
+    scaled = shifted / shifted.amax(dim=dims, keepdim=True).clamp_min(eps)
+    return torch.sigmoid(weight * (scaled - threshold))
 
 
 def l1_normalise(maps: Tensor, eps: float = 1e-6) -> Tensor:
@@ -113,9 +158,13 @@ class MappingModule(nn.Module):
         """W2, the second convolution's weight as a (K_s, D) matrix (used by L_OC, bypassing BN and sigmoid)."""
         return self.out_conv.weight.flatten(1)
 
+    def pre_activation(self, hidden: Tensor) -> Tensor:
+        """z = BN(W2 h), (B, K_s, *S), from the hidden activations (B, D, *S)."""
+        return self.out_norm(self.out_conv(hidden))
+
     def project(self, hidden: Tensor) -> Tensor:
-        """M⁰ (B, K_s, *S) from the hidden activations (B, D, *S)."""
-        return torch.sigmoid(self.out_norm(self.out_conv(hidden)))
+        """M⁰ = σ(z) (B, K_s, *S) from the hidden activations (B, D, *S)."""
+        return torch.sigmoid(self.pre_activation(hidden))
 
     def forward(self, features: Tensor) -> Tensor:
         """M⁰ (B, K_s, *S) from F_s (B, C_s, *S)."""
@@ -123,22 +172,29 @@ class MappingModule(nn.Module):
 
 
 class HeadOutput(NamedTuple):
-    """Everything one scale's head computes from F_s (shapes for scale s)."""
+    """Everything one scale's head computes from F_s (shapes for scale s).
 
-    hidden: Tensor
+    Optional fields are None for ``similarity_kind="voxel_topk"`` (no mapping module). ``Optional`` and
+    not ``X | None``: TorchScript resolves only the former in a NamedTuple.
+    """
+
+    hidden: Optional[Tensor]
     """Mapping module hidden activations, (B, D, H_s, W_s, D_s)."""
-    raw_maps: Tensor
-    """M⁰, after the sigmoid, (B, K_s, H_s, W_s, D_s)."""
-    soft_maps: Tensor
-    """M¹, soft-masked (Eq. 12), (B, K_s, H_s, W_s, D_s)."""
+    raw_maps: Optional[Tensor]
+    """M⁰: σ(z), or ReLU(z) for ``minmax_soft_mask``, (B, K_s, H_s, W_s, D_s)."""
+    soft_maps: Optional[Tensor]
+    """M¹, the input of L_map: Eq. 12, M⁰ itself for ``sigmoid``, min-max soft mask; (B, K_s, H_s, W_s, D_s)."""
     maps: Tensor
-    """M, ℓ1-normalised (Eq. 13), (B, K_s, H_s, W_s, D_s)."""
+    """Each prototype's attention map M: Eq. 13 for ``soft_mask``, M¹ for the other map activations,
+    per-voxel similarities for ``voxel_topk``; (B, K_s, H_s, W_s, D_s)."""
     embeddings: Tensor
     """G, add-on output, (B, E, H_s, W_s, D_s)."""
     descriptors: Tensor
-    """H (Eq. 14), (B, K_s, E)."""
+    """H (Eq. 14), or the most similar voxel's G for ``voxel_topk``; (B, K_s, E). Push copies these."""
     similarities: Tensor
     """S, (B, K_s)."""
+    push_similarities: Tensor
+    """What push maximises over cases, (B, K_s): S, or the most similar voxel's similarity for ``voxel_topk``."""
 
 
 class PrototypeHead(nn.Module):
@@ -151,9 +207,13 @@ class PrototypeHead(nn.Module):
         embed_dim: E.
         mapping_dim: hidden channels D of the mapping module.
         addon_activation: "relu" or "sigmoid".
-        similarity_clamp: clamp cosine similarities at 0.
-        soft_mask_weight: w of Eq. 12.
-        soft_mask_threshold: σ of Eq. 12.
+        similarity_clamp: clamp similarities at 0.
+        soft_mask_weight: w of Eq. 12 (and of :func:`minmax_soft_mask`).
+        soft_mask_threshold: σ of Eq. 12 (and of :func:`minmax_soft_mask`).
+        map_activation: one of :data:`MAP_ACTIVATIONS` (no effect with ``voxel_topk``).
+        similarity_kind: one of :data:`SIMILARITY_KINDS`; ``voxel_topk`` builds no mapping module.
+        addon_channels: the add-on reads only the last ``addon_channels`` channels of F_s (MAProtoNet:
+            the layer1 part of the stem-pool concatenation); None reads all ``in_channels``.
     """
 
     def __init__(
@@ -167,35 +227,69 @@ class PrototypeHead(nn.Module):
         similarity_clamp: bool = False,
         soft_mask_weight: float = 10.0,
         soft_mask_threshold: float = 0.5,
+        map_activation: str = "soft_mask",
+        similarity_kind: str = "descriptor",
+        addon_channels: int | None = None,
     ) -> None:
         super().__init__()
         if num_prototypes < 1:
             raise ValueError(f"a prototype head needs num_prototypes >= 1, got {num_prototypes}.")
-        self.addon = AddOn(spatial_dims, in_channels, embed_dim, addon_activation)
-        self.mapping = MappingModule(spatial_dims, in_channels, num_prototypes, mapping_dim)
+        addon_channels = in_channels if addon_channels is None else int(addon_channels)
+        if not 0 < addon_channels <= in_channels:
+            raise ValueError(f"addon_channels must lie in 1..in_channels={in_channels}, got {addon_channels}.")
+        self.map_activation = look_up_option(map_activation, MAP_ACTIVATIONS)
+        self.similarity_kind = look_up_option(similarity_kind, SIMILARITY_KINDS)
+        self.addon_start = in_channels - addon_channels
+        self.addon = AddOn(spatial_dims, addon_channels, embed_dim, addon_activation)
+        self.mapping: MappingModule | None = None
+        if self.similarity_kind == "descriptor":
+            self.mapping = MappingModule(spatial_dims, in_channels, num_prototypes, mapping_dim)
         self.prototypes = nn.Parameter(torch.rand(num_prototypes, embed_dim))
         self.similarity_clamp = bool(similarity_clamp)
         self.soft_mask_weight = float(soft_mask_weight)
         self.soft_mask_threshold = float(soft_mask_threshold)
 
+    def _mapping(self) -> MappingModule:
+        if self.mapping is None:
+            raise ValueError("this head has no mapping module (similarity_kind='voxel_topk'): no maps to re-run.")
+        return self.mapping
+
     def mapping_hidden(self, features: Tensor) -> Tensor:
         """Mapping module hidden activations h (B, D, *S) from F_s (B, C_s, *S) (input of L_OC)."""
-        return self.mapping.hidden(features)
+        return self._mapping().hidden(features)
 
     def soft_maps(self, features: Tensor) -> Tensor:
-        """Re-run the mapping module and soft mask: M¹ (B, K_s, *S) from F_s (B, C_s, *S) (input of L_map)."""
-        return soft_mask(self.mapping(features), self.soft_mask_weight, self.soft_mask_threshold)
+        """Re-run the mapping module and map activation: M¹ (B, K_s, *S) from F_s (B, C_s, *S) (input of L_map)."""
+        mapping = self._mapping()
+        return self.activate(mapping.pre_activation(mapping.hidden(features)))[1]
+
+    def activate(self, pre_activation: Tensor) -> tuple[Tensor, Tensor]:
+        """(M⁰, M¹) from the mapping module's BN output z (B, K_s, *S), per ``map_activation``."""
+        if self.map_activation == "minmax_soft_mask":
+            raw_maps = torch.relu(pre_activation)
+            return raw_maps, minmax_soft_mask(raw_maps, self.soft_mask_weight, self.soft_mask_threshold)
+        raw_maps = torch.sigmoid(pre_activation)
+        if self.map_activation == "soft_mask":
+            return raw_maps, soft_mask(raw_maps, self.soft_mask_weight, self.soft_mask_threshold)
+        return raw_maps, raw_maps
 
     def run(self, features: Tensor) -> HeadOutput:
-        """All intermediate tensors from F_s (B, C_s, *S): sigmoid → soft mask → normalise → descriptors → S."""
-        hidden = self.mapping.hidden(features)
-        raw_maps = self.mapping.project(hidden)
-        soft_maps = soft_mask(raw_maps, self.soft_mask_weight, self.soft_mask_threshold)
-        maps = l1_normalise(soft_maps)
-        embeddings = self.addon(features)
-        descriptors = prototype_descriptors(embeddings, maps)
-        similarities = prototype_similarity(descriptors, self.prototypes, self.similarity_clamp)
-        return HeadOutput(hidden, raw_maps, soft_maps, maps, embeddings, descriptors, similarities)
+        """All intermediate tensors from F_s (B, C_s, *S): maps → descriptors → S (or ProtoPNet's voxel path)."""
+        embeddings = self.addon(features[:, self.addon_start :])
+        if self.mapping is None:
+            maps = voxel_similarity_maps(embeddings, self.prototypes)
+            similarities = topk_mean_similarity(maps)
+            if self.similarity_clamp:
+                similarities = similarities.clamp_min(0.0)
+            descriptors, best = best_voxel_features(embeddings, maps)
+            return HeadOutput(None, None, None, maps, embeddings, descriptors, similarities, best)
+        else:
+            hidden = self.mapping.hidden(features)
+            raw_maps, soft_maps = self.activate(self.mapping.pre_activation(hidden))
+            maps = l1_normalise(soft_maps) if self.map_activation == "soft_mask" else soft_maps
+            descriptors = prototype_descriptors(embeddings, maps)
+            similarities = prototype_similarity(descriptors, self.prototypes, self.similarity_clamp)
+            return HeadOutput(hidden, raw_maps, soft_maps, maps, embeddings, descriptors, similarities, similarities)
 
     def forward(self, features: Tensor) -> Tensor:
         """S_s (B, K_s) from F_s (B, C_s, *S)."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .layers import check_spatial_dims
 
 __all__ = [
+    "ADDED_MODULES",
     "ENCODER_PREFIXES",
     "expand_input_channels",
     "inflate_kernel",
@@ -21,6 +22,14 @@ __all__ = [
 
 ENCODER_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.")
 """torchvision key prefixes the truncated encoder uses; fc, layer3 and layer4 are ignored."""
+
+ADDED_MODULES = ("attention",)
+"""Names of modules the 3D encoder adds to torchvision's layout (MAProtoNet's quadruplet attention); their
+keys have no ImageNet counterpart and keep their own initialisation."""
+
+
+def _is_added(key: str) -> bool:
+    return any(part in ADDED_MODULES for part in key.split("."))
 
 
 def inflate_kernel(weight: Tensor) -> Tensor:
@@ -86,7 +95,9 @@ def load_imagenet_weights(encoder: nn.Module, path: str | PathLike) -> None:
 
     The file (e.g. torchvision's ``resnet152`` weights) is read with ``torch.load(weights_only=True)``;
     nothing is downloaded. Raises a ValueError naming the file and the first offending key when the
-    file does not match the encoder (missing key, shape mismatch, or extra blocks).
+    file does not match the encoder (missing key, shape mismatch, or extra blocks). Stages the encoder
+    does not build (layer2 when it stops after layer1) are ignored, and so are the keys of
+    :data:`ADDED_MODULES`, which stay as initialised.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,7 +111,9 @@ def load_imagenet_weights(encoder: nn.Module, path: str | PathLike) -> None:
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     hint = "the file is not a torchvision Bottleneck ResNet matching this encoder's block counts and width"
-    target = encoder.state_dict()
+    target = {key: value for key, value in encoder.state_dict().items() if not _is_added(key)}
+    built = tuple(prefix for prefix in ENCODER_PREFIXES if any(key.startswith(prefix) for key in target))
+    inflated = {key: value for key, value in inflated.items() if key.startswith(built)}
     for key, expected in target.items():
         if key not in inflated:
             if key.endswith("num_batches_tracked"):

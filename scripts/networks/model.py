@@ -32,20 +32,25 @@ class ScaleExplanation(NamedTuple):
     """F_s, (B, C_s, H_s, W_s, D_s)."""
     gate: Tensor | None
     """α_s, (B, C_s, 1, 1, 1), for gated fusion; None otherwise."""
-    hidden: Tensor
-    """Mapping module hidden activations, (B, D, H_s, W_s, D_s)."""
-    raw_maps: Tensor
-    """M⁰_s, (B, K_s, H_s, W_s, D_s)."""
-    soft_maps: Tensor
-    """M¹_s (Eq. 12), (B, K_s, H_s, W_s, D_s)."""
+    hidden: Tensor | None
+    """Mapping module hidden activations, (B, D, H_s, W_s, D_s); None without mapping module (ProtoPNet)."""
+    raw_maps: Tensor | None
+    """M⁰_s, (B, K_s, H_s, W_s, D_s); None without mapping module."""
+    soft_maps: Tensor | None
+    """M¹_s (Eq. 12 or the baseline's map activation), input of L_map; None without mapping module."""
     maps: Tensor
-    """M_s (Eq. 13), (B, K_s, H_s, W_s, D_s)."""
+    """M_s (Eq. 13; the baselines' occurrence maps; ProtoPNet's per-voxel similarities), (B, K_s, H_s, W_s, D_s)."""
     embeddings: Tensor
     """G_s, (B, E, H_s, W_s, D_s)."""
     descriptors: Tensor
-    """H_s (Eq. 14), (B, K_s, E)."""
+    """H_s (Eq. 14; ProtoPNet: each prototype's most similar voxel feature), (B, K_s, E)."""
     similarities: Tensor
     """S_s, (B, K_s)."""
+    push_similarities: Tensor
+    """The score push maximises over cases, (B, K_s) (S_s; ProtoPNet: best voxel similarity)."""
+    fusion_inputs: list[Tensor]
+    """What F_s is fused from (:meth:`~scripts.networks.backbone.Backbone.fusion_inputs`), for the
+    multi-scale mapping loss; ``model.refuse(scale, inputs)`` recomputes F_s from them."""
 
 
 class Explanation(NamedTuple):
@@ -81,6 +86,16 @@ class UMProtoShare(GroupedNetwork):
         soft_mask_weight: w of Eq. 12.
         soft_mask_threshold: σ of Eq. 12.
         pretrained_path: local torchvision ResNet state dict inflated into the encoder, or None.
+        map_activation: "soft_mask" (Eq. 12–13), "sigmoid" (XProtoNet) or "minmax_soft_mask"
+            (MProtoNet, MAProtoNet); see :mod:`scripts.networks.head`.
+        similarity_kind: "descriptor" (cos(H, p)) or "voxel_topk" (ProtoPNet: no mapping module).
+        encoder_last_layer: "layer2", or "layer1" (MAProtoNet: taps s1, s2 only; ``encoder_layers``
+            then gives one count).
+        encoder_attention: "none" or "quadruplet" (MAProtoNet, in every bottleneck).
+        feature_fusion: "none" or "stem_pool_concat" (MAProtoNet: the mapping module sees
+            [avg-pool(f1), max-pool(f1), f2]; the add-on sees f2).
+
+    The baselines of Table 1 are settings of these fields: see :mod:`scripts.networks.baselines`.
     """
 
     def __init__(
@@ -100,6 +115,11 @@ class UMProtoShare(GroupedNetwork):
         soft_mask_weight: float = 10.0,
         soft_mask_threshold: float = 0.5,
         pretrained_path: str | PathLike | None = None,
+        map_activation: str = "soft_mask",
+        similarity_kind: str = "descriptor",
+        encoder_last_layer: str = "layer2",
+        encoder_attention: str = "none",
+        feature_fusion: str = "none",
     ) -> None:
         super().__init__()
         if len(prototypes_per_scale) != 3 or min(prototypes_per_scale) < 0 or sum(prototypes_per_scale) < 1:
@@ -114,14 +134,23 @@ class UMProtoShare(GroupedNetwork):
         self.prototypes_per_scale = tuple(int(k) for k in prototypes_per_scale)
         self.scales = [s for s, k in enumerate(self.prototypes_per_scale, start=1) if k > 0]
         self.backbone = Backbone(
-            spatial_dims, in_channels, encoder_layers, encoder_width, self.scales, fusion, pretrained_path
+            spatial_dims,
+            in_channels,
+            encoder_layers,
+            encoder_width,
+            self.scales,
+            fusion,
+            pretrained_path,
+            encoder_last_layer=encoder_last_layer,
+            encoder_attention=encoder_attention,
+            feature_fusion=feature_fusion,
         )
         self.channels_per_scale = self.backbone.encoder.channels
         self.heads = nn.ModuleDict(
             {
                 f"scale{s}": PrototypeHead(
                     spatial_dims,
-                    self.channels_per_scale[s - 1],
+                    channels,
                     self.prototypes_per_scale[s - 1],
                     embed_dim,
                     mapping_dim,
@@ -129,8 +158,11 @@ class UMProtoShare(GroupedNetwork):
                     similarity_clamp,
                     soft_mask_weight,
                     soft_mask_threshold,
+                    map_activation=map_activation,
+                    similarity_kind=similarity_kind,
+                    addon_channels=self.channels_per_scale[s - 1],
                 )
-                for s in self.scales
+                for s, channels in zip(self.scales, self.backbone.out_channels)
             }
         )
         self.prototype_columns = [(s, k) for s in self.scales for k in range(self.prototypes_per_scale[s - 1])]
@@ -191,12 +223,18 @@ class UMProtoShare(GroupedNetwork):
         taps, decoded = self.backbone.encode_decode(x)
         features = self.backbone.fuse(taps, decoded)
         gates = self.backbone.gates(taps, decoded)
+        inputs = self.backbone.fusion_inputs(taps, decoded)
         per_scale = [
-            ScaleExplanation(scale=s, features=f, gate=gate, **head.run(f)._asdict())
-            for s, f, gate, head in zip(self.scales, features, gates, self.heads.values())
+            ScaleExplanation(scale=s, features=f, gate=gate, **head.run(f)._asdict(), fusion_inputs=fused_from)
+            for s, f, gate, head, fused_from in zip(self.scales, features, gates, self.heads.values(), inputs)
         ]
         similarities = torch.cat([scale.similarities for scale in per_scale], dim=1)
         return Explanation(per_scale, similarities, self.classifier(similarities))
+
+    def refuse(self, scale: int, inputs: list[Tensor]) -> Tensor:
+        """F_s (B, C, *S) of ``scale`` from its (resized) ``ScaleExplanation.fusion_inputs`` (multi-scale L_map)."""
+        self._check_scale(scale)
+        return self.backbone.refuse(scale, inputs)
 
     def load_backbone(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Initialise encoder, decoder, fusion and add-ons from a :class:`BackboneCNN` state dict.

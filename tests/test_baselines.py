@@ -1,0 +1,166 @@
+"""The Table 1 baselines (SPEC §8): each builds, trains one stage-1 step, pushes, scripts and yields a class map."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from scripts.attribution import class_map
+from scripts.losses import ScaleTerms, Stage1Loss
+from scripts.networks import BASELINES, BackboneCNN, UMProtoShare, build_baseline
+from scripts.push import push_prototypes
+
+PROTOTYPE_BASELINES = ["protopnet", "xprotonet", "mprotonet", "maprotonet"]
+SHAPE = (4, 32, 32, 24)
+CLASSES = ["LGG", "HGG"]
+
+
+def tiny(name: str, seed: int = 0) -> nn.Module:
+    """A baseline with tiny widths; MAProtoNet keeps one layer1 block."""
+    torch.manual_seed(seed)
+    layers = (1,) if name == "maprotonet" else (1, 1)
+    sizes = {"encoder_layers": layers, "encoder_width": 8, "embed_dim": 16}
+    if name != "cnn":
+        sizes["mapping_dim"] = 12
+    return build_baseline(name, **sizes)
+
+
+def scale_terms(model: UMProtoShare, explanation) -> list[ScaleTerms]:
+    """Stage1Loss inputs of an explained batch (what the training loop assembles)."""
+    terms = []
+    for entry in explanation.per_scale:
+        head = model.head(entry.scale)
+        terms.append(
+            ScaleTerms(
+                features=entry.features,
+                hidden=entry.hidden,
+                w2=None if head.mapping is None else head.mapping.out_conv.weight,
+                soft_maps=entry.soft_maps,
+                similarities=entry.similarities,
+                prototypes=head.prototypes,
+                map_fn=None if head.mapping is None else head.soft_maps,
+                columns=model.columns(entry.scale),
+                fusion_inputs=entry.fusion_inputs,
+                refuse_fn=functools.partial(model.refuse, entry.scale),
+            )
+        )
+    return terms
+
+
+def cases(labels: list[int], seed: int = 1) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {"image": torch.randn(1, *SHAPE, generator=generator), "label": torch.tensor([label]), "case_id": [f"c{i}"]}
+        for i, label in enumerate(labels)
+    ]
+
+
+@pytest.mark.parametrize("name", PROTOTYPE_BASELINES)
+def test_prototype_baseline_builds_trains_pushes_and_maps(name):
+    model = tiny(name)
+    baseline = BASELINES[name]
+    assert model.num_prototypes == 30 and model.prototype_sharing == "class_specific"
+    assert model.ownership.sum(dim=0).tolist() == [15.0, 15.0]
+    expected_weight = torch.where(model.ownership.T.bool(), 1.0, -0.5)
+    torch.testing.assert_close(model.classifier.weight.detach(), expected_weight)
+    assert model.classifier.bias is None and len(model.scales) == 1
+
+    # one stage-1 step with the baseline's loss switches; the loss reports exactly the switched-on terms
+    model.train()
+    model.set_trainable(["encoder", "addon", "mapping", "prototypes"])
+    loss_function = Stage1Loss(**baseline.stage1_loss, seed=0)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    images, labels = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    explanation = model.explain(images)
+    loss, terms = loss_function(
+        scale_terms(model, explanation), explanation.logits, labels, model.classifier.weight, model.ownership
+    )
+    expected_terms = {"cls", "clst", "sep", "div"}
+    expected_terms |= {"map"} if loss_function.use_map else set()
+    expected_terms |= {"oc"} if loss_function.use_oc else set()
+    assert set(terms) == expected_terms and torch.isfinite(loss)
+    before = [p.detach().clone() for p in model.group_parameters("prototypes")]
+    loss.backward()
+    optimiser.step()
+    assert not torch.equal(before[0], model.group_parameters("prototypes")[0])
+
+    # push over a tiny training fold: every prototype comes from a case of its own class
+    result = push_prototypes(model, cases([0, 1, 1, 0]), CLASSES)
+    owners = model.ownership.argmax(dim=1).tolist()
+    assert [r["label"] for r in result.records] == owners
+
+    # class map on the input grid
+    maps = class_map(model.eval(), torch.randn(2, *SHAPE), [0, 1])
+    assert maps.shape == (2, *SHAPE[1:]) and torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("name", [*PROTOTYPE_BASELINES, "cnn"])
+def test_torchscript_forward_of_each_baseline(name):
+    model = tiny(name).eval()
+    x = torch.randn(2, *SHAPE)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+def test_cnn_baseline_trains_and_gives_both_class_maps():
+    model = tiny("cnn")
+    assert isinstance(model, BackboneCNN) and model.scales == [1, 2, 3] and model.backbone.decoder is not None
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images, labels = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    before = model.classifier.weight.detach().clone()
+    loss = nn.functional.cross_entropy(model.train()(images), labels)
+    loss.backward()
+    optimiser.step()
+    assert not torch.equal(before, model.classifier.weight)
+    model.eval()
+    small = torch.randn(1, 4, 16, 16, 10)
+    with pytest.raises(ValueError, match="smaller than the occlusion window"):
+        class_map(model, small, [1], "occlusion")
+    for method in BASELINES["cnn"].class_map_methods:
+        maps = class_map(model, torch.randn(1, 4, 16, 16, 16), [1], method)
+        assert maps.shape == (1, 16, 16, 16) and 0 <= float(maps.min()) and float(maps.max()) <= 1
+
+
+@pytest.mark.parametrize("name", PROTOTYPE_BASELINES)
+def test_warmup_cnn_initialises_the_baseline(name):
+    warmup = BASELINES[name].warmup
+    layers = (1,) if name == "maprotonet" else (1, 1)
+    cnn = BackboneCNN(**{**warmup, "encoder_layers": layers, "encoder_width": 8, "embed_dim": 16}).eval()
+    model = tiny(name).eval()
+    assert model.load_backbone(cnn.state_dict()) == ["classifier.weight", "classifier.bias"]
+    x = torch.randn(1, *SHAPE)
+    torch.testing.assert_close(model.explain(x).per_scale[0].embeddings, cnn.embeddings(x)[0], rtol=0, atol=0)
+
+
+def test_protopnet_push_copies_the_best_voxel_of_the_best_own_class_case():
+    model = tiny("protopnet")
+    before = copy.deepcopy(model).eval()
+    labels = [0, 1, 0, 1, 1]
+    loader = cases(labels)
+    push_prototypes(model, loader, CLASSES)
+    owners = model.ownership.argmax(dim=1)
+    with torch.no_grad():
+        per_case = [before.explain(batch["image"]).per_scale[0] for batch in loader]
+    # brute force: per voxel similarity maps → best voxel per case → best own-class case
+    best = torch.stack([entry.maps.flatten(2).amax(dim=2)[0] for entry in per_case])  # (N, 30)
+    own = torch.tensor(labels)[:, None] == owners[None, :]
+    winners = best.masked_fill(~own, -2).argmax(dim=0)
+    for k in range(30):
+        entry = per_case[int(winners[k])]
+        voxel = entry.maps[0, k].flatten().argmax()
+        expected = entry.embeddings[0].flatten(1)[:, voxel]
+        torch.testing.assert_close(model.head(3).prototypes[k].detach(), expected)
+    # after the push each prototype's best voxel similarity on its source case is 1
+    with torch.no_grad():
+        after = [model.eval().explain(batch["image"]).per_scale[0].push_similarities[0] for batch in loader]
+    sources = torch.stack([after[int(winners[k])][k] for k in range(30)])
+    torch.testing.assert_close(sources, torch.ones(30))
+
+
+def test_baseline_table_names_and_bad_name():
+    assert list(BASELINES) == ["cnn", "protopnet", "xprotonet", "mprotonet", "maprotonet"]
+    with pytest.raises(ValueError, match="protopnet"):
+        build_baseline("prototypenet")

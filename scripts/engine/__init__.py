@@ -1,1 +1,40 @@
-"""Training engine: stages, iteration, handlers."""
+"""Training engine: the schedule as data, the staged iteration, and the ignite handlers named by the configs."""
+
+from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
+from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
+from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
+from .iteration import ExplainForward, StagedIteration, autocast, plain_tensor, scale_terms, train_last_layer_epoch, unwrap
+from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
+from .setup import configure_backends, ensure_synthetic_dataset, place, training_datalist
+from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
+
+__all__ = [
+    "STAGES",
+    "STAGE_GROUPS",
+    "EpochCheckpoint",
+    "EpochLog",
+    "EpochSeeder",
+    "ExplainForward",
+    "FinalModelWriter",
+    "HeldOutReport",
+    "LossProgressBar",
+    "PushAndLastLayer",
+    "RNGState",
+    "Schedule",
+    "StageHandler",
+    "StageValidationHandler",
+    "StagedIteration",
+    "atomic_save",
+    "autocast",
+    "balanced_accuracy_from_logits",
+    "configure_backends",
+    "ensure_synthetic_dataset",
+    "epoch_seed",
+    "parameter_groups",
+    "place",
+    "plain_tensor",
+    "scale_terms",
+    "train_last_layer_epoch",
+    "training_datalist",
+    "unwrap",
+]

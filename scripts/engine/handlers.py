@@ -1,0 +1,205 @@
+"""ignite handlers of the schedule: stage switching, push + stage 3, per-epoch reseeding."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data.utils import set_rnd
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from scripts.losses import LastLayerLoss
+from scripts.networks import BackboneCNN, UMProtoShare
+from scripts.push import PushResult, push_prototypes, save_push
+
+from .iteration import train_last_layer_epoch
+from .stages import Schedule
+
+__all__ = ["EpochSeeder", "PushAndLastLayer", "StageHandler", "epoch_seed"]
+
+logger = logging.getLogger(__name__)
+
+
+class StageHandler:
+    """Sets each epoch's trainable groups, starts UM-ProtoShare from the warm-up, steps the stage-1 LR.
+
+    EPOCH_STARTED: ``set_trainable`` of the stage's groups on the network the stage trains (the CNN in
+    warm-up, UM-ProtoShare in stage 1); ``engine.state.stage`` = the stage name. EPOCH_COMPLETED: after
+    the last warm-up epoch, UM-ProtoShare's encoder, decoder, fusion and add-ons are loaded from the
+    CNN (:meth:`UMProtoShare.load_backbone`); after each stage-1 epoch the scheduler steps once.
+    """
+
+    def __init__(
+        self, network: UMProtoShare, warmup_network: BackboneCNN, schedule: Schedule, lr_scheduler: LRScheduler
+    ) -> None:
+        self.network = network
+        self.warmup_network = warmup_network
+        self.schedule = schedule
+        self.lr_scheduler = lr_scheduler
+
+    def attach(self, engine: Engine) -> None:
+        """Register on EPOCH_STARTED and EPOCH_COMPLETED."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        """Freeze all but the stage's groups; record the stage on ``engine.state.stage``."""
+        stage = self.schedule.stage_of(engine.state.epoch)
+        target = self.warmup_network if stage == "warmup" else self.network
+        target.set_trainable(self.schedule.trainable_groups(stage))
+        engine.state.stage = stage
+
+    def epoch_completed(self, engine: Engine) -> None:
+        """Hand the warm-up backbone over after the last warm-up epoch; step the LR after a stage-1 epoch."""
+        epoch = engine.state.epoch
+        if self.schedule.stage_of(epoch) == "stage1":
+            self.lr_scheduler.step()
+        elif epoch == self.schedule.warmup_epochs:
+            unused = self.network.load_backbone(self.warmup_network.state_dict())
+            logger.info("epoch %d: UM-ProtoShare starts from the warm-up backbone (CNN keys not used: %s)", epoch, unused)
+
+
+class PushAndLastLayer:
+    """Push (Stage 2) then ``stage3_epochs`` classifier epochs (Stage 3), after each push epoch's iterations.
+
+    Attach it before the checkpoint writer so that every checkpoint includes its work. The push runs
+    on every rank (``push_prototypes`` is DDP-aware); files are written only with ``write_files``:
+    ``<output_dir>/push/epoch_<e>/push.json`` and ``push_maps.pt``. The last push's provenance is copied
+    into ``record``, the fold's :class:`~scripts.push.PushResult` that the checkpoint and the final
+    writer share (the handler itself holds no state). Puts ``push/similarity`` (mean pushed similarity),
+    ``stage3/loss|cls|l1|lr`` (last stage-3 epoch) and ``time/push``, ``time/stage3`` (seconds) into
+    ``engine.state.metrics``.
+
+    Args:
+        network: UM-ProtoShare (plain).
+        schedule: which epochs push.
+        push_loader: preprocessing-only loader over the training cases (no augmentation).
+        train_loader: the augmented training loader (stage 3).
+        optimizer: the fold's Adam over the classifier.
+        loss_function: stage-3 objective.
+        class_names: names in label order.
+        output_dir: the fold's directory.
+        record: receives each push's provenance; default a new one (:attr:`record`).
+        classifier: module applying the classifier (a DDP wrapper under DDP); default the network's.
+        write_files: write the push records (rank 0 only under DDP).
+        input_size: grid of the recorded peak voxels; default each case's preprocessed size.
+        amp: bf16 autocast on CUDA in stage 3.
+        channels_last_3d: channels-last images in stage 3.
+    """
+
+    def __init__(
+        self,
+        network: UMProtoShare,
+        schedule: Schedule,
+        push_loader: Iterable[Mapping[str, Any]],
+        train_loader: Iterable[Mapping[str, Any]],
+        optimizer: Optimizer,
+        loss_function: LastLayerLoss,
+        class_names: Sequence[str],
+        output_dir: str | PathLike,
+        record: PushResult | None = None,
+        classifier: nn.Module | None = None,
+        write_files: bool = True,
+        input_size: Sequence[int] | None = None,
+        amp: bool = False,
+        channels_last_3d: bool = False,
+    ) -> None:
+        self.network = network
+        self.schedule = schedule
+        self.push_loader = push_loader
+        self.train_loader = train_loader
+        self.optimizer = optimizer
+        self.loss_function = loss_function
+        self.class_names = list(class_names)
+        self.output_dir = Path(output_dir)
+        self.classifier = classifier
+        self.write_files = write_files
+        self.input_size = input_size
+        self.amp = amp
+        self.channels_last_3d = channels_last_3d
+        self.record = PushResult(class_names=self.class_names) if record is None else record
+
+    def attach(self, engine: Engine) -> None:
+        """Run on EPOCH_COMPLETED of the schedule's push epochs."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED(lambda _, epoch: self.schedule.is_push_epoch(epoch)), self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Push, record, then train the classifier alone for ``stage3_epochs`` epochs."""
+        epoch = engine.state.epoch
+        start = time.perf_counter()
+        result = push_prototypes(self.network, self.push_loader, self.class_names, input_size=self.input_size)
+        self.record.class_names, self.record.records, self.record.maps = result.class_names, result.records, result.maps
+        engine.state.metrics["time/push"] = time.perf_counter() - start
+        engine.state.metrics["push/similarity"] = float(np.mean([r["similarity"] for r in result.records]))
+        if self.write_files:
+            save_push(result, self.output_dir / "push" / f"epoch_{epoch}")
+        self.network.set_trainable(self.schedule.trainable_groups("stage3"))
+        seconds = 0.0
+        for i in range(1, self.schedule.stage3_epochs + 1):
+            means = train_last_layer_epoch(
+                self.network,
+                self.train_loader,
+                self.optimizer,
+                self.loss_function,
+                engine.state.device,
+                engine.prepare_batch,
+                self.classifier,
+                self.amp,
+                self.channels_last_3d,
+            )
+            seconds += means.pop("seconds")
+            logger.info("epoch %d stage 3 [%d/%d]: %s", epoch, i, self.schedule.stage3_epochs, _format(means))
+            engine.state.metrics.update({f"stage3/{name}": value for name, value in means.items()})
+        engine.state.metrics["stage3/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        engine.state.metrics["time/stage3"] = seconds
+
+
+def _format(values: Mapping[str, float]) -> str:
+    return " ".join(f"{name}: {value:.4f}" for name, value in values.items())
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed determined by (seed, epoch, rank) only."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+
+
+class EpochSeeder:
+    """Reseeds python, numpy, torch and the datasets' random transforms at every EPOCH_STARTED.
+
+    The seed depends on (``seed``, epoch, rank) only, so an epoch run after a resume draws the same
+    numbers (shuffling, augmentation, L_map ratios) as in an uninterrupted run. DataLoader workers
+    take their seeds from torch's generator when their iterator starts, after this handler.
+
+    Args:
+        seed: the run's seed.
+        datasets: datasets whose MONAI random transforms are reseeded (``set_rnd``), for
+            ``num_workers=0``; workers are seeded by MONAI's ``worker_init_fn``.
+    """
+
+    def __init__(self, seed: int, datasets: Sequence[Any] = ()) -> None:
+        self.seed = int(seed)
+        self.datasets = list(datasets)
+
+    def attach(self, engine: Engine) -> None:
+        """Register on EPOCH_STARTED."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Seed everything from (seed, epoch, rank)."""
+        seed = epoch_seed(self.seed, engine.state.epoch, idist.get_rank())
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        for dataset in self.datasets:
+            set_rnd(dataset, seed)

@@ -1,0 +1,211 @@
+"""One training iteration per stage: backbone warm-up and stage 1 (ignite), and a stage-3 epoch (plain loop).
+
+The forward passes that carry gradients go through modules given as arguments (``warmup_forward``,
+``stage1_forward``, ``classifier``), so that a multi-GPU configuration can pass DistributedDataParallel
+wrappers of them; the plain networks are still used for parameter groups and loss inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.engines.utils import default_prepare_batch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from scripts.losses import LastLayerLoss, ScaleTerms, Stage1Loss
+from scripts.networks import BackboneCNN, Explanation, UMProtoShare
+
+from .stages import Schedule
+
+__all__ = [
+    "ExplainForward",
+    "StagedIteration",
+    "autocast",
+    "plain_tensor",
+    "scale_terms",
+    "train_last_layer_epoch",
+    "unwrap",
+]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside (Distributed)DataParallel and :class:`ExplainForward` wrappers."""
+    while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel, ExplainForward)):
+        module = module.module if not isinstance(module, ExplainForward) else module.network
+    return module
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU runs in fp32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def plain_tensor(images: Tensor, channels_last_3d: bool = False) -> Tensor:
+    """Images (B, C, H, W, D) as a plain tensor (no MetaTensor bookkeeping), optionally channels-last."""
+    images = images.as_tensor() if isinstance(images, MetaTensor) else images
+    return images.contiguous(memory_format=torch.channels_last_3d) if channels_last_3d else images
+
+
+class ExplainForward(nn.Module):
+    """``forward`` = ``network.explain``: the stage-1 forward as a module (so DDP can wrap it)."""
+
+    def __init__(self, network: UMProtoShare) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: Tensor) -> Explanation:
+        """:class:`~scripts.networks.Explanation` of images (B, C_in, H, W, D)."""
+        return self.network.explain(images)
+
+
+def scale_terms(network: UMProtoShare, explanation: Explanation) -> list[ScaleTerms]:
+    """The per-scale inputs of :class:`~scripts.losses.Stage1Loss` from one explained batch."""
+    terms = []
+    for entry in explanation.per_scale:
+        head = network.head(entry.scale)
+        terms.append(
+            ScaleTerms(
+                features=entry.features,
+                hidden=entry.hidden,
+                w2=head.mapping.out_conv.weight,
+                soft_maps=entry.soft_maps,
+                similarities=entry.similarities,
+                prototypes=head.prototypes,
+                map_fn=head.soft_maps,
+                columns=network.columns(entry.scale),
+            )
+        )
+    return terms
+
+
+class StagedIteration:
+    """ignite ``iteration_update``: one optimiser step of the stage the current epoch belongs to.
+
+    Warm-up: the backbone CNN, ``warmup_loss`` (L_cls). Stage 1: UM-ProtoShare's explanation and
+    :class:`~scripts.losses.Stage1Loss`. Each stage's groups are set trainable by
+    :class:`~scripts.engine.handlers.StageHandler`; ``train()`` here keeps frozen groups in eval mode.
+
+    Args:
+        network: UM-ProtoShare (plain, not wrapped).
+        warmup_network: the backbone CNN (plain).
+        schedule: epoch → stage.
+        warmup_optimizer: optimiser over the CNN's warm-up groups.
+        stage1_optimizer: optimiser over UM-ProtoShare's stage-1 groups.
+        warmup_loss: ``(logits, labels) → loss``.
+        stage1_loss: the stage-1 objective.
+        warmup_forward: module whose forward gives the CNN's logits; default ``warmup_network``.
+        stage1_forward: module whose forward gives the explanation; default ``ExplainForward(network)``.
+        amp: bf16 autocast on CUDA.
+        channels_last_3d: feed channels-last images.
+
+    Returns (per call) a dict: ``loss`` (float), ``terms`` (unweighted terms, floats), ``stage``,
+    ``lr`` (the stage optimiser's first group) and ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        network: UMProtoShare,
+        warmup_network: BackboneCNN,
+        schedule: Schedule,
+        warmup_optimizer: Optimizer,
+        stage1_optimizer: Optimizer,
+        warmup_loss: Callable[[Tensor, Tensor], Tensor],
+        stage1_loss: Stage1Loss,
+        warmup_forward: nn.Module | None = None,
+        stage1_forward: nn.Module | None = None,
+        amp: bool = False,
+        channels_last_3d: bool = False,
+    ) -> None:
+        self.network = network
+        self.warmup_network = warmup_network
+        self.schedule = schedule
+        self.optimizers = {"warmup": warmup_optimizer, "stage1": stage1_optimizer}
+        self.warmup_loss = warmup_loss
+        self.stage1_loss = stage1_loss
+        self.warmup_forward = warmup_network if warmup_forward is None else warmup_forward
+        self.stage1_forward = ExplainForward(network) if stage1_forward is None else stage1_forward
+        self.amp = amp
+        self.channels_last_3d = channels_last_3d
+
+    def __call__(self, engine: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """One step on ``batch`` for the stage of ``engine.state.epoch``."""
+        stage = self.schedule.stage_of(engine.state.epoch)
+        images, labels = engine.prepare_batch(batch, engine.state.device, engine.non_blocking)
+        images = plain_tensor(images, self.channels_last_3d)
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        optimizer = self.optimizers[stage]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(images.device, self.amp):
+            if stage == "warmup":
+                self.warmup_forward.train()
+                loss = self.warmup_loss(self.warmup_forward(images), labels)
+                terms = {"cls": loss.detach()}
+            else:
+                self.stage1_forward.train()
+                explanation = self.stage1_forward(images)
+                net = self.network
+                loss, terms = self.stage1_loss(
+                    scale_terms(net, explanation), explanation.logits, labels, net.classifier.weight, net.ownership
+                )
+        loss.backward()
+        optimizer.step()
+        return {
+            "loss": float(loss.detach()),
+            "terms": {name: float(value) for name, value in terms.items()},
+            "stage": stage,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "batch_size": int(labels.numel()),
+        }
+
+
+def train_last_layer_epoch(
+    network: UMProtoShare,
+    loader: Iterable[Mapping[str, Any]],
+    optimizer: Optimizer,
+    loss_function: LastLayerLoss,
+    device: torch.device,
+    prepare_batch: Callable = default_prepare_batch,
+    classifier: nn.Module | None = None,
+    amp: bool = False,
+    channels_last_3d: bool = False,
+) -> dict[str, float]:
+    """One stage-3 epoch (Eq. 3/21): only the classifier learns; everything before it runs without grad.
+
+    The caller freezes every other group (``network.set_trainable(["classifier"])``) so that they
+    stay in eval mode. ``classifier`` (default ``network.classifier``) may be a DDP wrapper of it.
+
+    Returns:
+        Sample-weighted means of ``loss`` and the unweighted terms ``cls`` and ``l1``, and ``seconds``.
+    """
+    classifier = network.classifier if classifier is None else classifier
+    start = time.perf_counter()
+    sums: dict[str, float] = {}
+    seen = 0
+    network.train()
+    for batch in loader:
+        images, labels = prepare_batch(batch, device, False)
+        images = plain_tensor(images, channels_last_3d)
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(images.device, amp):
+            with torch.no_grad():
+                similarities = network.similarities(network.fused_features(images))
+            loss, terms = loss_function(classifier(similarities), labels, network.classifier.weight, network.ownership)
+        loss.backward()
+        optimizer.step()
+        count = int(labels.numel())
+        seen += count
+        for name, value in {"loss": loss.detach(), **terms}.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * count
+    optimizer.zero_grad(set_to_none=True)
+    if seen == 0:
+        raise ValueError("stage 3 got an empty training loader.")
+    return {**{name: total / seen for name, total in sums.items()}, "seconds": time.perf_counter() - start}

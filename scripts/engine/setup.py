@@ -1,0 +1,89 @@
+"""Run set-up used by the configs: datalist, synthetic data on first use, torch back-end switches, placement."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scripts.data import ensure_datalist, generate_dataset
+
+__all__ = ["configure_backends", "ensure_synthetic_dataset", "place", "training_datalist"]
+
+logger = logging.getLogger(__name__)
+
+
+def training_datalist(
+    dataset_dir: str | PathLike,
+    datalist_file: str | PathLike,
+    class_names: Sequence[str],
+    seed: int = 0,
+    num_folds: int = 5,
+    layout: str = "auto",
+    skip_bad_cases: bool = False,
+    check_voxels: bool = True,
+) -> dict:
+    """The datalist at ``datalist_file`` (built on first use by ``ensure_datalist``), checked against ``dataset_dir``.
+
+    Raises:
+        ValueError: the file was built from another dataset than ``dataset_dir`` (or a sub-folder of it).
+    """
+    datalist = ensure_datalist(
+        dataset_dir, datalist_file, class_names, layout, seed, num_folds, skip_bad_cases, check_voxels
+    )
+    wanted = Path(os.path.abspath(Path(dataset_dir).expanduser()))
+    built_from = Path(datalist.get("dataset", ""))
+    if built_from != wanted and wanted not in built_from.parents:
+        raise ValueError(
+            f"datalist {datalist_file} was built from {built_from}, not from dataset_dir {wanted}: delete it or "
+            "give another --datalist_file."
+        )
+    return datalist
+
+
+def ensure_synthetic_dataset(
+    directory: str | PathLike,
+    cases: int = 40,
+    shape: Sequence[int] = (72, 72, 54),
+    seed: int = 0,
+    hgg_fraction: float = 0.5,
+    ambiguous_fraction: float = 0.0,
+) -> str:
+    """A synthetic BraTS 2020 folder at ``directory``, generated unless its ``name_mapping.csv`` exists.
+
+    ``generate_dataset`` writes ``name_mapping.csv`` last, so an interrupted generation is redone.
+
+    Returns:
+        ``directory`` as a string (use it as ``dataset_dir``).
+    """
+    directory = Path(directory)
+    if not (directory / "name_mapping.csv").is_file():
+        logger.info("generating %d synthetic cases of %s voxels in %s", cases, tuple(shape), directory)
+        generate_dataset(directory, cases, shape, seed, hgg_fraction, ambiguous_fraction)
+    return str(directory)
+
+
+def configure_backends(cudnn_benchmark: bool = False, deterministic: bool = False) -> None:
+    """cuDNN autotuning and deterministic algorithms (``deterministic`` wins over ``cudnn_benchmark``).
+
+    Deterministic mode sets ``CUBLAS_WORKSPACE_CONFIG`` if unset and warns (rather than fails) on
+    operations without a deterministic implementation, e.g. trilinear upsampling's CUDA backward.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+
+
+def place(module: nn.Module, device: str | torch.device, channels_last_3d: bool = False) -> nn.Module:
+    """``module`` moved to ``device`` (in place), with channels-last 3D weights if asked."""
+    module.to(device)
+    if channels_last_3d:
+        module.to(memory_format=torch.channels_last_3d)
+    return module

@@ -1,0 +1,112 @@
+"""The training schedule as data (SPEC §4): which epochs belong to which stage, which groups each stage trains.
+
+One ignite run per fold has ``warmup_epochs + stage1_epochs`` epochs: backbone warm-up, then stage 1.
+Push (stage 2) and stage 3 run inside the epochs listed by :meth:`Schedule.push_epochs`, after their
+stage-1 iterations (see :class:`~scripts.engine.handlers.PushAndLastLayer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from monai.utils import look_up_option
+from torch import nn
+
+from scripts.networks import PARAMETER_GROUPS, GroupedNetwork
+
+__all__ = ["STAGES", "STAGE_GROUPS", "Schedule", "parameter_groups"]
+
+STAGE_GROUPS: dict[str, tuple[str, ...]] = {
+    "warmup": ("encoder", "decoder", "fusion", "addon", "classifier"),
+    "stage1": ("encoder", "fusion", "addon", "mapping", "prototypes"),
+    "stage3": ("classifier",),
+}
+"""Trainable parameter groups per stage. ``warmup`` names groups of the backbone CNN (its ``classifier``
+is the CNN head's Linear); ``stage1`` and ``stage3`` name groups of UM-ProtoShare. Every other group is
+frozen and kept in eval mode. Stage 1 leaves out the decoder (frozen, Appendix D.5) and the classifier
+(trained in stage 3 only)."""
+
+STAGES = tuple(STAGE_GROUPS)
+
+
+class Schedule:
+    """Epoch → stage, push epochs and trainable groups, from the config's numbers.
+
+    Ignite epochs are 1-based: 1..W are warm-up, W+1..W+S stage 1. A push (followed by
+    ``stage3_epochs`` classifier epochs) ends every ``push_every``-th stage-1 epoch and the last one.
+
+    Args:
+        warmup_epochs: W, backbone warm-up epochs (0 skips the warm-up).
+        stage1_epochs: S ≥ 1.
+        push_every: push after every ``push_every``-th stage-1 epoch.
+        stage3_epochs: classifier epochs after each push.
+        freeze_gates: also freeze the fusion group (gates) in stage 1.
+    """
+
+    def __init__(
+        self,
+        warmup_epochs: int = 50,
+        stage1_epochs: int = 100,
+        push_every: int = 10,
+        stage3_epochs: int = 10,
+        freeze_gates: bool = False,
+    ) -> None:
+        if warmup_epochs < 0 or stage1_epochs < 1 or push_every < 1 or stage3_epochs < 0:
+            raise ValueError(
+                "schedule needs warmup_epochs >= 0, stage1_epochs >= 1, push_every >= 1 and stage3_epochs >= 0; got "
+                f"{warmup_epochs}, {stage1_epochs}, {push_every}, {stage3_epochs}."
+            )
+        self.warmup_epochs = int(warmup_epochs)
+        self.stage1_epochs = int(stage1_epochs)
+        self.push_every = int(push_every)
+        self.stage3_epochs = int(stage3_epochs)
+        self.freeze_gates = bool(freeze_gates)
+
+    @property
+    def max_epochs(self) -> int:
+        """Ignite epochs of one fold: W + S."""
+        return self.warmup_epochs + self.stage1_epochs
+
+    def stage_of(self, epoch: int) -> str:
+        """``"warmup"`` or ``"stage1"`` for a 1-based ignite epoch."""
+        if not 1 <= epoch <= self.max_epochs:
+            raise ValueError(f"epoch {epoch} is outside the schedule's 1..{self.max_epochs}.")
+        return "warmup" if epoch <= self.warmup_epochs else "stage1"
+
+    def is_push_epoch(self, epoch: int) -> bool:
+        """Whether a push and stage 3 follow the stage-1 iterations of ``epoch``."""
+        if self.stage_of(epoch) != "stage1":
+            return False
+        done = epoch - self.warmup_epochs
+        return done % self.push_every == 0 or done == self.stage1_epochs
+
+    def push_epochs(self) -> list[int]:
+        """Every ignite epoch that ends with a push, ascending."""
+        return [e for e in range(self.warmup_epochs + 1, self.max_epochs + 1) if self.is_push_epoch(e)]
+
+    def trainable_groups(self, stage: str) -> tuple[str, ...]:
+        """The groups ``stage`` trains (``"fusion"`` left out of stage 1 with ``freeze_gates``)."""
+        groups = STAGE_GROUPS[look_up_option(stage, STAGES)]
+        if stage == "stage1" and self.freeze_gates:
+            groups = tuple(g for g in groups if g != "fusion")
+        return groups
+
+
+def parameter_groups(
+    network: GroupedNetwork | nn.Module,
+    groups: Iterable[str],
+    weight_decay: float,
+    no_decay: Sequence[str] = ("prototypes",),
+) -> list[dict]:
+    """Optimiser parameter groups for ``groups`` of a network: weight decay except on ``no_decay`` groups.
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``,
+        leaving out an empty entry.
+    """
+    groups = list(groups)
+    no_decay = [look_up_option(g, tuple(PARAMETER_GROUPS)) for g in no_decay]
+    decayed = [p for g in groups if g not in no_decay for p in network.group_parameters(g)]
+    undecayed = [p for g in groups if g in no_decay for p in network.group_parameters(g)]
+    entries = [{"params": decayed, "weight_decay": float(weight_decay)}, {"params": undecayed, "weight_decay": 0.0}]
+    return [entry for entry in entries if entry["params"]]

@@ -137,3 +137,19 @@ def test_loss_terms_lr_and_stage_are_logged_per_epoch(run):
     assert {"warmup/cls", "stage1/clst", "stage1/oc", "stage3/l1", "lr"} <= scalars
     assert [e.step for e in events.Scalars("stage1/clst")] == list(STAGE1_EPOCHS)
     assert [e.step for e in events.Scalars("stage3/l1")] == list(PUSH_EPOCHS)
+
+
+def test_held_in_validation_after_pushes_never_sees_the_test_fold(data_synthetic_root, tmp_path):
+    workflow = micro_workflow(tmp_path / "run", data_synthetic_root, val_fraction=0.3)
+    workflow.initialize()
+    parser = workflow.parser
+    trainer, validator = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("validate#evaluator")
+    validated = []
+    validator.add_event_handler(Events.COMPLETED, lambda _: validated.append(trainer.state.epoch))
+    workflow.run()
+    assert validated == list(PUSH_EPOCHS)  # val_interval defaults to push_every, counted from the end of warm-up
+    assert 0.0 <= validator.state.metrics["val_bac"] <= 1.0
+    ids = {part: {item["case_id"] for item in parser.get_parsed_content(f"{part}#items")} for part in ("train", "validate", "test")}
+    assert ids["validate"] and not ids["validate"] & ids["test"] and not ids["validate"] & ids["train"]
+    record = json.loads((tmp_path / "run" / "out" / "fold0" / "push.json").read_text())
+    assert {entry["case_id"] for entry in record["records"]} <= ids["train"]

@@ -1,0 +1,58 @@
+"""Run set-up helpers: back-end switches, placement, synthetic data on first use, the datalist check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scripts.engine import autocast, configure_backends, ensure_synthetic_dataset, place, plain_tensor, training_datalist
+
+
+@pytest.fixture
+def restore_backends():
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
+
+
+def test_deterministic_mode_wins_over_cudnn_benchmark(restore_backends):
+    configure_backends(cudnn_benchmark=True, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark
+    configure_backends(cudnn_benchmark=True, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+
+
+def test_channels_last_placement_and_inputs():
+    conv = place(torch.nn.Conv3d(4, 2, 3), "cpu", channels_last_3d=True)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    images = plain_tensor(torch.randn(2, 4, 6, 6, 6), channels_last_3d=True)
+    assert images.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(conv(images), conv.to(memory_format=torch.contiguous_format)(images.contiguous()), atol=1e-6)
+
+
+def test_autocast_is_a_no_op_off_cuda():
+    a = torch.randn(3, 3)
+    with autocast(torch.device("cpu"), enabled=True):
+        assert (a @ a).dtype == torch.float32
+
+
+def test_synthetic_dataset_is_generated_once(tmp_path):
+    directory = tmp_path / "MICCAI_BraTS2020_TrainingData"
+    assert ensure_synthetic_dataset(directory, cases=2, shape=(16, 16, 16)) == str(directory)
+    mapping = directory / "name_mapping.csv"
+    stamp = mapping.stat().st_mtime_ns
+    ensure_synthetic_dataset(directory, cases=2, shape=(16, 16, 16))
+    assert mapping.stat().st_mtime_ns == stamp and len(list(directory.glob("BraTS20_Training_*"))) == 2
+
+
+def test_datalist_built_from_another_dataset_is_refused(data_synthetic_root, tmp_path):
+    datalist_file = tmp_path / "datalist.json"
+    datalist = training_datalist(data_synthetic_root, datalist_file, ["LGG", "HGG"], check_voxels=False)
+    assert len(datalist["training"]) == 12
+    assert training_datalist(data_synthetic_root.parent, datalist_file, ["LGG", "HGG"])["dataset"] == datalist["dataset"]
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError, match="not from dataset_dir"):
+        training_datalist(other, datalist_file, ["LGG", "HGG"])

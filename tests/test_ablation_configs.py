@@ -58,7 +58,8 @@ def test_train_config_holds_the_papers_numbers():
     parser = _parser()
     parser.update({"device": "cpu", "encoder_layers": [1, 1], "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8})
     schedule = parser.get_parsed_content("schedule")
-    assert (schedule.warmup_epochs, schedule.stage1_epochs, schedule.push_every, schedule.stage3_epochs) == (50, 100, 10, 10)
+    numbers = (schedule.warmup_epochs, schedule.stage1_epochs, schedule.push_every, schedule.stage3_epochs)
+    assert numbers == (50, 100, 10, 10)
     assert parser.get_parsed_content("train#dataloader#batch_size") == 32
     warmup = parser.get_parsed_content("warmup_optimizer")
     assert isinstance(warmup, torch.optim.AdamW) and warmup.defaults["lr"] == 1e-3

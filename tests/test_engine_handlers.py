@@ -87,17 +87,19 @@ def test_rng_state_roundtrip_through_a_weights_only_file(tmp_path):
 
 def test_epoch_seeder_makes_each_epoch_depend_on_seed_and_epoch_only():
     dataset = Dataset([{"x": torch.zeros(1, 4)}], RandGaussianNoised("x", prob=1.0))
-    draws: dict[tuple[int, int], tuple] = {}
+    draws: dict[tuple[int, int, int], tuple] = {}
 
     def run(seed: int, start_state: int) -> None:
         torch.manual_seed(start_state), np.random.seed(start_state), dataset.transform.set_random_state(start_state)
         engine = Engine(lambda e, b: None)
         EpochSeeder(seed, [dataset]).attach(engine)
-        engine.add_event_handler(
-            Events.EPOCH_STARTED,
-            lambda e: draws.__setitem__((seed, e.state.epoch, start_state), (torch.rand(1).item(), np.random.rand(),
-                                                                           random.random(), dataset[0]["x"].sum().item())),
-        )
+
+        @engine.on(Events.EPOCH_STARTED)
+        def draw(e):
+            draws[(seed, e.state.epoch, start_state)] = (
+                torch.rand(1).item(), np.random.rand(), random.random(), dataset[0]["x"].sum().item()
+            )
+
         engine.run([0], max_epochs=2)
 
     run(seed=7, start_state=0)
@@ -150,7 +152,8 @@ def test_tensorboard_writer_logs_numbers_and_the_stage():
     engine.state.metrics = {"stage1/clst": -0.5, "lr": 1e-3, "note": "text is skipped"}
     writer = _Writer()
     write_epoch_tensorboard(engine, writer)
-    assert writer.calls == [("scalar", "stage1/clst", -0.5, 3), ("scalar", "lr", 1e-3, 3), ("text", "stage", "stage1", 3)]
+    expected = [("scalar", "stage1/clst", -0.5, 3), ("scalar", "lr", 1e-3, 3), ("text", "stage", "stage1", 3)]
+    assert writer.calls == expected
 
 
 class _Validator:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scripts.engine import autocast, configure_backends, ensure_synthetic_dataset, place, plain_tensor, training_datalist
+from scripts.engine import (
+    autocast,
+    configure_backends,
+    ensure_synthetic_dataset,
+    place,
+    plain_tensor,
+    training_datalist,
+)
 
 
 @pytest.fixture
 def restore_backends():
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
     yield
     torch.use_deterministic_algorithms(saved[0])
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
@@ -51,7 +59,8 @@ def test_datalist_built_from_another_dataset_is_refused(data_synthetic_root, tmp
     datalist_file = tmp_path / "datalist.json"
     datalist = training_datalist(data_synthetic_root, datalist_file, ["LGG", "HGG"], check_voxels=False)
     assert len(datalist["training"]) == 12
-    assert training_datalist(data_synthetic_root.parent, datalist_file, ["LGG", "HGG"])["dataset"] == datalist["dataset"]
+    nested = training_datalist(data_synthetic_root.parent, datalist_file, ["LGG", "HGG"])  # archives nest one level
+    assert nested["dataset"] == datalist["dataset"]
     other = tmp_path / "other"
     other.mkdir()
     with pytest.raises(ValueError, match="not from dataset_dir"):

@@ -149,7 +149,10 @@ def test_held_in_validation_after_pushes_never_sees_the_test_fold(data_synthetic
     workflow.run()
     assert validated == list(PUSH_EPOCHS)  # val_interval defaults to push_every, counted from the end of warm-up
     assert 0.0 <= validator.state.metrics["val_bac"] <= 1.0
-    ids = {part: {item["case_id"] for item in parser.get_parsed_content(f"{part}#items")} for part in ("train", "validate", "test")}
+    ids = {
+        part: {item["case_id"] for item in parser.get_parsed_content(f"{part}#items")}
+        for part in ("train", "validate", "test")
+    }
     assert ids["validate"] and not ids["validate"] & ids["test"] and not ids["validate"] & ids["train"]
     record = json.loads((tmp_path / "run" / "out" / "fold0" / "push.json").read_text())
     assert {entry["case_id"] for entry in record["records"]} <= ids["train"]

@@ -3,7 +3,15 @@
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
 from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
 from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
-from .iteration import ExplainForward, StagedIteration, autocast, plain_tensor, scale_terms, train_last_layer_epoch, unwrap
+from .iteration import (
+    ExplainForward,
+    StagedIteration,
+    autocast,
+    plain_tensor,
+    scale_terms,
+    train_last_layer_epoch,
+    unwrap,
+)
 from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
 from .setup import configure_backends, ensure_synthetic_dataset, place, training_datalist
 from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups

@@ -22,7 +22,10 @@ logger = logging.getLogger(__name__)
 
 
 def balanced_accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """BAC (Eq. 24) of ``argmax(logits)`` (N, C) against class indices ``labels`` (N,); an EpochMetric ``compute_fn``."""
+    """BAC (Eq. 24) of ``argmax(logits)`` (N, C) against class indices ``labels`` (N,).
+
+    The ``compute_fn`` of the ignite ``EpochMetric`` that the configs use for validation and the test fold.
+    """
     logits = torch.as_tensor(logits)
     return balanced_accuracy(torch.as_tensor(labels).reshape(-1), logits.argmax(dim=1), logits.shape[1])
 

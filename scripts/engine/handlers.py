@@ -67,7 +67,7 @@ class StageHandler:
             self.lr_scheduler.step()
         elif epoch == self.schedule.warmup_epochs:
             unused = self.network.load_backbone(self.warmup_network.state_dict())
-            logger.info("epoch %d: UM-ProtoShare starts from the warm-up backbone (CNN keys not used: %s)", epoch, unused)
+            logger.info("epoch %d: UM-ProtoShare starts from the warm-up backbone (unused CNN keys: %s)", epoch, unused)
 
 
 class PushAndLastLayer:

@@ -71,7 +71,7 @@ def _parsed(**overrides) -> ConfigParser:
     return parser
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_stage_handler_sets_groups_hands_over_backbone_and_steps_lr_per_epoch():
     """The configured optimiser and scheduler, driven by StageHandler over the paper's epochs."""
     parser = _parsed()

@@ -30,7 +30,10 @@ def test_last_stage1_epoch_always_pushes():
     assert not schedule.is_push_epoch(2)  # warm-up epochs never push
 
 
-@pytest.mark.parametrize("bad", [{"stage1_epochs": 0}, {"push_every": 0}, {"warmup_epochs": -1}, {"stage3_epochs": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"warmup_epochs": 0, "stage1_epochs": 0}, {"push_every": 0}, {"warmup_epochs": -1}, {"stage3_epochs": -1}],
+)
 def test_schedule_rejects_impossible_numbers(bad):
     with pytest.raises(ValueError, match="schedule needs"):
         Schedule(**bad)

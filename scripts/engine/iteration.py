@@ -8,6 +8,7 @@ wrappers of them; the plain networks are still used for parameter groups and los
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -67,20 +68,27 @@ class ExplainForward(nn.Module):
 
 
 def scale_terms(network: UMProtoShare, explanation: Explanation) -> list[ScaleTerms]:
-    """The per-scale inputs of :class:`~scripts.losses.Stage1Loss` from one explained batch."""
+    """The per-scale inputs of :class:`~scripts.losses.Stage1Loss` from one explained batch.
+
+    A head without mapping module (ProtoPNet) gives no ``w2`` and no ``map_fn``; ``fusion_inputs`` and
+    ``refuse_fn`` feed the multi-scale mapping loss (MAProtoNet).
+    """
     terms = []
     for entry in explanation.per_scale:
         head = network.head(entry.scale)
+        mapped = head.mapping is not None
         terms.append(
             ScaleTerms(
                 features=entry.features,
                 hidden=entry.hidden,
-                w2=head.mapping.out_conv.weight,
+                w2=head.mapping.out_conv.weight if mapped else None,
                 soft_maps=entry.soft_maps,
                 similarities=entry.similarities,
                 prototypes=head.prototypes,
-                map_fn=head.soft_maps,
+                map_fn=head.soft_maps if mapped else None,
                 columns=network.columns(entry.scale),
+                fusion_inputs=entry.fusion_inputs,
+                refuse_fn=functools.partial(network.refuse, entry.scale),
             )
         )
     return terms

@@ -37,7 +37,8 @@ class Schedule:
 
     Args:
         warmup_epochs: W, backbone warm-up epochs (0 skips the warm-up).
-        stage1_epochs: S ≥ 1.
+        stage1_epochs: S ≥ 0; 0 trains the warm-up CNN only (the CNN baseline, whose fold model is
+            that CNN).
         push_every: push after every ``push_every``-th stage-1 epoch.
         stage3_epochs: classifier epochs after each push.
         freeze_gates: also freeze the fusion group (gates) in stage 1.
@@ -51,10 +52,11 @@ class Schedule:
         stage3_epochs: int = 10,
         freeze_gates: bool = False,
     ) -> None:
-        if warmup_epochs < 0 or stage1_epochs < 1 or push_every < 1 or stage3_epochs < 0:
+        negative = min(warmup_epochs, stage1_epochs, stage3_epochs) < 0
+        if negative or push_every < 1 or warmup_epochs + stage1_epochs < 1:
             raise ValueError(
-                "schedule needs warmup_epochs >= 0, stage1_epochs >= 1, push_every >= 1 and stage3_epochs >= 0; got "
-                f"{warmup_epochs}, {stage1_epochs}, {push_every}, {stage3_epochs}."
+                "schedule needs warmup_epochs >= 0, stage1_epochs >= 0 (not both 0), push_every >= 1 and "
+                f"stage3_epochs >= 0; got {warmup_epochs}, {stage1_epochs}, {push_every}, {stage3_epochs}."
             )
         self.warmup_epochs = int(warmup_epochs)
         self.stage1_epochs = int(stage1_epochs)

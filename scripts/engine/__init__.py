@@ -1,5 +1,6 @@
 """Training engine: the schedule as data, the staged iteration, and the ignite handlers named by the configs."""
 
+from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_forward
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
 from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
 from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
@@ -19,6 +20,7 @@ from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
 __all__ = [
     "STAGES",
     "STAGE_GROUPS",
+    "BroadcastFromRank0",
     "EpochCheckpoint",
     "EpochLog",
     "EpochSeeder",
@@ -29,6 +31,7 @@ __all__ = [
     "PushAndLastLayer",
     "RNGState",
     "Schedule",
+    "ShardedEpochMetric",
     "StageHandler",
     "StageValidationHandler",
     "StagedIteration",
@@ -36,6 +39,7 @@ __all__ = [
     "autocast",
     "balanced_accuracy_from_logits",
     "configure_backends",
+    "distributed_forward",
     "ensure_synthetic_dataset",
     "epoch_seed",
     "parameter_groups",

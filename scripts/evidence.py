@@ -1,0 +1,323 @@
+"""Prototype evidence for one case: contributions (Eq. 31), class maps (Eq. 27–28), per-sequence evidence.
+
+Pure tensor functions plus :func:`explain_case`, which runs a UM-ProtoShare once on a preprocessed
+image and gathers what a reader is shown; :func:`to_original_space` undoes the preprocessing
+(orientation, resampling, crop/pad, resize) with MONAI's inverse of the applied-operations stack, and
+:func:`write_nifti` writes a volume on the grid (shape, affine, header) of an input file.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from torch import Tensor
+
+from scripts.losses import soft_class_coefficients
+from scripts.metrics import class_attention_map
+from scripts.networks import UMProtoShare
+
+__all__ = [
+    "SEQUENCE_NAMES",
+    "CaseEvidence",
+    "class_evidence_maps",
+    "explain_case",
+    "prediction_record",
+    "prototype_contributions",
+    "sequence_evidence",
+    "sequence_mean_inputs",
+    "to_original_space",
+    "top_columns",
+    "upsample_maps",
+    "write_nifti",
+]
+
+SEQUENCE_NAMES = ("T1", "T1-CE", "T2", "FLAIR")
+"""Display names of the input channels, in channel order."""
+
+
+def prototype_contributions(similarities: Tensor, classifier_weight: Tensor) -> Tensor:
+    """Contribution of every prototype to every class logit, Δy_c = w_cls[c, col]·S_col (Eq. 31).
+
+    Args:
+        similarities: S(x, P), (B, K_total).
+        classifier_weight: w_cls, (C, K_total) (no bias: the contributions sum over K to the logits).
+
+    Returns:
+        (B, C, K_total).
+    """
+    if similarities.ndim != 2 or classifier_weight.ndim != 2 or similarities.shape[1] != classifier_weight.shape[1]:
+        raise ValueError(
+            f"expected similarities (B, K_total) and classifier_weight (C, K_total), got "
+            f"{tuple(similarities.shape)} and {tuple(classifier_weight.shape)}."
+        )
+    return similarities[:, None, :] * classifier_weight[None]
+
+
+def sequence_mean_inputs(image: Tensor) -> Tensor:
+    """One copy of ``image`` per sequence, with that sequence replaced by its mean over the volume.
+
+    Args:
+        image: (C_in, H, W, D).
+
+    Returns:
+        (C_in, C_in, H, W, D); copy i differs from ``image`` in channel i only.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C_in, H, W, D), got {tuple(image.shape)}.")
+    copies = image[None].repeat(image.shape[0], *[1] * image.ndim)
+    for i in range(image.shape[0]):
+        copies[i, i] = image[i].mean()
+    return copies
+
+
+def sequence_evidence(model: UMProtoShare, image: Tensor) -> Tensor:
+    """Change of every prototype's similarity when each sequence in turn is replaced by its mean.
+
+    A negative entry means the sequence supports the match (removing it lowers S). Runs the model
+    as it is (call ``eval()`` first) without gradient, on all copies in one batch.
+
+    Args:
+        model: a UM-ProtoShare.
+        image: one preprocessed case, (C_in, H, W, D), on the model's device.
+
+    Returns:
+        ΔS, (C_in, K_total): S(x with sequence i at its mean) − S(x).
+    """
+    with torch.no_grad():
+        batch = torch.cat([image[None], sequence_mean_inputs(image)])
+        similarities = model.similarities(model.fused_features(batch))
+    return similarities[1:] - similarities[:1]
+
+
+def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Maps (K, h, w, d) to (K, *size), trilinear with ``align_corners=False`` (as the class maps)."""
+    size = [int(n) for n in size]
+    if maps.ndim != 4 or len(size) != 3:
+        raise ValueError(f"expected maps (K, h, w, d) and a 3-D size, got {tuple(maps.shape)} and {size}.")
+    return F.interpolate(maps[None].float(), size=size, mode="trilinear", align_corners=False)[0]
+
+
+def class_evidence_maps(
+    maps_per_scale: Sequence[Tensor], zeta: Tensor, target_class: int, size: Sequence[int]
+) -> Tensor:
+    """Class attention map of class c per scale (Eq. 27) on the input grid; their sum is Eq. 28.
+
+    Args:
+        maps_per_scale: per prototype scale, M_s (1, K_s, h_s, w_s, d_s).
+        zeta: ζ, (C, K_total), columns ordered by scale then k.
+        target_class: c.
+        size: (H, W, D) of the input grid.
+
+    Returns:
+        (number of scales, H, W, D): row s is the mean map of the prototypes with ζ_{c,p} > 0 at that
+        scale, upsampled (zeros where the scale has none).
+    """
+    widths = [maps.shape[1] for maps in maps_per_scale]
+    target = torch.tensor([int(target_class)], device=zeta.device)
+    parts = torch.split(zeta, widths, dim=1)
+    return torch.cat(
+        [class_attention_map([maps], part, target, size) for maps, part in zip(maps_per_scale, parts)]
+    )
+
+
+def top_columns(contributions: Tensor, columns: Sequence[tuple[int, int]], per_scale: int) -> list[int]:
+    """Classifier columns of the ``per_scale`` prototypes of each scale with the largest contribution.
+
+    Args:
+        contributions: one class's Δy per column, (K_total,).
+        columns: (scale, k) of each column (``model.prototype_columns``).
+        per_scale: how many per scale (fewer where a scale has fewer prototypes).
+
+    Returns:
+        Columns by scale, then by contribution, largest first.
+    """
+    chosen: list[int] = []
+    for scale in sorted({s for s, _ in columns}):
+        mine = [c for c, (s, _) in enumerate(columns) if s == scale]
+        chosen += sorted(mine, key=lambda c: -float(contributions[c]))[:per_scale]
+    return chosen
+
+
+@dataclass
+class CaseEvidence:
+    """Everything shown for one case (CPU tensors; K = K_total, C classes)."""
+
+    logits: Tensor
+    """(C,)."""
+    probabilities: Tensor
+    """(C,), softmax of the logits."""
+    predicted: int
+    """argmax of the logits."""
+    similarities: Tensor
+    """S, (K,)."""
+    classifier_weight: Tensor
+    """w_cls, (C, K)."""
+    zeta: Tensor
+    """ζ (Eq. 7), (C, K)."""
+    contributions: Tensor
+    """Δy (Eq. 31), (C, K); sums over K to the logits."""
+    sequence_delta: Tensor
+    """ΔS per sequence replaced by its mean, (C_in, K)."""
+    maps_per_scale: list[Tensor]
+    """M_s, (K_s, h_s, w_s, d_s) per prototype scale."""
+    scales: list[int]
+    """The prototype scales, ascending."""
+
+    def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
+        """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
+        return upsample_maps(self.maps_per_scale[self.scales.index(scale)][[k]], size)[0]
+
+
+def explain_case(model: UMProtoShare, image: Tensor) -> CaseEvidence:
+    """Run ``model`` (in its current mode, without gradient) on one preprocessed case and collect its evidence.
+
+    Args:
+        model: a UM-ProtoShare (call ``eval()`` first).
+        image: (C_in, H, W, D), on the model's device.
+    """
+    with torch.no_grad():
+        explanation = model.explain(image[None])
+        weight = model.classifier.weight.detach()
+        contributions = prototype_contributions(explanation.similarities, weight)[0]
+        delta = sequence_evidence(model, image)
+    logits = explanation.logits[0].float().cpu()
+    return CaseEvidence(
+        logits=logits,
+        probabilities=torch.softmax(logits, dim=0),
+        predicted=int(logits.argmax()),
+        similarities=explanation.similarities[0].float().cpu(),
+        classifier_weight=weight.float().cpu(),
+        zeta=soft_class_coefficients(weight).float().cpu(),
+        contributions=contributions.float().cpu(),
+        sequence_delta=delta.float().cpu(),
+        maps_per_scale=[entry.maps[0].float().cpu() for entry in explanation.per_scale],
+        scales=[entry.scale for entry in explanation.per_scale],
+    )
+
+
+def to_original_space(maps: Tensor, image: MetaTensor, preprocessing: Compose) -> MetaTensor:
+    """Bring maps on the network grid back to the input files' grid by inverting ``preprocessing``.
+
+    The maps take a copy of ``image``'s metadata and applied-operations stack (orientation, spacing,
+    crop, pad, resize), which MONAI's ``Compose.inverse`` undoes in reverse order with each
+    transform's own interpolation (linear for the resampling steps).
+
+    Args:
+        maps: (N, H, W, D) on ``image``'s grid.
+        image: the preprocessed case, a MetaTensor (C_in, H, W, D) carrying ``applied_operations``.
+        preprocessing: the transforms that produced ``image`` (``scripts.data.preprocessing_transforms``).
+
+    Returns:
+        (N, X, Y, Z) with the affine of the input files.
+    """
+    if not isinstance(image, MetaTensor) or not image.applied_operations:
+        raise ValueError("image must be a MetaTensor carrying the preprocessing's applied operations (uncached).")
+    if tuple(maps.shape[1:]) != tuple(image.shape[1:]):
+        raise ValueError(f"maps {tuple(maps.shape)} are not on the image grid {tuple(image.shape[1:])}.")
+    tracked = MetaTensor(
+        maps.detach().float().cpu(),
+        meta=copy.deepcopy(dict(image.meta)),
+        applied_operations=copy.deepcopy(image.applied_operations),
+    )
+    return preprocessing.inverse({"image": tracked})["image"]
+
+
+def _header_like(reference: nib.spatialimages.SpatialImage) -> nib.Nifti1Header | None:
+    """A float32 copy of a NIfTI-1 reference header (same qform/sform codes), or None for other formats."""
+    if not isinstance(reference.header, nib.Nifti1Header) or isinstance(reference.header, nib.Nifti2Header):
+        return None
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(None, None)
+    return header
+
+
+def write_nifti(volume: np.ndarray | Tensor, reference: str | PathLike, path: str | PathLike) -> Path:
+    """Write ``volume`` (X, Y, Z) as float32 NIfTI with the affine and header of the ``reference`` file.
+
+    Raises:
+        ValueError: ``volume`` is not on the reference grid.
+    """
+    image = nib.load(str(reference))
+    data = np.asarray(volume.detach().cpu() if isinstance(volume, Tensor) else volume, dtype=np.float32)
+    if data.shape != tuple(image.shape[:3]):
+        raise ValueError(f"volume of shape {data.shape} is not on the grid {tuple(image.shape)} of {reference}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, image.affine, header=_header_like(image)), str(path))
+    return path
+
+
+def _by_class(values: Tensor, names: Sequence[str]) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(names, values.tolist())}
+
+
+def prediction_record(
+    evidence: CaseEvidence,
+    columns: Sequence[tuple[int, int]],
+    class_names: Sequence[str],
+    push_records: Sequence[Mapping[str, Any]] | None = None,
+    details: Mapping[int, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready answer for one case: grade, logits, probabilities and every prototype's evidence.
+
+    Prototypes are sorted by their contribution to the predicted class, largest first; each lists
+    its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
+    similarity change per sequence replaced by its mean (and the sequence whose removal lowers S the
+    most), and the case and class it was pushed from (``push_records``, in column order).
+
+    Args:
+        evidence: from :func:`explain_case`.
+        columns: (scale, k) per classifier column.
+        class_names: C names in label order.
+        push_records: the push provenance records (``push.json``), or None when unavailable.
+        details: extra fields per column (e.g. the file of its map), merged into its entry.
+    """
+    if len(class_names) != evidence.logits.numel():
+        raise ValueError(f"class_names {list(class_names)} do not match {evidence.logits.numel()} logits.")
+    if push_records is not None and [(r["scale"], r["k"]) for r in push_records] != [tuple(c) for c in columns]:
+        raise ValueError("the push records do not follow the model's prototype columns (another model's push.json?).")
+    sequences = SEQUENCE_NAMES[: evidence.sequence_delta.shape[0]]
+    entries = []
+    for column, (scale, k) in enumerate(columns):
+        delta = evidence.sequence_delta[:, column]
+        source = None
+        if push_records is not None:
+            record = push_records[column]
+            source = {key: record[key] for key in ("case_id", "class_name", "similarity", "peak_voxel", "input_shape")}
+        entries.append(
+            {
+                "column": column,
+                "scale": scale,
+                "k": k,
+                "similarity": float(evidence.similarities[column]),
+                "class_weights": _by_class(evidence.classifier_weight[:, column], class_names),
+                "zeta": _by_class(evidence.zeta[:, column], class_names),
+                "contribution": _by_class(evidence.contributions[:, column], class_names),
+                "sequence_evidence": _by_class(delta, sequences),
+                "driving_sequence": sequences[int(delta.argmin())],
+                "source": source,
+                **dict((details or {}).get(column, {})),
+            }
+        )
+    predicted = evidence.predicted
+    entries.sort(key=lambda entry: -evidence.contributions[predicted, entry["column"]].item())
+    return {
+        "predicted_class": class_names[predicted],
+        "predicted_index": predicted,
+        "class_names": list(class_names),
+        "logits": _by_class(evidence.logits, class_names),
+        "probabilities": _by_class(evidence.probabilities, class_names),
+        "prototypes": entries,
+    }

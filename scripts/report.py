@@ -1,0 +1,237 @@
+"""Figure-5-style pages: a case's prototype evidence, gallery strips, sharedness rows.
+
+Drawn on bare matplotlib ``Figure`` objects (no pyplot), so importing this never switches a backend.
+
+Volumes are (C_in, H, W, D) arrays on the network grid (RAS, so axis 2 runs inferior → superior); maps
+are (H, W, D). Slices are axial, shown with the patient's right on the right (neurological view).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from scripts.evidence import SEQUENCE_NAMES
+
+__all__ = [
+    "SourceView",
+    "case_report",
+    "contribution_lines",
+    "overlay_panel",
+    "prototype_strip",
+    "sharedness_figure",
+    "source_panel",
+]
+
+MAP_FLOOR = 0.3
+"""Map values (min-max scaled over the whole volume) below this are left transparent in overlays."""
+
+
+@dataclass
+class SourceView:
+    """The training case a prototype was pushed from, as far as it can be shown."""
+
+    case_id: str
+    class_name: str
+    attention_map: np.ndarray
+    """The pushed map on the source's network grid, (H, W, D)."""
+    peak: Sequence[int]
+    """Peak voxel of the map on that grid, [i, j, l]."""
+    image: np.ndarray | None = None
+    """The preprocessed source case, (C_in, H, W, D), or None when its files are unavailable."""
+    note: str = ""
+    """Why the image is missing, shown in place of it."""
+
+
+def _axial(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice z of (H, W, D), transposed for ``imshow(origin="lower")``."""
+    return np.asarray(volume)[:, :, int(z)].T
+
+
+def _unit(volume: np.ndarray) -> np.ndarray:
+    """Min-max scaling of a whole map to [0, 1] (a constant map gives zeros), before slicing."""
+    volume = np.asarray(volume, dtype=np.float32)
+    low, high = float(volume.min()), float(volume.max())
+    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
+
+
+def overlay_panel(
+    ax: Axes, background: np.ndarray | None, attention: np.ndarray, title: str, peak: Sequence[int] | None = None
+) -> None:
+    """A 2-D slice in grey with a map slice in [0, 1] on top (values below ``MAP_FLOOR`` clear).
+
+    ``peak`` ([i, j], array indices of the untransposed slice) is marked with a white cross.
+    """
+    if background is not None:
+        low, high = np.percentile(background, [1, 99.5])
+        ax.imshow(background, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), origin="lower")
+    alpha = 0.45 if background is not None else 1.0
+    ax.imshow(np.ma.masked_less(attention, MAP_FLOOR), cmap="jet", vmin=0, vmax=1, alpha=alpha, origin="lower")
+    if peak is not None:
+        ax.plot([peak[0]], [peak[1]], marker="+", color="white", markersize=8, markeredgewidth=1.2)
+    ax.set_title(title, fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def source_panel(ax: Axes, source: SourceView | None, sequence: int) -> None:
+    """The source case at its own peak slice, on sequence ``sequence``; the map alone with a note otherwise."""
+    if source is None:
+        ax.text(0.5, 0.5, "no push record:\nsource unknown", ha="center", va="center", fontsize=7)
+        ax.axis("off")
+        return
+    z = int(source.peak[2])
+    background = None if source.image is None else _axial(source.image[sequence], z)
+    label = SEQUENCE_NAMES[sequence] if source.image is not None else "map only"
+    title = f"source {source.case_id} ({source.class_name})\n{label}, z={z}"
+    overlay_panel(ax, background, _axial(_unit(source.attention_map), z), title, source.peak[:2])
+    if source.image is None:
+        ax.text(0.5, 0.02, textwrap.fill(source.note, 34), transform=ax.transAxes, ha="center", va="bottom",
+                fontsize=5, color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+
+
+def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
+    """"similarity × weight = contribution" per class, then the per-sequence similarity change."""
+    similarity = entry["similarity"]
+    lines = [f"scale {entry['scale']}, k {entry['k']}:  S = {similarity:.2f}"]
+    for name, weight in entry["class_weights"].items():
+        lines.append(f"{name}: {similarity:.2f} × {weight:+.2f} = {entry['contribution'][name]:+.2f}")
+    changes = [f"{name} {delta:+.2f}" for name, delta in entry["sequence_evidence"].items()]
+    lines.append("ΔS, sequence set to its mean:")
+    lines += ["  " + "  ".join(changes[i : i + 2]) for i in range(0, len(changes), 2)]
+    lines.append(f"driven by {entry['driving_sequence']}")
+    return lines
+
+
+def case_report(
+    path: str | PathLike,
+    case_id: str,
+    image: np.ndarray,
+    prediction: Mapping[str, Any],
+    maps: Mapping[int, np.ndarray],
+    sources: Mapping[int, SourceView | None],
+    true_class: str | None = None,
+) -> Path:
+    """One page: a row per top prototype (those in ``maps``), by scale then contribution.
+
+    Each row: the case's four sequences at the axial slice of the prototype's peak with its attention
+    map, the source case at the prototype's own peak (on the sequence that drives the match), and
+    "S × w = contribution" per class with the per-sequence similarity change.
+
+    Args:
+        path: the PNG to write.
+        case_id: shown in the title.
+        image: the preprocessed case, (C_in, H, W, D).
+        prediction: :func:`scripts.evidence.prediction_record` output.
+        maps: column → the prototype's attention map on the case's grid, (H, W, D).
+        sources: column → its source case (None when no push record).
+        true_class: the known grade, if any.
+    """
+    entries = [e for e in prediction["prototypes"] if e["column"] in maps]
+    entries.sort(key=lambda e: (e["scale"], list(maps).index(e["column"])))
+    channels = image.shape[0]
+    rows = max(len(entries), 1)
+    fig = Figure(figsize=(2.0 * (channels + 1) + 3.0, 2.4 * rows + 0.9), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(rows, channels + 2, width_ratios=[1] * (channels + 1) + [1.5])
+    predicted = prediction["predicted_class"]
+    logits = ", ".join(f"{n} {v:+.2f}" for n, v in prediction["logits"].items())
+    known = f"  |  true: {true_class}" if true_class else ""
+    fig.suptitle(
+        f"{case_id}: predicted {predicted} (p = {prediction['probabilities'][predicted]:.2f}); logits {logits}{known}\n"
+        f"top prototypes per scale by contribution to {predicted}; research use only",
+        fontsize=9,
+    )
+    for row, entry in enumerate(entries):
+        column = entry["column"]
+        attention = _unit(maps[column])
+        peak = [int(i) for i in np.unravel_index(int(np.argmax(attention)), attention.shape)]
+        z = peak[2]
+        for c in range(channels):
+            name = SEQUENCE_NAMES[c] if c < len(SEQUENCE_NAMES) else f"channel {c}"
+            overlay_panel(fig.add_subplot(grid[row, c]), _axial(image[c], z), _axial(attention, z),
+                          f"s{entry['scale']} k{entry['k']}: {name}, z={z}", peak[:2])
+        driving = list(entry["sequence_evidence"]).index(entry["driving_sequence"])
+        source_panel(fig.add_subplot(grid[row, channels]), sources.get(column), driving)
+        text = fig.add_subplot(grid[row, channels + 1])
+        text.axis("off")
+        text.text(0.0, 0.5, "\n".join(contribution_lines(entry)), va="center", fontsize=7, family="monospace")
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def prototype_strip(path: str | PathLike, source: SourceView, title: str) -> Path:
+    """A strip of the source case's sequences at the map's peak slice, with the prototype's map on each."""
+    if source.image is None:
+        raise ValueError(f"prototype strip for {title!r} needs the source image of case {source.case_id!r}.")
+    z = int(source.peak[2])
+    channels = source.image.shape[0]
+    fig = Figure(figsize=(2.0 * channels, 2.5), dpi=100, layout="constrained")
+    axes = fig.subplots(1, channels)
+    for c, ax in enumerate(np.atleast_1d(axes)):
+        overlay_panel(ax, _axial(source.image[c], z), _axial(_unit(source.attention_map), z),
+                      f"{SEQUENCE_NAMES[c]}, z={z}", source.peak[:2])
+    fig.suptitle(title, fontsize=8)
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def _driving(sequence_evidence: Mapping[str, float]) -> int:
+    """Index of the sequence whose replacement by its mean lowers the similarity most."""
+    values = list(sequence_evidence.values())
+    return int(np.argmin(values))
+
+
+def sharedness_figure(
+    path: str | PathLike,
+    report: Sequence[Mapping[str, Any]],
+    images: Mapping[str, np.ndarray],
+    maps: Mapping[str, Mapping[int, np.ndarray]],
+    sources: Mapping[int, SourceView | None],
+) -> Path:
+    """Figure 5 of the paper: per scale, the most shared prototype on both cases, its source, S × w = Δy.
+
+    Args:
+        path: the PNG to write.
+        report: :func:`scripts.sharedness.sharedness_report` entries (with ``sequence_evidence`` per case).
+        images: case name → preprocessed case (C_in, H, W, D).
+        maps: case name → column → the prototype's map on that case's grid (H, W, D).
+        sources: column → its source case.
+    """
+    names = list(images)
+    fig = Figure(figsize=(2.2 * (len(names) + 1) + 3.6, 2.5 * len(report) + 0.6), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(len(report), len(names) + 2, width_ratios=[1] * (len(names) + 1) + [1.8])
+    fig.suptitle("most shared prototype per scale (Eq. 29-30) and its contribution to each class (Eq. 31)", fontsize=9)
+    for row, entry in enumerate(report):
+        column = entry["column"]
+        lines = [f"scale {entry['scale']}, k {entry['k']}: phi = {entry['sharedness']:.2f}"]
+        for i, name in enumerate(names):
+            case = entry["cases"][name]
+            attention = _unit(maps[name][column])
+            peak = [int(v) for v in np.unravel_index(int(np.argmax(attention)), attention.shape)]
+            sequence = _driving(case["sequence_evidence"])
+            title = f"case {name}: {SEQUENCE_NAMES[sequence]}, z={peak[2]}"
+            overlay_panel(fig.add_subplot(grid[row, i]), _axial(images[name][sequence], peak[2]),
+                          _axial(attention, peak[2]), title, peak[:2])
+            lines.append(f"case {name}:  S = {case['similarity']:.2f}")
+            for label, delta in case["contribution"].items():
+                weight = entry["class_weights"][label]
+                lines.append(f"  {label}: {case['similarity']:.2f} × {weight:+.2f} = {delta:+.2f}")
+        source = sources.get(column)
+        driving = _driving(entry["cases"][names[0]]["sequence_evidence"])
+        source_panel(fig.add_subplot(grid[row, len(names)]), source, driving)
+        text = fig.add_subplot(grid[row, len(names) + 1])
+        text.axis("off")
+        text.text(0.0, 0.5, "\n".join(lines), va="center", fontsize=7, family="monospace")
+    path = Path(path)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,149 @@
+"""Evidence functions: Eq. 31 contributions, per-scale class maps (Eq. 27–28), per-sequence evidence, inversion."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_evidence_fixtures import GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
+
+from scripts.data import preprocessing_transforms
+from scripts.evidence import (
+    CaseEvidence,
+    class_evidence_maps,
+    explain_case,
+    prediction_record,
+    prototype_contributions,
+    sequence_evidence,
+    sequence_mean_inputs,
+    to_original_space,
+    top_columns,
+    write_nifti,
+)
+from scripts.metrics import class_attention_map
+
+
+def test_eq31_contributions_hand_computed():
+    similarities = torch.tensor([[0.5, -0.2, 0.8]])
+    weight = torch.tensor([[2.0, 1.0, -1.0], [0.0, -3.0, 0.5]])
+    expected = torch.tensor([[[1.0, -0.2, -0.8], [0.0, 0.6, 0.4]]])
+    torch.testing.assert_close(prototype_contributions(similarities, weight), expected)
+    # Property: with a bias-free classifier the contributions sum to the logits (0.0 and 1.0 here).
+    torch.testing.assert_close(expected.sum(-1), torch.tensor([[0.0, 1.0]]))
+
+
+def test_eq31_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="K_total"):
+        prototype_contributions(torch.zeros(1, 3), torch.zeros(2, 4))
+
+
+def test_sequence_mean_inputs_change_one_channel_each():
+    image = torch.arange(2 * 3 * 1 * 1, dtype=torch.float32).reshape(2, 3, 1, 1)
+    copies = sequence_mean_inputs(image)
+    # channel 0 = [0, 1, 2] (mean 1), channel 1 = [3, 4, 5] (mean 4)
+    torch.testing.assert_close(copies[0], torch.tensor([[1.0, 1, 1], [3, 4, 5]]).reshape(2, 3, 1, 1))
+    torch.testing.assert_close(copies[1], torch.tensor([[0.0, 1, 2], [4, 4, 4]]).reshape(2, 3, 1, 1))
+
+
+def test_sequence_evidence_sees_only_the_sequence_the_model_reads(tmp_path):
+    item = write_case(tmp_path / "c", "c", seed=3)
+    image = torch.as_tensor(preprocessing_transforms(**GEOMETRY)(item)["image"])
+    delta = sequence_evidence(constructed_model(), image)
+    assert delta.shape == (4, 3)
+    assert torch.equal(delta[:3], torch.zeros(3, 3))  # the constructed stem never reads T1, T1-CE, T2
+    assert (delta[3].abs() > 1e-3).all()  # a flat FLAIR changes every prototype's similarity
+
+
+def test_eq28_per_scale_maps_hand_computed_and_sum_to_class_map():
+    scale1 = torch.zeros(1, 2, 2, 1, 1)
+    scale1[0, 0, 0] = 1.0  # prototype (1, 0) on voxel 0
+    scale1[0, 1, 1] = 1.0  # prototype (1, 1) on voxel 1
+    scale2 = torch.full((1, 1, 2, 1, 1), 0.5)
+    zeta = torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, 0.7]])
+    maps = class_evidence_maps([scale1, scale2], zeta, target_class=0, size=(2, 1, 1))
+    # class 0 is supported by (1, 0) only at scale 1 and by (2, 0) at scale 2
+    torch.testing.assert_close(maps[:, :, 0, 0], torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+    total = class_attention_map([scale1, scale2], zeta, torch.tensor([0]), (2, 1, 1))
+    torch.testing.assert_close(maps.sum(0), total[0])
+
+
+def test_top_columns_per_scale_by_contribution():
+    columns = [(1, 0), (1, 1), (1, 2), (3, 0), (3, 1)]
+    contributions = torch.tensor([0.1, 0.9, -0.3, -0.5, -0.2])
+    assert top_columns(contributions, columns, per_scale=2) == [1, 0, 4, 3]
+    assert top_columns(contributions, columns, per_scale=5) == [1, 0, 2, 4, 3]
+
+
+def _evidence() -> CaseEvidence:
+    weight = torch.tensor([[1.0, -1.0, 0.5], [-0.5, 2.0, 0.0]])
+    similarities = torch.tensor([0.2, 0.6, -0.4])
+    contributions = prototype_contributions(similarities[None], weight)[0]
+    logits = contributions.sum(1)
+    return CaseEvidence(
+        logits=logits, probabilities=torch.softmax(logits, 0), predicted=int(logits.argmax()),
+        similarities=similarities, classifier_weight=weight, zeta=torch.zeros(2, 3), contributions=contributions,
+        sequence_delta=torch.tensor([[0.0, -0.1, 0.2], [-0.3, 0.0, 0.0], [0.1, -0.4, 0.0], [0.0, 0.0, -0.01]]),
+        maps_per_scale=[torch.zeros(3, 2, 2, 2)], scales=[1],
+    )
+
+
+def test_prediction_record_sorted_by_predicted_class_contribution():
+    record = prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])
+    # logits: LGG 0.2 - 0.6 - 0.2 = -0.6, HGG -0.1 + 1.2 + 0 = 1.1 → HGG; HGG contributions 1.2, 0, -0.1
+    assert record["predicted_class"] == "HGG"
+    assert [p["column"] for p in record["prototypes"]] == [1, 2, 0]
+    for name in ("LGG", "HGG"):
+        total = sum(p["contribution"][name] for p in record["prototypes"])
+        assert total == pytest.approx(record["logits"][name], abs=1e-6)
+    first = record["prototypes"][0]
+    assert first["class_weights"] == {"LGG": -1.0, "HGG": 2.0}
+    assert first["driving_sequence"] == "T2" and first["source"] is None
+
+
+def test_prediction_record_rejects_push_of_another_model():
+    records = [{"scale": 1, "k": k, "case_id": "x", "class_name": "LGG", "similarity": 1.0, "peak_voxel": [0, 0, 0],
+                "input_shape": [2, 2, 2]} for k in (0, 1, 3)]
+    with pytest.raises(ValueError, match="prototype columns"):
+        prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"], records)
+
+
+def test_maps_return_to_the_input_grid_and_land_on_the_tumour(tmp_path):
+    item = write_case(tmp_path / "c", "c", seed=5)
+    preprocessing = preprocessing_transforms(**GEOMETRY)
+    image = preprocessing(item)["image"]
+    tumour = preprocessing_transforms(with_mask=True, **GEOMETRY)({**item, "mask": item["seg"]})["mask"]
+    original = to_original_space(torch.cat([tumour.as_tensor(), 1 - tumour.as_tensor()]), image, preprocessing)
+    assert tuple(original.shape) == (2, *ODD_SHAPE)
+    np.testing.assert_allclose(np.asarray(original.affine), ODD_AFFINE, atol=1e-5)
+    labels = nib.load(item["seg"]).get_fdata() > 0
+    inside = original[0].numpy() > 0.5
+    dice = 2 * (inside & labels).sum() / (inside.sum() + labels.sum())
+    assert dice > 0.7  # 2 mm network grid and back
+
+
+def test_write_nifti_keeps_the_reference_grid_and_refuses_another(tmp_path):
+    item = write_case(tmp_path / "c", "c", seed=5)
+    path = write_nifti(np.ones(ODD_SHAPE), item["image"][0], tmp_path / "out.nii.gz")
+    written = nib.load(str(path))
+    assert written.shape == ODD_SHAPE and np.allclose(written.affine, ODD_AFFINE)
+    assert written.get_fdata(dtype=np.float32).dtype == np.float32 and float(written.get_fdata().max()) == 1.0
+    with pytest.raises(ValueError, match="not on the grid"):
+        write_nifti(np.ones((4, 4, 4)), item["image"][0], tmp_path / "bad.nii.gz")
+
+
+def test_to_original_space_needs_the_operations_stack():
+    with pytest.raises(ValueError, match="applied operations"):
+        to_original_space(torch.zeros(1, 2, 2, 2), torch.zeros(4, 2, 2, 2), preprocessing_transforms())
+
+
+def test_explain_case_contributions_sum_to_model_logits(tmp_path):
+    item = write_case(tmp_path / "c", "c", seed=3)
+    image = torch.as_tensor(preprocessing_transforms(**GEOMETRY)(item)["image"])
+    model = constructed_model()
+    evidence = explain_case(model, image)
+    with torch.no_grad():
+        logits = model(image[None])[0]
+    torch.testing.assert_close(evidence.contributions.sum(1), logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(evidence.logits, logits)
+    assert evidence.predicted == int(logits.argmax())

@@ -1,0 +1,365 @@
+"""Inference with prototype evidence (configs/inference.json): find the cases, write each one's answer.
+
+Command::
+
+    python -m monai.bundle run --config_file configs/inference.json --input_dir X --output_dir Y --ckpt_path Z
+
+``X`` is one case folder (four NIfTI files named ``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair``), a folder of
+case folders (BraTS 2020 / 2018-2019 layouts included), or a CSV with columns ``case_id,t1,t1ce,t2,flair``
+(``label`` optional); ``--input_files "['t1.nii.gz','t1ce.nii.gz','t2.nii.gz','flair.nii.gz']"`` names one
+case's files explicitly. Per case, :class:`EvidenceWriter` writes ``Y/<case_id>/`` (see its doc); cases
+that cannot be read are listed in ``Y/errors.json`` and the others still get their outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor, decollate_batch
+from monai.networks import eval_mode
+from monai.transforms import Compose
+
+from scripts.data import DataError, detect_layout, find_case_files, load_datalist
+from scripts.data.layouts import FINDERS, _nifti_stem, find_csv
+from scripts.data.validate import case_problems
+from scripts.evidence import (
+    CaseEvidence,
+    class_evidence_maps,
+    explain_case,
+    prediction_record,
+    to_original_space,
+    top_columns,
+    upsample_maps,
+    write_nifti,
+)
+from scripts.networks import UMProtoShare
+from scripts.push import PUSH_JSON, PushResult, load_push
+from scripts.report import SourceView, case_report
+
+__all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "SourceImages", "find_cases"]
+
+logger = logging.getLogger(__name__)
+
+ERRORS_JSON = "errors.json"
+"""Summary of the run in the output folder: the cases done and the cases that failed (case, file, reason)."""
+CSV_IMAGE_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair")
+
+
+class InferenceCases(NamedTuple):
+    """Cases to grade (``case_id``, ``image`` = four paths [T1, T1-CE, T2, FLAIR], ``label_name`` or None)
+    and the cases that cannot be used, each a :class:`~scripts.data.DataError` naming case and file."""
+
+    items: list[dict]
+    errors: list[DataError]
+
+
+def _case_from_files(files: Sequence[str | PathLike], case_id: str | None) -> dict:
+    if len(files) != 4:
+        raise ValueError(f"input_files must name four files [T1, T1-CE, T2, FLAIR], got {len(files)}: {list(files)}.")
+    paths = [os.path.abspath(Path(f).expanduser()) for f in files]
+    stem = _nifti_stem(Path(paths[0])) or Path(paths[0]).name
+    name = case_id or (stem[: -len("_t1")] if stem.lower().endswith("_t1") else stem)
+    return {"case_id": name, "image": paths, "label_name": None}
+
+
+def _csv_cases(path: Path, class_names: Sequence[str]) -> tuple[list[dict], list[DataError]]:
+    """A cohort CSV; with a ``label`` column through the training finder, else labels unknown."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, header = list(reader), list(reader.fieldnames or [])
+    if "label" in header:
+        return find_csv(path, class_names)
+    missing = [c for c in CSV_IMAGE_COLUMNS if c not in header]
+    if missing:
+        raise DataError(None, str(path), f"columns {missing} missing (found {header})")
+    cases, errors = [], []
+    for row in rows:
+        case_id = row["case_id"].strip()
+        cells = [row[s].strip() for s in CSV_IMAGE_COLUMNS[1:]]
+        if not all(cells):
+            errors.append(DataError(case_id, str(path), "a sequence cell is empty"))
+            continue
+        files = [c if Path(c).is_absolute() else str(path.parent / c) for c in cells]
+        cases.append(_case_from_files(files, case_id))
+    return cases, errors
+
+
+def _folder_cases(path: Path, class_names: Sequence[str]) -> tuple[list[dict], list[DataError]]:
+    """One case folder, a known training layout (labels kept), or any folder of case folders."""
+    if any(_nifti_stem(p) is not None for p in path.iterdir() if p.is_file()):
+        images, _ = find_case_files(path, path.name)
+        return [{"case_id": path.name, "image": images, "label_name": None}], []
+    try:
+        layout, root = detect_layout(path, class_names)
+        return FINDERS[layout](root, class_names)
+    except DataError:
+        pass
+    cases, errors = [], []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        try:
+            images, _ = find_case_files(folder, folder.name)
+        except DataError as error:
+            errors.append(error)
+            continue
+        cases.append({"case_id": folder.name, "image": images, "label_name": None})
+    return cases, errors
+
+
+def find_cases(
+    input_dir: str | PathLike | None = None,
+    input_files: Sequence[str | PathLike] | None = None,
+    class_names: Sequence[str] = ("LGG", "HGG"),
+    case_id: str | None = None,
+    check_voxels: bool = True,
+) -> InferenceCases:
+    """Find the cases to grade and check their files (readable, 3-D, one grid, finite voxels).
+
+    Args:
+        input_dir: a case folder, a folder of case folders, or a CSV file.
+        input_files: four files [T1, T1-CE, T2, FLAIR] of one case (instead of ``input_dir``).
+        class_names: class names, to read the grades of a training layout.
+        case_id: name of the ``input_files`` case (default: the T1 file name without ``_t1``).
+        check_voxels: read every voxel (truncated files, NaN/inf).
+
+    Raises:
+        ValueError: neither or both inputs given, or no case found at all.
+    """
+    if (input_dir is None) == (input_files is None):
+        raise ValueError("give exactly one of input_dir (case folder, folder of cases, CSV) and input_files.")
+    if input_files is not None:
+        found, errors = [_case_from_files(input_files, case_id)], []
+    else:
+        path = Path(os.path.abspath(Path(input_dir).expanduser()))
+        if not path.exists():
+            raise DataError(None, str(path), "input_dir does not exist")
+        found, errors = _csv_cases(path, class_names) if path.is_file() else _folder_cases(path, class_names)
+    for case in found:
+        case_id_ = case["case_id"]
+        if not case_id_ or case_id_ in (".", "..") or os.sep in case_id_:
+            raise DataError(case_id_, case["image"][0], "case id cannot name an output folder")
+    problems = case_problems(found, check_voxels)
+    errors = errors + [p for p in problems if p is not None]
+    items = [
+        {"case_id": c["case_id"], "image": list(c["image"]), "label_name": c.get("label_name")}
+        for c, problem in zip(found, problems)
+        if problem is None
+    ]
+    if not items and not errors:
+        raise DataError(None, str(input_dir), "no case found (expected NIfTI files *_t1, *_t1ce, *_t2, *_flair)")
+    for error in errors:
+        logger.error("skipping bad case: %s", error)
+    return InferenceCases(items, errors)
+
+
+class SourceImages:
+    """Source cases of the push record, read through the training datalist and preprocessed on demand.
+
+    Args:
+        push: the push record (None: no source can be shown).
+        preprocessing: the inference preprocessing (the training one, uncached).
+        datalist_file: the training datalist (``runs/datalist.json``); missing → maps shown alone.
+    """
+
+    def __init__(self, push: PushResult | None, preprocessing: Compose, datalist_file: str | PathLike | None) -> None:
+        self.push = push
+        self.preprocessing = preprocessing
+        self.items: dict[str, dict] = {}
+        self.note = ""
+        self._images: dict[str, np.ndarray] = {}
+        if datalist_file is None or not Path(datalist_file).is_file():
+            self.note = f"source image not shown: no datalist at {datalist_file}"
+            return
+        try:
+            self.items = {item["case_id"]: item for item in load_datalist(datalist_file)["training"]}
+        except DataError as error:
+            logger.warning("source images not shown: %s", error)
+            self.note = f"source image not shown: {error.reason}"
+
+    def _image(self, case_id: str, grid: Sequence[int]) -> tuple[np.ndarray | None, str]:
+        if case_id not in self.items:
+            return None, self.note or f"source image not shown: {case_id} not in the datalist"
+        if case_id not in self._images:
+            item = {"case_id": case_id, "image": self.items[case_id]["image"]}
+            self._images[case_id] = np.asarray(self.preprocessing(item)["image"].detach().cpu())
+        image = self._images[case_id]
+        if list(image.shape[1:]) != list(grid):
+            return None, f"source image not shown: its grid {list(image.shape[1:])} is not the push grid {list(grid)}"
+        return image, ""
+
+    def view(self, column: int) -> SourceView | None:
+        """The source of classifier column ``column``, or None without a push record."""
+        if self.push is None:
+            return None
+        record = self.push.records[column]
+        grid = record["input_shape"]
+        attention = upsample_maps(self.push.maps[column][None], grid)[0].numpy()
+        image, note = self._image(record["case_id"], grid)
+        return SourceView(record["case_id"], record["class_name"], attention, record["peak_voxel"], image, note)
+
+
+def _load_push(push_dir: str | PathLike | None, network: UMProtoShare) -> PushResult | None:
+    if push_dir is None or not (Path(push_dir) / PUSH_JSON).is_file():
+        logger.warning("no %s in %s: prototype sources are not shown", PUSH_JSON, push_dir)
+        return None
+    push = load_push(push_dir)
+    if [(r["scale"], r["k"]) for r in push.records] != [tuple(c) for c in network.prototype_columns]:
+        raise ValueError(
+            f"{Path(push_dir) / PUSH_JSON} does not describe this model's prototypes {network.prototype_columns}."
+        )
+    return push
+
+
+class EvidenceWriter:
+    """Evaluator handler writing each case's answer into ``<output_dir>/<case_id>/``.
+
+    ``prediction.json`` (:func:`~scripts.evidence.prediction_record` plus the files, the known grade and
+    each top prototype's map file and peak voxel in the input image); NIfTI maps on the input files'
+    grid: ``evidence_<class>.nii.gz`` (Eq. 28 for the predicted class), ``evidence_<class>_scale<s>.nii.gz``
+    (its per-scale terms) and ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale`` prototypes of each
+    scale with the largest contribution to the predicted class; ``report.png`` (:func:`~scripts.report.case_report`).
+    A case that fails is logged and listed by :meth:`write_summary`; the others go on.
+
+    Args:
+        network: the UM-ProtoShare the evaluator runs (weights loaded by then).
+        preprocessing: the transforms that produced the batch (inverted for the maps).
+        cases: from :func:`find_cases`; its errors are reported too.
+        output_dir: where the case folders and ``errors.json`` go.
+        class_names: C names in label order.
+        push_dir: folder of ``push.json``/``push_maps.pt`` (beside the checkpoint); None or missing → no sources.
+        datalist_file: training datalist, to show the source cases' images.
+        top_per_scale: prototypes per scale given maps and report rows.
+        write_report: write ``report.png``.
+    """
+
+    def __init__(
+        self,
+        network: UMProtoShare,
+        preprocessing: Compose,
+        cases: InferenceCases,
+        output_dir: str | PathLike,
+        class_names: Sequence[str],
+        push_dir: str | PathLike | None = None,
+        datalist_file: str | PathLike | None = None,
+        top_per_scale: int = 2,
+        write_report: bool = True,
+    ) -> None:
+        if top_per_scale < 1:
+            raise ValueError(f"top_per_scale must be at least 1, got {top_per_scale}.")
+        self.network = network
+        self.preprocessing = preprocessing
+        self.cases = {item["case_id"]: item for item in cases.items}
+        self.failures = [error.as_record() for error in cases.errors]
+        self.done: list[dict[str, Any]] = []
+        self.output_dir = Path(output_dir)
+        self.class_names = [str(n) for n in class_names]
+        self.push_dir = push_dir
+        self.datalist_file = datalist_file
+        self.top_per_scale = int(top_per_scale)
+        self.write_report = write_report
+        self._sources: SourceImages | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ITERATION_COMPLETED (after the checkpoint loader has run on STARTED)."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Write every case of the engine's batch (decollated or not)."""
+        batch = engine.state.batch
+        for item in batch if isinstance(batch, list) else decollate_batch(batch):
+            case_id = str(item["case_id"])
+            try:
+                self.write_case(case_id, item["image"])
+            except Exception as error:  # one bad case must not stop the others; it is reported
+                logger.exception("case %r failed", case_id)
+                self.failures.append({"case_id": case_id, "file": None, "reason": f"{type(error).__name__}: {error}"})
+
+    def sources(self) -> SourceImages:
+        """Source lookup, built on first use (after the weights are loaded)."""
+        if self._sources is None:
+            push = _load_push(self.push_dir, self.network)
+            self._sources = SourceImages(push, self.preprocessing, self.datalist_file)
+        return self._sources
+
+    def _write_maps(
+        self, folder: Path, reference: str, image: MetaTensor, evidence: CaseEvidence, chosen: list[int]
+    ) -> tuple[dict[str, str], dict[int, dict[str, Any]]]:
+        """Write the class evidence maps and the chosen prototypes' maps on the input files' grid.
+
+        Returns:
+            The evidence map files (``scale<s>`` and ``eq28``) and, per chosen column, its map file
+            and peak voxel (index and mm) in the input image.
+        """
+        columns = self.network.prototype_columns
+        predicted = self.class_names[evidence.predicted]
+        grid = list(image.shape[1:])
+        scale_maps = class_evidence_maps([m[None] for m in evidence.maps_per_scale], evidence.zeta,
+                                         evidence.predicted, grid)
+        prototype_maps = torch.stack([evidence.prototype_map(*columns[c], grid) for c in chosen])
+        original = to_original_space(torch.cat([scale_maps, scale_maps.sum(0, keepdim=True), prototype_maps]),
+                                     image, self.preprocessing)
+        keys = [f"scale{s}" for s in evidence.scales] + ["eq28"]
+        names = [f"evidence_{predicted}_{key}.nii.gz" for key in keys[:-1]] + [f"evidence_{predicted}.nii.gz"]
+        for name, volume in zip(names, original):
+            write_nifti(volume, reference, folder / name)
+        affine = np.asarray(original.affine, dtype=np.float64)
+        details = {}
+        for column, volume in zip(chosen, original[len(names):]):
+            name = f"prototype_s{columns[column][0]}_k{columns[column][1]}.nii.gz"
+            write_nifti(volume, reference, folder / name)
+            peak = [int(i) for i in np.unravel_index(int(volume.argmax()), volume.shape)]
+            world = (affine @ np.array([*peak, 1.0]))[:3]
+            details[column] = {"map_file": name, "peak_voxel": peak,
+                               "peak_world_mm": [round(float(v), 2) for v in world]}
+        return dict(zip(keys, names)), details
+
+    def write_case(self, case_id: str, image: MetaTensor) -> dict[str, Any]:
+        """Explain one preprocessed case (C_in, H, W, D) and write its folder; returns ``prediction.json``'s content."""
+        case = self.cases[case_id]
+        sources = self.sources()
+        device = next(self.network.parameters()).device
+        with eval_mode(self.network):  # the evaluator restores train mode after its own forward
+            evidence = explain_case(self.network, image.as_tensor().to(device))
+        columns = self.network.prototype_columns
+        chosen = top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale)
+        folder = self.output_dir / case_id
+        evidence_maps, details = self._write_maps(folder, case["image"][0], image, evidence, chosen)
+        push = sources.push
+        record = {
+            "case_id": case_id,
+            "files": dict(zip(("t1", "t1ce", "t2", "flair"), case["image"])),
+            "true_class": case.get("label_name"),
+            **prediction_record(evidence, columns, self.class_names, None if push is None else push.records, details),
+            "evidence_maps": evidence_maps,
+            "push_record": None if push is None else str(Path(self.push_dir) / PUSH_JSON),
+        }
+        (folder / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
+        if self.write_report:
+            grid = list(image.shape[1:])
+            maps = {c: evidence.prototype_map(*columns[c], grid).numpy() for c in chosen}
+            case_report(folder / "report.png", case_id, image.as_tensor().cpu().numpy(), record, maps,
+                        {c: sources.view(c) for c in chosen}, case.get("label_name"))
+        predicted = record["predicted_class"]
+        probability = record["probabilities"][predicted]
+        self.done.append({"case_id": case_id, "predicted_class": predicted, "probability": probability})
+        logger.info("%s: %s (p = %.3f) -> %s", case_id, predicted, probability, folder)
+        return record
+
+    def write_summary(self) -> Path:
+        """``<output_dir>/errors.json``: the cases done and those that failed (case, file, reason)."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / ERRORS_JSON
+        path.write_text(json.dumps({"done": self.done, "failed": self.failures}, indent=2) + "\n")
+        if self.failures:
+            logger.error("%d case(s) failed, listed in %s", len(self.failures), path)
+        return path
+

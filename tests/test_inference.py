@@ -1,0 +1,152 @@
+"""configs/inference.json end to end on a constructed model with known evidence, plus bad inputs and input layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+from monai.bundle import ConfigWorkflow, run
+from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, push_on, write_case
+
+from scripts.data import DataError, preprocessing_transforms
+from scripts.data.synthetic import brats_affine
+from scripts.inference import find_cases
+from scripts.push import save_push
+
+SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}
+
+
+def _serve(root: Path, input_dir: Path, output_dir: Path, **overrides) -> None:
+    run(config_file="configs/inference.json", logging_file=False, input_dir=str(input_dir), output_dir=str(output_dir),
+        ckpt_path=str(root / "fold0" / "model.pt"), datalist_file=str(root / "datalist.json"), **SETTINGS, **overrides)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A constructed model pushed on four training cases, served on one good and three bad cases."""
+    root = tmp_path_factory.mktemp("served")
+    train = [write_case(root / "train" / f"t{i}", f"t{i}", seed=20 + i, high_grade=bool(i % 2), shape=(48, 48, 36),
+                        affine=brats_affine((48, 48, 36))) for i in range(4)]
+    (root / "datalist.json").write_text(json.dumps({"class_names": ["LGG", "HGG"], "num_folds": 2, "training": [
+        {"case_id": i["case_id"], "image": i["image"], "label": i["label"], "fold": i["label"]} for i in train]}))
+    model = constructed_model()
+    push = push_on(model, train, **GEOMETRY)
+    (root / "fold0").mkdir()
+    torch.save(model.state_dict(), root / "fold0" / "model.pt")
+    save_push(push, root / "fold0")
+    cases = root / "cases"
+    good = write_case(cases / "good", "good", seed=11)
+    bad = {name: write_case(cases / name, name, seed=12) for name in ("fourd", "nan", "missing")}
+    flair = nib.load(bad["fourd"]["image"][3])
+    nib.save(nib.Nifti1Image(np.stack([np.asarray(flair.dataobj)] * 2, -1), flair.affine), bad["fourd"]["image"][3])
+    t2 = nib.load(bad["nan"]["image"][2])
+    values = np.asarray(t2.dataobj).astype(np.float32)
+    values[10, 10, 10] = np.nan
+    nib.save(nib.Nifti1Image(values, t2.affine), bad["nan"]["image"][2])
+    Path(bad["missing"]["image"][3]).unlink()
+    _serve(root, cases, root / "out")
+    out = root / "out" / "good"
+    return SimpleNamespace(root=root, model=model, push=push, good=good, bad=bad, out=out,
+                           prediction=json.loads((out / "prediction.json").read_text()))
+
+
+def test_evidence_maps_on_the_input_grid_peak_in_the_tumour(served):
+    prediction = served.prediction
+    tumour = nib.load(served.good["seg"]).get_fdata() > 0
+    top = [p["map_file"] for p in prediction["prototypes"] if "map_file" in p]
+    files = [*prediction["evidence_maps"].values(), *top]
+    assert len(files) == 2 + 2  # scale 1 and Eq. 28, two top prototypes
+    for name in files:
+        written = nib.load(str(served.out / name))
+        assert written.shape == ODD_SHAPE
+        np.testing.assert_allclose(written.affine, ODD_AFFINE, atol=1e-5)
+        volume = written.get_fdata()
+        peak = np.unravel_index(int(volume.argmax()), volume.shape)
+        assert tumour[peak], name
+    for entry in prediction["prototypes"]:
+        if "map_file" in entry:
+            assert tumour[tuple(entry["peak_voxel"])]
+            world = ODD_AFFINE @ np.array([*entry["peak_voxel"], 1.0])
+            np.testing.assert_allclose(entry["peak_world_mm"], world[:3], atol=0.01)
+
+
+def test_contributions_sum_to_the_models_logits(served):
+    image = preprocessing_transforms(**GEOMETRY)({"image": served.good["image"]})["image"]
+    with torch.no_grad():
+        logits = served.model(torch.as_tensor(image)[None])[0]
+    prediction = served.prediction
+    for c, name in enumerate(prediction["class_names"]):
+        assert prediction["logits"][name] == pytest.approx(float(logits[c]), abs=1e-5)
+        total = sum(entry["contribution"][name] for entry in prediction["prototypes"])
+        assert total == pytest.approx(float(logits[c]), abs=1e-5)
+    probabilities = torch.softmax(logits, 0)
+    predicted = prediction["predicted_class"]
+    assert prediction["probabilities"][predicted] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+
+def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):
+    prediction = served.prediction
+    predicted = prediction["predicted_class"]
+    contributions = [entry["contribution"][predicted] for entry in prediction["prototypes"]]
+    assert contributions == sorted(contributions, reverse=True)
+    for entry in prediction["prototypes"]:
+        record = served.push.records[entry["column"]]
+        assert entry["source"]["case_id"] == record["case_id"] and entry["source"]["class_name"] == record["class_name"]
+        w = entry["class_weights"]
+        assert entry["contribution"][predicted] == pytest.approx(w[predicted] * entry["similarity"], abs=1e-6)
+        assert [entry["sequence_evidence"][s] for s in ("T1", "T1-CE", "T2")] == [0.0, 0.0, 0.0]
+        assert entry["sequence_evidence"]["FLAIR"] < 0 and entry["driving_sequence"] == "FLAIR"
+
+
+def test_bad_cases_are_reported_and_the_good_case_is_served(served):
+    summary = json.loads((served.root / "out" / "errors.json").read_text())
+    assert [d["case_id"] for d in summary["done"]] == ["good"]
+    failed = {f["case_id"]: f for f in summary["failed"]}
+    assert set(failed) == {"fourd", "nan", "missing"}
+    assert failed["fourd"]["file"] == served.bad["fourd"]["image"][3] and "3-D" in failed["fourd"]["reason"]
+    assert failed["nan"]["file"] == served.bad["nan"]["image"][2] and "non-finite" in failed["nan"]["reason"]
+    assert failed["missing"]["file"].endswith("missing_flair.nii.gz") and "flair" in failed["missing"]["reason"]
+    assert not (served.root / "out" / "fourd").exists()
+
+
+def test_report_page_has_a_row_per_top_prototype(served):
+    page = imread(served.out / "report.png")
+    assert page.ndim == 3 and page.shape[1] > page.shape[0] > 400  # two rows of six panels
+    assert page[..., :3].std() > 0.05  # not blank
+
+
+def test_only_bad_cases_give_a_summary_and_no_crash(served, tmp_path):
+    _serve(served.root, served.root / "cases" / "nan", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "errors.json").read_text())
+    assert summary["done"] == [] and summary["failed"][0]["case_id"] == "nan"
+
+
+def test_workflow_has_the_properties_monai_label_reads(served):
+    workflow = ConfigWorkflow(config_file="configs/inference.json", workflow_type="infer", logging_file=False,
+                              input_dir=str(served.root / "cases" / "good"), **SETTINGS)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_find_cases_reads_lists_csv_and_case_folders(served, tmp_path):
+    good = served.good
+    listed = find_cases(input_files=good["image"], check_voxels=False)
+    assert listed.items[0]["case_id"] == "good" and listed.items[0]["image"] == good["image"]
+    table = served.root / "cases.csv"
+    relative = [str(Path(p).relative_to(served.root)) for p in good["image"]]
+    table.write_text("case_id,t1,t1ce,t2,flair\nc1," + ",".join(relative) + "\n")
+    from_csv = find_cases(table, check_voxels=False)
+    assert from_csv.items[0]["case_id"] == "c1" and from_csv.items[0]["image"] == good["image"]
+    root = Path(good["image"][0]).parent
+    single = find_cases(root, check_voxels=False)
+    assert [c["case_id"] for c in single.items] == ["good"] and not single.errors
+    with pytest.raises(ValueError, match="exactly one"):
+        find_cases(root, good["image"])
+    with pytest.raises(DataError, match="does not exist"):
+        find_cases(tmp_path / "nowhere")

@@ -1,0 +1,273 @@
+"""Held-out fold evaluation (SPEC §6): BAC and the classification metrics, AP, IDS, optional robustness.
+
+Plain PyTorch; :class:`FoldEvaluator` is the thin callable that ``configs/evaluate.json`` runs. One fold:
+
+1. one pass over the fold (no augmentation): probabilities, the ground-truth class's attention map
+   (:func:`scripts.attribution.class_map`) and its AP against the whole-tumour mask (Eq. 25);
+2. IDS: 51 deleted copies per case (:func:`scripts.metrics.deletion_curve`), ``ids_batch_size`` copies
+   per forward pass (17 puts one case's 51 copies in 3 full batches), so 51 forward items per case;
+3. optionally BAC with each non-empty proper subset of the sequences missing (:mod:`.missing`).
+
+Images for steps 2–3 are read again from the dataset, case by case (the preprocessing cache makes that
+cheap), so memory holds the fold's maps but not its images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from monai.transforms import Compose
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from scripts.attribution import class_map
+from scripts.data.layouts import SEQUENCES
+from scripts.data.transforms import make_dataset
+from scripts.engine.iteration import plain_tensor
+from scripts.metrics import activation_precision, classification_metrics, deletion_curve, incremental_deletion_score
+
+from .missing import missing_sequence_bac
+from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
+
+__all__ = [
+    "CASES_CSV",
+    "DELETION_PNG",
+    "MAPS_DIR",
+    "METRICS_JSON",
+    "MISSING_JSON",
+    "FoldEvaluator",
+    "FoldPredictions",
+    "as_flag",
+    "load_fold_weights",
+    "predict_fold",
+]
+
+logger = logging.getLogger(__name__)
+
+METRICS_JSON = "metrics.json"
+"""Fold metrics; written last, so its presence marks a finished evaluation."""
+CASES_CSV = "per_case.csv"
+DELETION_PNG = "deletion_curve.png"
+MISSING_JSON = "missing_sequences.json"
+MAPS_DIR = "maps"
+"""``<case_id>_class_map.nii.gz`` (float32) and ``<case_id>_mask.nii.gz`` (uint8) on the preprocessed grid."""
+
+
+class FoldPredictions(NamedTuple):
+    """Per-case results of one pass over a fold."""
+
+    case_ids: list[str]
+    labels: Tensor
+    """Ground-truth class indices (N,)."""
+    probs: Tensor
+    """Softmax probabilities (N, C)."""
+    maps: list[Tensor]
+    """Class attention map of the ground-truth class per case, (H, W, D) on the input grid (CPU, float32)."""
+    ap: Tensor
+    """Activation precision per case (N,), float64; NaN for a case without mask."""
+
+
+def as_flag(value: bool | str, name: str) -> bool:
+    """A boolean setting given as a bool or as ``"true"``/``"false"`` (any case, as a command line passes it)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"{name} must be true or false, got {value!r}.")
+    return text == "true"
+
+
+def load_fold_weights(network: nn.Module, model_file: str | PathLike, map_location: str | torch.device = "cpu") -> None:
+    """Load a fold's trained state dict (``weights_only=True``) into ``network``.
+
+    Raises:
+        FileNotFoundError: ``model_file`` does not exist (the fold was not trained).
+    """
+    path = Path(model_file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no trained weights at {path}: train this fold first with the same --config_file stack, --fold and "
+            "--output_dir (python -m monai.bundle run --config_file configs/train.json --fold K --output_dir DIR)."
+        )
+    network.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+
+
+def predict_fold(
+    network: nn.Module,
+    loader: Any,
+    device: str | torch.device,
+    class_map_method: str | None = None,
+    map_dir: str | PathLike | None = None,
+) -> FoldPredictions:
+    """Probabilities, ground-truth class maps and per-case AP over a loader of preprocessed cases.
+
+    Args:
+        network: the fold's model (UMProtoShare or BackboneCNN), already on ``device``; run in eval mode.
+        loader: batches with ``image`` (B, C, H, W, D), ``label`` (B,), ``case_id`` and, for AP, ``mask``
+            (B, 1, H, W, D).
+        device: where the forward passes run.
+        class_map_method: see :func:`scripts.attribution.class_map` (None: the family's default).
+        map_dir: also save each map and mask as NIfTI here; the images must be MetaTensors with the
+            preprocessed affine (an uncached dataset).
+    """
+    network.eval()
+    case_ids: list[str] = []
+    labels, probs, maps, ap = [], [], [], []
+    for batch in loader:
+        images = plain_tensor(batch["image"]).to(device)
+        target = torch.as_tensor(batch["label"]).long().reshape(-1)
+        with torch.no_grad():
+            probs.append(torch.softmax(network(images).float(), dim=1).cpu())
+        batch_maps = class_map(network, images, target.to(device), class_map_method).detach().float().cpu()
+        masks = batch.get("mask")
+        affines = getattr(batch["image"], "affine", None)
+        if map_dir is not None and (affines is None or masks is None):
+            raise ValueError("saving maps needs masks and the preprocessed affine: evaluate an uncached dataset.")
+        for i, case_id in enumerate(batch["case_id"]):
+            mask = None if masks is None else plain_tensor(masks[i]).cpu()
+            ap.append(float("nan") if mask is None else activation_precision(batch_maps[i], mask))
+            if map_dir is not None:
+                affine = affines[i] if affines.ndim == 3 else affines
+                save_volume(Path(map_dir) / f"{case_id}_class_map.nii.gz", batch_maps[i], affine)
+                save_volume(Path(map_dir) / f"{case_id}_mask.nii.gz", mask[0], affine, np.uint8)
+        case_ids.extend(str(case_id) for case_id in batch["case_id"])
+        labels.append(target)
+        maps.extend(batch_maps)
+    if not case_ids:
+        raise ValueError("the evaluation loader is empty: the fold has no cases.")
+    return FoldPredictions(case_ids, torch.cat(labels), torch.cat(probs), maps, torch.tensor(ap, dtype=torch.float64))
+
+
+class _Images(Sequence):
+    """The plain ``image`` tensors of a dataset, read one case at a time."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return plain_tensor(self.dataset[index]["image"])
+
+
+class FoldEvaluator:
+    """Evaluates a trained fold on its held-out cases and writes the fold's files (``configs/evaluate.json``).
+
+    Calling it loads ``model_file`` into ``network`` and writes, in ``output_dir``: ``per_case.csv``
+    (case id, label, probabilities, prediction, AP), ``deletion_curve.png``, optionally ``maps/``
+    (``save_maps``) and ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``:
+    ``bac``, ``accuracy``, ``sensitivity``, ``specificity``, ``roc_auc``, ``ap``, ``ids`` (fractions; NaN
+    as null), the deletion curve and the settings used.
+
+    Args:
+        network: the fold's model, on ``device`` (``@fold_model``: UM-ProtoShare, a baseline or the CNN).
+        model_file: the fold's trained weights (``<fold_dir>/model.pt``).
+        items: the held-out fold's datalist items.
+        preprocessing: preprocessing with masks (``preprocessing_transforms(with_mask=True)``), no augmentation.
+        output_dir: the fold's directory.
+        class_names: names in label order.
+        cache_dir: preprocessing cache; not used with ``save_maps``, which needs each case's affine (the
+            cache keeps plain tensors).
+        fold: fold index (for the log and ``metrics.json``).
+        device: where the forward passes run.
+        class_map_method: see :func:`scripts.attribution.class_map`; None: the model family's default.
+        batch_size: cases per batch of the first pass (class maps; Grad-CAM needs gradients).
+        num_workers: loader workers of the first pass.
+        ids_batch_size: deleted (and missing-sequence) copies per forward pass.
+        ids_steps: deletion steps (50: 2% each, 51 copies per case).
+        save_maps: write each case's class map and mask as NIfTI on the preprocessed grid (bool or
+            "true"/"false", as the command line gives it).
+        missing_sequences: also report BAC with each non-empty proper subset of sequences missing (idem).
+        sequence_names: channel names, in channel order.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        model_file: str | PathLike,
+        items: Sequence[dict],
+        preprocessing: Compose,
+        output_dir: str | PathLike,
+        class_names: Sequence[str],
+        cache_dir: str | PathLike | None = None,
+        fold: int = 0,
+        device: str | torch.device = "cpu",
+        class_map_method: str | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        ids_batch_size: int = 17,
+        ids_steps: int = 50,
+        save_maps: bool | str = False,
+        missing_sequences: bool | str = False,
+        sequence_names: Sequence[str] = SEQUENCES,
+    ) -> None:
+        if batch_size < 1 or ids_batch_size < 1 or ids_steps < 1:
+            raise ValueError(
+                "batch_size, ids_batch_size and ids_steps must be >= 1, got "
+                f"{batch_size}, {ids_batch_size}, {ids_steps}."
+            )
+        self.network = network
+        self.model_file = Path(model_file)
+        self.save_maps = as_flag(save_maps, "save_maps")
+        self.missing_sequences = as_flag(missing_sequences, "missing_sequences")
+        self.dataset = make_dataset(items, preprocessing, cache_dir=None if self.save_maps else cache_dir)
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.fold = int(fold)
+        self.device = torch.device(device)
+        self.class_map_method = class_map_method
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.ids_batch_size = int(ids_batch_size)
+        self.ids_steps = int(ids_steps)
+        self.sequence_names = list(sequence_names)
+
+    def _predict(self, images: Tensor) -> Tensor:
+        return self.network(images.to(self.device))
+
+    def __call__(self) -> dict[str, Any]:
+        """Evaluate, write the files, log BAC/AP/IDS; returns the content of ``metrics.json``."""
+        load_fold_weights(self.network, self.model_file, self.device)
+        self.network.eval()
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
+        result = predict_fold(self.network, loader, self.device, self.class_map_method, map_dir)
+        images = _Images(self.dataset)
+        curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
+        ids = incremental_deletion_score(curve)
+        metrics: dict[str, Any] = {
+            **classification_metrics(result.labels, result.probs),
+            "ap": float(result.ap.mean()),
+            "ids": ids,
+            "fold": self.fold,
+            "cases": len(result.case_ids),
+            "class_map_method": self.class_map_method,
+            "deletion_curve": curve.tolist(),
+            "ids_steps": self.ids_steps,
+            "ids_batch_size": self.ids_batch_size,
+        }
+        write_case_table(
+            self.output_dir / CASES_CSV, result.case_ids, result.labels, result.probs, result.ap, self.class_names
+        )
+        plot_deletion_curve(self.output_dir / DELETION_PNG, curve, ids, f"fold {self.fold} deletion curve")
+        if self.missing_sequences:
+            names, batch = self.sequence_names, self.ids_batch_size
+            subsets = missing_sequence_bac(self._predict, images, result.labels, names, batch)
+            robustness = {"fold": self.fold, "bac_all_present": metrics["bac"], "missing": subsets}
+            write_json(self.output_dir / MISSING_JSON, robustness)
+        write_json(self.output_dir / METRICS_JSON, metrics)
+        logger.info(
+            "fold %d held-out (%d cases): BAC %.4f  AP %.4f  IDS %.4f",
+            self.fold, metrics["cases"], metrics["bac"], metrics["ap"], ids,
+        )
+        return metrics

@@ -1,0 +1,188 @@
+"""evaluate.json on a micro-trained fold: files, metrics recomputed from them, saved maps, robustness option."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from test_engine_micro import MICRO, micro_workflow
+
+from scripts.attribution import class_map
+from scripts.data import preprocessing_transforms, split_fold
+from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_table, replace_missing
+from scripts.metrics import activation_precision
+
+SHORT = {
+    "target_spacing": 3.0,
+    "batch_size": 3,
+    "warmup_epochs": 1,
+    "stage1_epochs": 1,
+    "push_every": 1,
+    "stage3_epochs": 1,
+    "evaluate_test_fold": False,
+}
+"""The micro settings on a 16^3 grid, one epoch of each stage; batches of 3 split the 9 training cases evenly
+(a batch of one would meet a 1-voxel BatchNorm input at this size)."""
+IDS_STEPS = 10
+
+
+def _evaluation(workdir: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
+    """train.json + evaluate.json on the micro settings, outputs as :func:`micro_workflow`'s."""
+    settings = {
+        **MICRO,
+        **SHORT,
+        "dataset_dir": str(dataset_dir),
+        "datalist_file": str(workdir.parent / "datalist.json"),
+        "cache_dir": str(workdir.parent / "cache"),
+        "output_dir": str(workdir / "out"),
+        **overrides,
+    }
+    return ConfigWorkflow(
+        config_file=["configs/train.json", "configs/evaluate.json"], workflow_type=None, logging_file=False, **settings
+    )
+
+
+@pytest.fixture(scope="module")
+def evaluated(data_synthetic_root, tmp_path_factory):
+    """A micro fold 0 trained through train.json, then evaluated with maps and missing sequences."""
+    workdir = tmp_path_factory.mktemp("evaluate") / "run"
+    training = micro_workflow(workdir, data_synthetic_root, **SHORT)
+    training.initialize()
+    training.run()
+    training.finalize()
+    workflow = _evaluation(workdir, data_synthetic_root, save_maps="true", missing_sequences=True, ids_steps=IDS_STEPS)
+    workflow.initialize()
+    workflow.run()
+    parser = workflow.parser
+    workflow.finalize()
+    fold_dir = workdir / "out" / "fold0"
+    network = parser.get_parsed_content("fold_model").eval()
+    _, test_items = split_fold(parser.get_parsed_content("datalist"), 0)
+    spacing = SHORT["target_spacing"]
+    preprocessing = preprocessing_transforms(with_mask=True, roi_size=MICRO["roi_size"], target_spacing=spacing)
+    cases = {item["case_id"]: preprocessing(item) for item in test_items}
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    return SimpleNamespace(fold_dir=fold_dir, network=network, cases=cases, metrics=metrics, workdir=workdir)
+
+
+def _bac(labels: list[int], predictions: list[int]) -> float:
+    recalls = []
+    for c in sorted(set(labels)):
+        rows = [p for y, p in zip(labels, predictions) if y == c]
+        recalls.append(sum(p == c for p in rows) / len(rows))
+    return sum(recalls) / len(recalls)
+
+
+def test_metrics_json_agrees_with_the_per_case_csv(evaluated):
+    rows = read_case_table(evaluated.fold_dir / "per_case.csv")
+    metrics = evaluated.metrics
+    assert {row["case_id"] for row in rows} == set(evaluated.cases) and metrics["cases"] == len(rows)
+    labels, predictions = [r["label"] for r in rows], [r["prediction"] for r in rows]
+    assert predictions == [int(r["prob_HGG"] > r["prob_LGG"]) for r in rows]
+    assert all(abs(r["prob_LGG"] + r["prob_HGG"] - 1) < 1e-6 for r in rows)
+    assert metrics["bac"] == pytest.approx(_bac(labels, predictions), abs=1e-12)
+    assert metrics["accuracy"] == pytest.approx(np.mean([y == p for y, p in zip(labels, predictions)]), abs=1e-12)
+    positives = [r["prob_HGG"] for r in rows if r["label"] == 1]
+    negatives = [r["prob_HGG"] for r in rows if r["label"] == 0]
+    pairs = [(p > n) + 0.5 * (p == n) for p, n in itertools.product(positives, negatives)]
+    assert metrics["roc_auc"] == pytest.approx(np.mean(pairs), abs=1e-9)
+    assert metrics["sensitivity"] == pytest.approx(np.mean([r["prediction"] == 1 for r in rows if r["label"] == 1]))
+    assert metrics["specificity"] == pytest.approx(np.mean([r["prediction"] == 0 for r in rows if r["label"] == 0]))
+    assert metrics["ap"] == pytest.approx(np.mean([r["ap"] for r in rows]), abs=1e-12)
+
+
+def test_ids_is_the_trapezoid_of_the_normalised_deletion_curve(evaluated):
+    curve = evaluated.metrics["deletion_curve"]
+    assert len(curve) == IDS_STEPS + 1 and evaluated.metrics["ids_batch_size"] == 17
+    assert curve[0] == evaluated.metrics["bac"]  # step 0 deletes nothing
+    assert curve[-1] == 0.5  # everything deleted: one input, one prediction for both classes
+    lo, hi = min(curve[0], curve[-1]), max(curve[0], curve[-1])
+    ratios = [(min(max(c, lo), hi) - lo) / max(hi - lo, 1e-12) for c in curve]
+    expected = sum((a + b) / 2 for a, b in zip(ratios, ratios[1:])) / IDS_STEPS
+    assert evaluated.metrics["ids"] == pytest.approx(expected, abs=1e-12)
+    png = (evaluated.fold_dir / "deletion_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_maps_reproduce_ap_and_are_the_ground_truth_class_maps(evaluated):
+    rows = {r["case_id"]: r for r in read_case_table(evaluated.fold_dir / "per_case.csv")}
+    for case_id, case in evaluated.cases.items():
+        saved = nib.load(evaluated.fold_dir / "maps" / f"{case_id}_class_map.nii.gz")
+        np.testing.assert_allclose(saved.affine, case["image"].affine.numpy(), atol=1e-6)
+        volume = torch.from_numpy(np.asarray(saved.dataobj))
+        assert volume.shape == case["image"].shape[1:]
+        assert activation_precision(volume, case["mask"]) == pytest.approx(rows[case_id]["ap"], abs=1e-12)
+        saved_mask = np.asarray(nib.load(evaluated.fold_dir / "maps" / f"{case_id}_mask.nii.gz").dataobj)
+        np.testing.assert_array_equal(saved_mask, case["mask"][0].numpy())
+        image = case["image"].as_tensor()[None]
+        expected = class_map(evaluated.network, image, [case["label"]])[0]
+        torch.testing.assert_close(volume, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_sequence_report_covers_every_subset(evaluated):
+    report = json.loads((evaluated.fold_dir / "missing_sequences.json").read_text())
+    assert report["bac_all_present"] == evaluated.metrics["bac"]
+    subsets = [tuple(entry["missing"]) for entry in report["missing"]]
+    assert len(subsets) == len(set(subsets)) == 14 and all(0 < len(s) < 4 for s in subsets)
+    # recompute one subset by hand: FLAIR replaced by the mean of T1, T1-CE and T2
+    flair = next(entry for entry in report["missing"] if entry["missing"] == ["flair"])
+    labels, predictions = [], []
+    for case in evaluated.cases.values():
+        image = case["image"].as_tensor()[None].clone()
+        image[:, 3] = image[:, :3].mean(dim=1)
+        with torch.no_grad():
+            predictions.append(int(evaluated.network(image).argmax(dim=1)))
+        labels.append(int(case["label"]))
+    assert flair["bac"] == pytest.approx(_bac(labels, predictions), abs=1e-12)
+
+
+def test_missing_weights_name_the_file_and_say_to_train(data_synthetic_root, tmp_path):
+    workflow = _evaluation(tmp_path / "untrained", data_synthetic_root, fold=1)
+    workflow.initialize()
+    expected = tmp_path / "untrained" / "out" / "fold1" / "model.pt"
+    with pytest.raises(FileNotFoundError, match=rf"{expected}.*train this fold first"):
+        workflow.parser.get_parsed_content("evaluate#evaluator")()
+
+
+def test_replace_missing_is_the_mean_of_the_present_channels():
+    images = torch.stack([torch.full((2, 2, 2), float(v)) for v in (1, 2, 3, 7)])[None]  # (1, 4, 2, 2, 2)
+    one = replace_missing(images, [0])
+    assert one[0, :, 0, 0, 0].tolist() == [4, 2, 3, 7]  # (2 + 3 + 7) / 3
+    two = replace_missing(images, [3, 1])
+    assert two[0, :, 0, 0, 0].tolist() == [1, 2, 3, 2]  # (1 + 3) / 2
+    three = replace_missing(images, [0, 1, 2])
+    assert three[0, :, 0, 0, 0].tolist() == [7, 7, 7, 7]
+    assert images[0, :, 0, 0, 0].tolist() == [1, 2, 3, 7]  # input untouched
+    random = torch.randn(2, 4, 3, 3, 3)
+    torch.testing.assert_close(replace_missing(random, [2])[:, 2], random[:, [0, 1, 3]].mean(dim=1))
+    for bad in ([], [0, 1, 2, 3], [4]):
+        with pytest.raises(ValueError, match="proper subset"):
+            replace_missing(random, bad)
+
+
+def test_missing_subsets_and_bac_with_a_constructed_model():
+    assert missing_subsets(3) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+    assert len(missing_subsets(4)) == 2**4 - 2
+
+    def predict(x: torch.Tensor) -> torch.Tensor:  # HGG iff channel 0 has a positive mean
+        score = x[:, 0].flatten(1).mean(dim=1)
+        return torch.stack([-score, score], dim=1)
+
+    # case 0 (LGG): channels (-1, 3, 3, 3); case 1 (HGG): (1, 1, 1, 1); case 2 (HGG): (2, -4, -4, -4)
+    values = [(-1, 3, 3, 3), (1, 1, 1, 1), (2, -4, -4, -4)]
+    images = [torch.tensor(v, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 2, 2, 2) for v in values]
+    results = missing_sequence_bac(predict, images, torch.tensor([0, 1, 1]), ["t1", "t1ce", "t2", "flair"], 5)
+    by_subset = {tuple(r["missing"]): r["bac"] for r in results}
+    # T1 missing: channel 0 becomes 3, 1, -4 -> predictions HGG, HGG, LGG -> recalls LGG 0, HGG 1/2
+    assert by_subset[("t1",)] == 0.25
+    # T1 present: predictions LGG, HGG, HGG -> BAC 1
+    assert by_subset[("t2",)] == by_subset[("t1ce", "t2", "flair")] == 1.0
+    assert math.isclose(sum(r["bac"] for r in results), 7 * 0.25 + 7 * 1.0)

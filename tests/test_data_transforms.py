@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import list_data_collate
 from monai.transforms import (
     RandAdjustContrast,
     RandAffined,
@@ -125,6 +126,16 @@ def test_cached_second_pass_does_not_read_nifti(data_items, tmp_path):
     augmented = make_dataset([item], pre, augmentation_transforms(), cache_dir=str(tmp_path / "cache"))[0]
     assert augmented["image"].shape == first["image"].shape
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # augmentation runs after the cache
+
+
+def test_fresh_and_cached_cases_collate_into_one_batch(data_items, tmp_path):
+    cache = str(tmp_path / "cache")
+    make_dataset([data_items[0]], preprocessing_transforms(**SMALL), cache_dir=cache)[0]  # cached now
+    dataset = make_dataset(data_items[:2], preprocessing_transforms(**SMALL), cache_dir=cache)
+    fresh, cached = dataset[1], dataset[0]
+    assert type(fresh["image"]) is type(cached["image"])
+    batch = list_data_collate([cached, fresh])
+    assert batch["image"].shape[0] == 2
 
 
 def test_cache_key_follows_preprocessing_settings_not_fold(data_items, tmp_path):

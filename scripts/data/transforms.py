@@ -260,6 +260,9 @@ def _case_hash(item: Mapping) -> bytes:
     return pickle_hashing({k: item[k] for k in CACHED_KEYS if k in item})
 
 
+CACHED_TENSOR_KEYS = ("image", "mask")
+
+
 def make_dataset(
     items: Sequence[dict],
     preprocessing: Compose,
@@ -275,6 +278,10 @@ def make_dataset(
     ``cache_dir`` then.
     """
     transforms = list(preprocessing.flatten().transforms)
+    if cache_dir is not None:
+        # The cache keeps plain tensors (MetaTensors do not load with weights_only=True): drop the
+        # metadata on fresh cases too, so that a batch mixing cached and fresh cases collates.
+        transforms.append(EnsureTyped(keys=CACHED_TENSOR_KEYS, track_meta=False, allow_missing_keys=True))
     if augmentation is not None:
         transforms += list(augmentation.flatten().transforms)
     transform = Compose(transforms)

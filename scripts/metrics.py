@@ -319,12 +319,16 @@ def deletion_masks(attribution: torch.Tensor, steps: int = 50) -> torch.Tensor:
     return volume[:, None] >= thresholds[:, :, None, None, None]
 
 
-def _deleted_copies(
+def _deletion_steps(
     images: torch.Tensor | Sequence[torch.Tensor],
     attributions: torch.Tensor | Sequence[torch.Tensor],
     steps: int,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (case, step, deleted image (C, H, W, D)), one case's attribution in memory at a time."""
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (case, step, image (C, H, W, D), attribution (H, W, D), threshold), one case's map at a time.
+
+    The attribution is channel-averaged, resized to the image grid and on the image's device; step k
+    deletes the voxels where it is >= the threshold (``deletion_thresholds``).
+    """
     for case, (image, attribution) in enumerate(zip(images, attributions)):
         if image.ndim != 4:
             raise ValueError(f"case {case}: image must be (C, H, W, D), got {tuple(image.shape)}.")
@@ -337,7 +341,7 @@ def _deleted_copies(
         volume = volume.to(image.device)
         thresholds = deletion_thresholds(volume, steps)[0]
         for step, threshold in enumerate(thresholds):
-            yield case, step, image.masked_fill(volume >= threshold, 0)
+            yield case, step, image, volume[0], threshold
 
 
 def deletion_curve(
@@ -351,10 +355,12 @@ def deletion_curve(
     """Fold-level BAC after deleting the most attributed voxels, C_0..C_steps (SPEC §6 IDS).
 
     At step k every case's voxels with channel-averaged attribution >= its (1 − k/steps) quantile
-    (``deletion_thresholds``) are set to 0 in all channels. The (case, step) copies are streamed in
-    batches of ``batch_size`` (a batch may span cases), so memory holds one batch of images, and the
-    cost is N·(steps + 1) forward items. ``predict_fn`` runs under ``torch.no_grad``. A map on a
-    coarser grid is first upsampled to the image's (trilinear, align_corners=False).
+    (``deletion_thresholds``) are set to 0 in all channels. The (case, step) copies are written in
+    batches of ``batch_size`` (a batch may span cases) into one reused input tensor, so memory holds
+    one batch of images and no copy is allocated per step; ``predict_fn`` must not keep its input
+    beyond the call. The cost is N·(steps + 1) forward items. ``predict_fn`` runs under
+    ``torch.no_grad``. A map on a coarser grid is first upsampled to the image's (trilinear,
+    align_corners=False).
 
     Args:
         predict_fn: (b, C_in, H, W, D) -> logits (b, num_classes); the prediction is their argmax.
@@ -374,11 +380,24 @@ def deletion_curve(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     predictions = torch.empty(labels.numel(), steps + 1, dtype=torch.long)
     num_classes = int(labels.max()) + 1
-    copies = _deleted_copies(images, attributions, steps)
+    copies = _deletion_steps(images, attributions, steps)
+    inputs: torch.Tensor | None = None
     while batch := list(itertools.islice(copies, batch_size)):
-        cases, indices, inputs = zip(*batch)
+        cases, indices, sources, volumes, thresholds = zip(*batch)
+        first = sources[0]
+        layout = (first.shape, first.dtype, first.device)
+        if inputs is None or len(inputs) < len(batch) or (inputs.shape[1:], inputs.dtype, inputs.device) != layout:
+            inputs = torch.empty(len(batch), *first.shape, dtype=first.dtype, device=first.device)
+        zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+        for row, case, image, volume, threshold in zip(inputs, cases, sources, volumes, thresholds):
+            if image.shape != first.shape:
+                raise ValueError(
+                    f"case {case}: image {tuple(image.shape)} differs from case {cases[0]}'s {tuple(first.shape)}, "
+                    "in the same deletion batch: the copies of one batch need images of one size."
+                )
+            torch.where(volume >= threshold, zero, image, out=row)
         with torch.no_grad():
-            logits = predict_fn(torch.stack(inputs))
+            logits = predict_fn(inputs[: len(batch)])
         predictions[list(cases), list(indices)] = logits.argmax(dim=1).cpu()
         num_classes = max(num_classes, logits.shape[1])
     return torch.tensor([balanced_accuracy(labels, predictions[:, k], num_classes) for k in range(steps + 1)],

@@ -28,7 +28,11 @@ def gated_fusion(encoder_features: Tensor, decoder_features: Tensor, gate: Tenso
 
 
 class GatedFusion(nn.Module):
-    """Gate α = σ(Conv1³(ReLU(Conv1³(GAP([f, f̃]))))), 2C → max(C // 8, 4) → C, then Eq. 11."""
+    """Gate α = σ(Conv1³(ReLU(Conv1³(GAP([f, f̃]))))), 2C → max(C // 8, 4) → C, then Eq. 11.
+
+    GAP([f, f̃]) is computed as [GAP(f), GAP(f̃)] (the same numbers), so the full-size concatenation is
+    never allocated.
+    """
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
         super().__init__()
@@ -38,9 +42,9 @@ class GatedFusion(nn.Module):
 
     def gate(self, encoder_features: Tensor, decoder_features: Tensor) -> Tensor:
         """Per-channel gate α_s, (B, C_s, 1, 1, 1) in (0, 1), from f_s and f̃_s (B, C_s, *S)."""
-        both = torch.cat([encoder_features, decoder_features], dim=1)
-        pooled = both.mean(dim=list(range(2, both.ndim)), keepdim=True)
-        return torch.sigmoid(self.gate_net(pooled))
+        spatial = list(range(2, encoder_features.ndim))
+        pooled = [encoder_features.mean(dim=spatial, keepdim=True), decoder_features.mean(dim=spatial, keepdim=True)]
+        return torch.sigmoid(self.gate_net(torch.cat(pooled, dim=1)))
 
     def forward(self, encoder_features: Tensor, decoder_features: Tensor) -> Tensor:
         """F_s (B, C_s, *S) from f_s and f̃_s (B, C_s, *S)."""

@@ -14,7 +14,7 @@ from .iteration import (
     unwrap,
 )
 from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
-from .setup import configure_backends, ensure_synthetic_dataset, place, training_datalist
+from .setup import compiled, configure_backends, ensure_synthetic_dataset, place, training_datalist
 from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "atomic_save",
     "autocast",
     "balanced_accuracy_from_logits",
+    "compiled",
     "configure_backends",
     "distributed_forward",
     "ensure_synthetic_dataset",

@@ -13,7 +13,7 @@ from torch import nn
 
 from scripts.data import ensure_datalist, generate_dataset
 
-__all__ = ["configure_backends", "ensure_synthetic_dataset", "place", "training_datalist"]
+__all__ = ["compiled", "configure_backends", "ensure_synthetic_dataset", "place", "training_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +87,11 @@ def place(module: nn.Module, device: str | torch.device, channels_last_3d: bool 
     if channels_last_3d:
         module.to(memory_format=torch.channels_last_3d)
     return module
+
+
+def compiled(module: nn.Module, enabled: bool = False, backend: str = "inductor") -> nn.Module:
+    """``torch.compile(module, backend=backend)`` when ``enabled`` (the config's ``compile`` switch), else ``module``.
+
+    Compilation happens on the first call; the compiled module shares ``module``'s parameters.
+    """
+    return torch.compile(module, backend=backend) if enabled else module

@@ -1,0 +1,118 @@
+"""Benchmarks: the report's shape on a minimal tiny run (no timing asserted), measuring helpers, IDS batching."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import gpu
+from benchmarks.bundle import load_config
+from benchmarks.measure import MIB, peak_memory, side_by_side
+from benchmarks.run import TARGETS, main
+from scripts.metrics import deletion_curve
+
+
+def test_tiny_report_prints_one_json_with_every_section(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    settings = {"repeats": 1, "cases": 1, "batch": 1, "ids_steps": 1, "ids_batch": 2, "warmup": 0}
+    main(tiny=True, **settings, out=str(out), workdir=str(tmp_path))
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    assert report["settings"]["configuration"] == "tiny" and report["settings"]["input_shape"] == [4, 48, 48, 36]
+    for name in ("inference", "push", "ids", "training_iteration", "epochs", "data"):
+        assert math.isfinite(report[name]["ratio"]) and report[name]["ratio"] > 0, name
+        assert all(len(runs) >= 1 for runs in report[name]["runs"].values()), name
+    for name, target in TARGETS.items():
+        assert report[name]["target"] == target
+        ratio = report[name]["ratio"]
+        assert report[name]["met"] == (ratio < target if name == "data" else ratio <= target)
+    assert report["ids"]["copies"] == 2 and report["ids"]["forward_passes"] == 1  # 1 case x (1 step + 1)
+    assert report["inference"]["umprotoshare_peak_mib_per_volume"] > 0
+
+
+def test_unknown_configuration_is_refused():
+    with pytest.raises(ValueError, match="huge"):
+        load_config("huge", "cpu")
+
+
+def test_cpu_peak_memory_replays_allocations_and_frees():
+    def allocate() -> None:
+        first = torch.empty(100 * MIB, dtype=torch.uint8)
+        second = torch.empty(50 * MIB, dtype=torch.uint8)
+        del first
+        third = torch.empty(20 * MIB, dtype=torch.uint8)
+        del second, third
+
+    # 100 + 50 live together (150 MiB); after the free, 50 + 20 = 70 MiB is less
+    assert peak_memory(allocate, torch.device("cpu")) == 150 * MIB
+
+
+def test_side_by_side_alternates_the_order():
+    order: list[str] = []
+    calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
+    times = side_by_side(calls, 3, torch.device("cpu"))
+    assert order == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_ids_reuses_one_input_tensor_and_keeps_the_copies_exact():
+    images = torch.rand(2, 2, 4, 4, 4) + 1.0
+    maps = torch.arange(128, dtype=torch.float32).view(2, 4, 4, 4)
+    storages, copies = set(), []
+
+    def model(batch: torch.Tensor) -> torch.Tensor:
+        storages.add(batch.untyped_storage().data_ptr())
+        copies.append(batch.clone())
+        return torch.zeros(batch.shape[0], 2)
+
+    deletion_curve(model, images, maps, [0, 1], batch_size=3, steps=2)
+    assert len(storages) == 1  # 6 copies in batches of 3, 3 (one tensor reused)
+    copies = torch.cat(copies).view(2, 3, 2, 4, 4, 4)
+    # step 1 deletes values >= the median of 0..63 (31.5), i.e. the upper 32 voxels of each case
+    upper = (maps - maps.flatten(1).min(1).values.view(2, 1, 1, 1)) >= 31.5
+    assert torch.equal(copies[:, 1], images.masked_fill(upper[:, None], 0))
+    assert torch.equal(copies[:, 0], images) and not copies[:, 2].any()
+
+
+def test_ids_images_of_different_sizes():
+    small, large = torch.rand(1, 4, 4, 4) + 1, torch.rand(1, 6, 6, 6) + 1
+    maps = [torch.rand(4, 4, 4), torch.rand(6, 6, 6)]
+    seen: list[tuple[int, ...]] = []
+
+    def model(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(batch.shape))
+        return torch.zeros(batch.shape[0], 2)
+
+    deletion_curve(model, [small, large], maps, [0, 1], batch_size=2, steps=1)  # one case per batch
+    assert seen == [(2, 1, 4, 4, 4), (2, 1, 6, 6, 6)]
+    with pytest.raises(ValueError, match="case 1: image"):
+        deletion_curve(model, [small, large], maps, [0, 1], batch_size=3, steps=1)  # a batch spans both
+
+
+@pytest.fixture
+def restore_backends():
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
+
+
+def test_gpu_report_runs_its_measurements_on_any_device(restore_backends):
+    report = gpu.throughput_report("tiny", "cpu", batch=2, steps=1, warmup=0, budget_s=60.0)
+    assert report["settings"]["batch"] == 2 and report["settings"]["channels_last_3d"] is True
+    for group, names in (("inference", ("umprotoshare", "cnn")), ("training", ("stage1", "cnn"))):
+        for name in names:
+            entry = report[group][name]
+            assert entry["timed_batches"] == 1 and entry["volumes_per_s"] > 0 and entry["peak_mib"] > 0, (group, name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_gpu_script_refuses_without_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.main()
+    assert exit_info.value.code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err

@@ -14,14 +14,17 @@ and inputs already in memory are not counted), so CPU and CUDA figures mean the 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
+from monai.utils import look_up_option
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["MIB", "median", "peak_memory", "seconds", "side_by_side", "synchronize"]
+__all__ = ["MIB", "Runs", "median", "peak_memory", "seconds", "side_by_side", "synchronize", "timed"]
 
 MIB = 2**20
 """Bytes per MiB."""
@@ -35,11 +38,20 @@ def synchronize(device: torch.device) -> None:
 
 def seconds(fn: Callable[[], object], device: torch.device) -> float:
     """Wall-clock seconds of ``fn()``, the device's queue drained before and after."""
+    return timed(fn, device)[0]
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall-clock seconds, this process's CPU seconds) of ``fn()``, the device's queue drained around it.
+
+    CPU seconds (all threads of this process) do not grow while other processes hold the cores, so
+    their ratios stay meaningful on a shared machine; on CUDA they count the host's work only.
+    """
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def median(values: Sequence[float]) -> float:
@@ -49,9 +61,34 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def side_by_side(
-    calls: Mapping[str, Callable[[], object]], repeats: int, device: torch.device
-) -> dict[str, list[float]]:
+@dataclass
+class Runs:
+    """Seconds per call name and round: wall clock and this process's CPU time."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: tuple[float, float]) -> None:
+        """Record one (wall, cpu) measurement of ``name``."""
+        self.wall.setdefault(name, []).append(seconds[0])
+        self.cpu.setdefault(name, []).append(seconds[1])
+
+    def median(self, name: str, clock: str = "wall") -> float:
+        """Median seconds of ``name`` on ``clock`` ("wall" or "cpu")."""
+        return median(getattr(self, look_up_option(clock, ("wall", "cpu")))[name])
+
+    def ratio(self, numerator: str, denominator: str, clock: str = "wall") -> float:
+        """Median of ``numerator`` over median of ``denominator`` on ``clock``."""
+        below = self.median(denominator, clock)
+        return self.median(numerator, clock) / below if below > 0 else math.inf
+
+    def as_dict(self, names: Sequence[str] | None = None) -> dict[str, dict[str, list[float]]]:
+        """JSON-ready ``{"wall": {name: [...]}, "cpu": {...}}`` for ``names`` (default all)."""
+        names = list(self.wall) if names is None else list(names)
+        return {"wall": {n: self.wall[n] for n in names}, "cpu": {n: self.cpu[n] for n in names}}
+
+
+def side_by_side(calls: Mapping[str, Callable[[], object]], repeats: int, device: torch.device) -> Runs:
     """Seconds of each call per repeat, interleaved (A, B, ... then ..., B, A) so drifts hit all alike.
 
     Args:
@@ -60,16 +97,16 @@ def side_by_side(
         device: where the calls run (for synchronisation).
 
     Returns:
-        name → ``repeats`` seconds, in round order.
+        Wall and CPU seconds per name, ``repeats`` each, in round order.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
     names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    runs = Runs()
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
-            times[name].append(seconds(calls[name], device))
-    return times
+            runs.add(name, timed(calls[name], device))
+    return runs
 
 
 def _cpu_peak(fn: Callable[[], object]) -> int:

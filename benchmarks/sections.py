@@ -1,7 +1,9 @@
 """The report's sections; each pits UM-ProtoShare's cost against its reference in one process, side by side.
 
-Every section returns plain JSON data: the medians over repeats, the ratio, and the raw seconds per
-repeat (``runs``). Targets (issue 7) are attached by :func:`benchmarks.run.report`.
+Every section returns plain JSON data: medians over repeats of wall-clock seconds (``*_s``) and of this
+process's CPU seconds (``*_cpu_s``), their ratios (``ratio``, ``cpu_ratio``) and the raw seconds
+(``runs``). The CPU-time ratio does not move when other processes share the cores. Targets (issue 7)
+are attached by :func:`benchmarks.run.report`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,26 @@ from scripts.metrics import deletion_curve
 from scripts.push import push_prototypes
 
 from .bundle import Parts, engine_at
-from .measure import MIB, median, peak_memory, seconds, side_by_side
+from .measure import MIB, Runs, peak_memory, side_by_side, timed
 
 __all__ = ["ids_section", "inference_section", "training_section"]
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else math.inf
 
 
 def _warm_up(calls: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> None:
     if rounds > 0:
         side_by_side(calls, rounds, device)
+
+
+def _comparison(runs: Runs, numerator: str, denominator: str) -> dict[str, float]:
+    """Median seconds of both calls (wall and CPU) and their ratios."""
+    return {
+        f"{numerator}_s": runs.median(numerator),
+        f"{denominator}_s": runs.median(denominator),
+        "ratio": runs.ratio(numerator, denominator),
+        f"{numerator}_cpu_s": runs.median(numerator, "cpu"),
+        f"{denominator}_cpu_s": runs.median(denominator, "cpu"),
+        "cpu_ratio": runs.ratio(numerator, denominator, "cpu"),
+    }
 
 
 def _forward_pass(model: torch.nn.Module, batches: list[dict[str, Any]]) -> Callable[[], None]:
@@ -71,37 +81,36 @@ def inference_section(parts: Parts, batches: list[dict[str, Any]], repeats: int,
     with torch.no_grad():
         memory = {name: peak_memory(lambda m=model: m(first), parts.device) / MIB for name, model in
                   (("cnn", cnn), ("umprotoshare", network))}
-    model_s, cnn_s, push_s = (median(runs[name]) for name in ("umprotoshare", "cnn", "push"))
     per_volume = first.shape[0]
+    inference = _comparison(runs, "umprotoshare", "cnn")
+    runs.wall["inference_pass"], runs.cpu["inference_pass"] = runs.wall["umprotoshare"], runs.cpu["umprotoshare"]
     return {
         "inference": {
-            "umprotoshare_s_per_volume": model_s / cases,
-            "cnn_s_per_volume": cnn_s / cases,
-            "ratio": _ratio(model_s, cnn_s),
+            **inference,
+            "umprotoshare_s_per_volume": inference["umprotoshare_s"] / cases,
+            "cnn_s_per_volume": inference["cnn_s"] / cases,
             "umprotoshare_peak_mib_per_volume": memory["umprotoshare"] / per_volume,
             "cnn_peak_mib_per_volume": memory["cnn"] / per_volume,
-            "memory_ratio": _ratio(memory["umprotoshare"], memory["cnn"]),
-            "batch_size": per_volume,
-            "runs": {name: runs[name] for name in ("umprotoshare", "cnn")},
-        },
-        "push": {
-            "push_s": push_s,
-            "inference_pass_s": model_s,
-            "ratio": _ratio(push_s, model_s),
+            "memory_ratio": memory["umprotoshare"] / memory["cnn"] if memory["cnn"] > 0 else math.inf,
             "cases": cases,
-            "runs": {"push": runs["push"], "inference_pass": runs["umprotoshare"]},
+            "batch_size": per_volume,
+            "runs": runs.as_dict(["umprotoshare", "cnn"]),
         },
+        "push": {**_comparison(runs, "push", "inference_pass"), "cases": cases, "runs": runs.as_dict(["push"])},
     }
 
 
-def training_section(parts: Parts, dataset: Dataset, repeats: int, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+def training_section(
+    parts: Parts, dataset: Dataset, repeats: int, warmup: int = 1, seed: int = 0
+) -> dict[str, Any]:
     """Stage-1 vs CNN (warm-up) iterations, stage-3 vs stage-1 epochs, and batch fetch vs model time.
 
     Each round runs one stage-1 epoch and one CNN epoch through the configured
     :class:`~scripts.engine.StagedIteration` (what ignite's ``iteration_update`` runs) and one stage-3
     epoch (:func:`~scripts.engine.train_last_layer_epoch`), all over the same loader of cached,
     augmented cases (``num_workers=0``, so fetching is timed, not overlapped). Trainable groups are set
-    as :class:`~scripts.engine.StageHandler` sets them. An epoch's time includes its fetches.
+    as :class:`~scripts.engine.StageHandler` sets them. An epoch's time includes its fetches; the
+    iteration and data figures are medians over all iterations of all rounds.
 
     Args:
         parts: the benchmarked parts.
@@ -116,9 +125,8 @@ def training_section(parts: Parts, dataset: Dataset, repeats: int, warmup: int =
     torch.manual_seed(seed)
     loader = DataLoader(dataset, batch_size=parts.batch_size, shuffle=True, num_workers=0, drop_last=True)
     schedule, device = parts.schedule, parts.device
-    epochs = {"stage1": engine_at(schedule.warmup_epochs + 1, device), "cnn": engine_at(1, device)}
-    fetches: list[float] = []
-    steps: dict[str, list[float]] = {"stage1": [], "cnn": []}
+    engines = {"stage1": engine_at(schedule.warmup_epochs + 1, device), "cnn": engine_at(1, device)}
+    steps = Runs()
 
     def iterations(stage: str) -> Callable[[], None]:
         def run() -> None:
@@ -126,12 +134,12 @@ def training_section(parts: Parts, dataset: Dataset, repeats: int, warmup: int =
             target.set_trainable(schedule.trainable_groups(groups))
             batches = iter(loader)
             while True:
-                fetched: list[dict[str, Any]] = []
-                fetch = seconds(lambda: fetched.extend([next(batches, None)]), device)
+                fetched: list[dict[str, Any] | None] = []
+                fetch = timed(lambda: fetched.append(next(batches, None)), device)
                 if fetched[0] is None:
                     return
-                fetches.append(fetch)
-                steps[stage].append(seconds(lambda: parts.iteration(epochs[stage], fetched[0]), device))
+                steps.add("fetch", fetch)
+                steps.add(stage, timed(lambda: parts.iteration(engines[stage], fetched[0]), device))
 
         return run
 
@@ -145,34 +153,26 @@ def training_section(parts: Parts, dataset: Dataset, repeats: int, warmup: int =
 
     calls = {"stage1": iterations("stage1"), "cnn": iterations("cnn"), "stage3": stage3}
     _warm_up(calls, warmup, device)
-    fetches.clear()
-    steps["stage1"].clear()
-    steps["cnn"].clear()
-    runs = side_by_side(calls, repeats, device)
-    stage1_s, cnn_s, fetch_s = median(steps["stage1"]), median(steps["cnn"]), median(fetches)
+    steps.wall.clear()
+    steps.cpu.clear()
+    epochs = side_by_side(calls, repeats, device)
     return {
         "training_iteration": {
-            "stage1_s": stage1_s,
-            "cnn_s": cnn_s,
-            "ratio": _ratio(stage1_s, cnn_s),
+            **_comparison(steps, "stage1", "cnn"),
             "batch_size": parts.batch_size,
-            "runs": {"stage1": steps["stage1"], "cnn": steps["cnn"]},
+            "runs": steps.as_dict(["stage1", "cnn"]),
         },
         "epochs": {
-            "stage3_s": median(runs["stage3"]),
-            "stage1_s": median(runs["stage1"]),
-            "ratio": _ratio(median(runs["stage3"]), median(runs["stage1"])),
+            **_comparison(epochs, "stage3", "stage1"),
             "cases": len(loader) * parts.batch_size,
-            "runs": {"stage3": runs["stage3"], "stage1": runs["stage1"]},
+            "runs": epochs.as_dict(["stage3", "stage1"]),
         },
         "data": {
-            "fetch_s": fetch_s,
-            "fetch_max_s": max(fetches),
-            "model_s": stage1_s,
-            "ratio": _ratio(fetch_s, stage1_s),
+            **_comparison(steps, "fetch", "stage1"),
+            "fetch_max_s": max(steps.wall["fetch"]),
             "loader_workers": 0,
             "configured_workers": parts.num_workers,
-            "runs": {"fetch": fetches},
+            "runs": steps.as_dict(["fetch"]),
         },
     }
 
@@ -217,18 +217,18 @@ def ids_section(
             for size in sizes:
                 predict(inputs[size])
 
-    calls = {"forwards": forwards, "ids": lambda: deletion_curve(predict, images, maps, labels, batch_size, steps)}
+    def ids() -> None:
+        deletion_curve(predict, images, maps, labels, batch_size, steps)
+
+    calls = {"forward_passes": forwards, "ids": ids}
     _warm_up(calls, warmup, device)
     runs = side_by_side(calls, repeats, device)
-    ids_s, forwards_s = median(runs["ids"]), median(runs["forwards"])
     return {
-        "ids_s": ids_s,
-        "forward_passes_s": forwards_s,
-        "ratio": _ratio(ids_s, forwards_s),
+        **_comparison(runs, "ids", "forward_passes"),
         "cases": int(images.shape[0]),
         "steps": steps,
         "copies": copies,
         "batch_size": batch_size,
         "forward_passes": len(sizes),
-        "runs": runs,
+        "runs": runs.as_dict(),
     }

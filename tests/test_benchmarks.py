@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import gpu
 from benchmarks.bundle import load_config
-from benchmarks.measure import MIB, peak_memory, side_by_side
+from benchmarks.measure import MIB, Runs, peak_memory, side_by_side
 from benchmarks.run import TARGETS, main
 from scripts.metrics import deletion_curve
 
@@ -23,12 +23,13 @@ def test_tiny_report_prints_one_json_with_every_section(tmp_path, capsys):
     assert report == json.loads(out.read_text())
     assert report["settings"]["configuration"] == "tiny" and report["settings"]["input_shape"] == [4, 48, 48, 36]
     for name in ("inference", "push", "ids", "training_iteration", "epochs", "data"):
-        assert math.isfinite(report[name]["ratio"]) and report[name]["ratio"] > 0, name
-        assert all(len(runs) >= 1 for runs in report[name]["runs"].values()), name
+        for ratio in ("ratio", "cpu_ratio"):
+            assert math.isfinite(report[name][ratio]) and report[name][ratio] > 0, (name, ratio)
+        assert all(len(seconds) >= 1 for runs in report[name]["runs"].values() for seconds in runs.values()), name
     for name, target in TARGETS.items():
         assert report[name]["target"] == target
-        ratio = report[name]["ratio"]
-        assert report[name]["met"] == (ratio < target if name == "data" else ratio <= target)
+        for met, ratio in (("met", report[name]["ratio"]), ("met_cpu", report[name]["cpu_ratio"])):
+            assert report[name][met] == (ratio < target if name == "data" else ratio <= target), (name, met)
     assert report["ids"]["copies"] == 2 and report["ids"]["forward_passes"] == 1  # 1 case x (1 step + 1)
     assert report["inference"]["umprotoshare_peak_mib_per_volume"] > 0
 
@@ -53,9 +54,22 @@ def test_cpu_peak_memory_replays_allocations_and_frees():
 def test_side_by_side_alternates_the_order():
     order: list[str] = []
     calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
-    times = side_by_side(calls, 3, torch.device("cpu"))
+    runs = side_by_side(calls, 3, torch.device("cpu"))
     assert order == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
-    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert {name: len(values) for name, values in runs.wall.items()} == {"a": 3, "b": 3, "c": 3}
+    assert {name: len(values) for name, values in runs.cpu.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_runs_medians_and_ratios_per_clock():
+    runs = Runs()
+    for wall, cpu in ((3.0, 2.0), (1.0, 4.0), (2.0, 6.0)):
+        runs.add("model", (wall, cpu))
+    for wall, cpu in ((1.0, 2.0), (2.0, 2.0), (4.0, 8.0)):
+        runs.add("reference", (wall, cpu))
+    # medians: model wall 2, cpu 4; reference wall 2, cpu 2
+    assert runs.ratio("model", "reference") == 1.0 and runs.ratio("model", "reference", "cpu") == 2.0
+    with pytest.raises(ValueError, match="wall"):
+        runs.median("model", "gpu")
 
 
 def test_ids_reuses_one_input_tensor_and_keeps_the_copies_exact():

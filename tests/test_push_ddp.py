@@ -1,58 +1,29 @@
-"""Push under DistributedDataParallel: two gloo processes on CPU, each searching its own shard."""
+"""Push under DistributedDataParallel: two gloo ranks on CPU (torchrun), each searching its own shard."""
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from scripts.push import push_prototypes
-from tests.test_push import CLASSES, SHAPE, batches, make_cases, tiny
+from tests.test_push import CLASSES, batches, make_cases, tiny
+from tests.workers.ddp_push import LABELS, SHARDS
 
 WORLD = 2
-LABELS = [0, 1, 1, 0, 1, 0, 0]
-SHARDS = [[0, 1, 2, 3], [4, 5, 6]]
-"""Case indices searched by each rank."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def push_on_rank(rank: int, port: int, out_dir: str) -> None:
-    """One rank: the same seeded model wrapped in DDP, pushed over shard ``rank`` of the cases, then a tie."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-    try:
-        model = tiny(seed=0)
-        ddp = DistributedDataParallel(model)
-        cases = [make_cases(LABELS)[n] for n in SHARDS[rank]]
-        result = push_prototypes(ddp, batches(cases), CLASSES)
-        prototypes = [model.head(s).prototypes.detach().clone() for s in model.scales]
-        # the same image on both ranks under different ids: the lowest rank must win every prototype
-        image = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(9))
-        tie = push_prototypes(ddp, [{"image": image, "label": torch.tensor([0]), "case_id": [f"rank{rank}"]}], CLASSES)
-        torch.save(
-            {"prototypes": prototypes, "records": result.records, "tie": [r["case_id"] for r in tie.records]},
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_push_matches_single_process_push_on_every_rank(tmp_path):
-    mp.spawn(push_on_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+        "-m", "tests.workers.ddp_push", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     model = tiny(seed=0)
     single = push_prototypes(model, batches(make_cases(LABELS)), CLASSES)
@@ -66,4 +37,5 @@ def test_ddp_push_matches_single_process_push_on_every_rank(tmp_path):
     assert all(winners & set(shard) for shard in SHARDS)
     for distributed, local in zip(ranks[0]["records"], single.records):
         assert distributed["similarity"] == pytest.approx(local["similarity"], abs=1e-5)
+    # the same image on both ranks under different ids: the lowest rank wins every prototype
     assert all(t == ["rank0"] * model.num_prototypes for t in (ranks[0]["tie"], ranks[1]["tie"]))

@@ -1,0 +1,1 @@
+"""Programs that tests start in other processes (under ``torch.distributed.run``), not tests themselves."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from scripts.data.synthetic import NAME_MAPPING_COLUMNS, brats_affine, generate_dataset
 
@@ -35,6 +36,16 @@ def _write_case(
         paths["seg"] = case_dir / name
         nib.save(nib.Nifti1Image(rng.choice([0, 1, 2, 4], shape).astype(np.uint8), affine), paths["seg"])
     return paths
+
+
+@pytest.fixture
+def restore_backends():
+    """Put torch's determinism and cuDNN switches back as they were after the test."""
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
 
 
 @pytest.fixture

@@ -106,15 +106,6 @@ def test_ids_images_of_different_sizes():
         deletion_curve(model, [small, large], maps, [0, 1], batch_size=3, steps=1)  # a batch spans both
 
 
-@pytest.fixture
-def restore_backends():
-    cudnn = torch.backends.cudnn
-    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
-    yield
-    torch.use_deterministic_algorithms(saved[0])
-    cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
-
-
 def test_gpu_report_runs_its_measurements_on_any_device(restore_backends):
     report = gpu.throughput_report("tiny", "cpu", batch=2, steps=1, warmup=0, budget_s=60.0)
     assert report["settings"]["batch"] == 2 and report["settings"]["channels_last_3d"] is True

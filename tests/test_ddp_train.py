@@ -22,6 +22,7 @@ from test_engine_micro import MICRO
 
 from scripts.engine import ExplainForward, Schedule, distributed_forward
 from scripts.metrics import balanced_accuracy
+from tests.helpers import assert_identical
 from tests.test_push import SHAPE, tiny
 
 WORLD = 2
@@ -47,21 +48,6 @@ def _settings(root: Path, dataset_dir: Path) -> dict:
         "output_dir": "$os.path.join(" + repr(str(root)) + ", 'out' + os.environ['RANK'])",
         "val_fraction": 0.2,  # 7 training cases (odd: the train sampler pads, push must not), 2 held-in
     }
-
-
-def _assert_identical(a, b, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _assert_identical(a[key], b[key], f"{path}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{path}/{i}")
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +85,7 @@ def run(data_synthetic_root, tmp_path_factory):
 def test_both_ranks_end_with_identical_prototypes_weights_and_optimisers(run):
     ranks, _, _ = run
     assert [r["epoch"] for r in ranks] == [5, 5]
-    _assert_identical(ranks[0]["state"], ranks[1]["state"])
+    assert_identical(ranks[0]["state"], ranks[1]["state"])
     network = ranks[0]["state"]["network"]
     assert any(key.endswith("running_mean") for key in network)  # batch-norm statistics are compared too
     assert any(".prototypes" in key for key in network) and any(key.startswith("classifier") for key in network)
@@ -126,7 +112,7 @@ def test_prototypes_are_descriptors_of_training_cases_found_across_both_shards(r
     shard_ids = [{train_ids[i] for i in r["push_indices"]} for r in ranks]
     assert all(winners & ids for ids in shard_ids)  # the global argmax took cases from both ranks
     model = torch.load(root / "out0" / "fold0" / "model.pt", weights_only=True)
-    _assert_identical(model, ranks[1]["state"]["network"])
+    assert_identical(model, ranks[1]["state"]["network"])
 
 
 def test_rank0_builds_the_datalist_before_the_other_ranks_read_it(run):

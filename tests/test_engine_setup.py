@@ -15,15 +15,6 @@ from scripts.engine import (
 )
 
 
-@pytest.fixture
-def restore_backends():
-    cudnn = torch.backends.cudnn
-    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
-    yield
-    torch.use_deterministic_algorithms(saved[0])
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
-
-
 def test_deterministic_mode_wins_over_cudnn_benchmark(restore_backends):
     configure_backends(cudnn_benchmark=True, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic

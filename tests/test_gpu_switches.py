@@ -115,15 +115,6 @@ def test_compile_switch_wraps_the_training_forwards(compile_switch):
     assert isinstance(stage1, ExplainForward) and stage1.network is iteration.network
 
 
-@pytest.fixture
-def restore_backends():
-    cudnn = torch.backends.cudnn
-    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
-    yield
-    torch.use_deterministic_algorithms(saved[0])
-    cudnn.benchmark, cudnn.deterministic = saved[1], saved[2]
-
-
 @pytest.mark.parametrize("autotune", [False, True])
 def test_cudnn_benchmark_switch_reaches_the_backend(autotune, restore_backends):
     torch.backends.cudnn.benchmark = not autotune

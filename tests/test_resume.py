@@ -7,6 +7,8 @@ import torch
 from ignite.engine import Events
 from test_engine_micro import micro_workflow
 
+from tests.helpers import assert_identical
+
 
 class Interrupted(Exception):
     """Stands in for a crash or a killed job."""
@@ -39,21 +41,6 @@ def _checkpoint(workdir) -> dict:
     return torch.load(workdir / "out" / "fold0" / "checkpoint_last.pt", weights_only=True)
 
 
-def _assert_identical(a, b, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _assert_identical(a[key], b[key], f"{path}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{path}/{i}")
-    else:
-        assert a == b, path
-
-
 def test_interrupted_run_resumes_to_identical_weights(data_synthetic_root, tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert _run(straight, data_synthetic_root) == [1, 2, 3, 4, 5]
@@ -66,8 +53,8 @@ def test_interrupted_run_resumes_to_identical_weights(data_synthetic_root, tmp_p
     assert _run(broken, data_synthetic_root, run_id="training") == [4, 5]  # the same command continues
     final_straight = torch.load(straight / "out" / "fold0" / "model.pt", weights_only=True)
     final_broken = torch.load(broken / "out" / "fold0" / "model.pt", weights_only=True)
-    _assert_identical(final_straight, final_broken)
+    assert_identical(final_straight, final_broken)
     # optimisers, scheduler, push record and RNG states too
-    _assert_identical(_checkpoint(straight), _checkpoint(broken))
+    assert_identical(_checkpoint(straight), _checkpoint(broken))
     push = [(d / "out" / "fold0" / "push.json").read_text() for d in (straight, broken)]
     assert push[0] == push[1]

@@ -19,11 +19,9 @@ and 44 GiB with bf16 and channels-last; see docs/README.md). Refuses to run with
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import fire
@@ -32,7 +30,7 @@ import torch
 from scripts.engine import autocast, compiled, configure_backends
 
 from .bundle import Parts, build_parts, engine_at, load_config
-from .measure import MIB, median, peak_memory, seconds
+from .measure import MIB, emit, median, peak_memory, seconds
 
 __all__ = ["NO_CUDA", "main", "throughput_report"]
 
@@ -161,10 +159,7 @@ def main(
     result = throughput_report(
         "full", "cuda", batch, amp, channels_last_3d, cudnn_benchmark, compile, steps, warmup, budget_s
     )
-    text = json.dumps(result, indent=2)
-    if out is not None:
-        Path(out).write_text(text + "\n")
-    print(text)
+    emit(result, out)
 
 
 if __name__ == "__main__":

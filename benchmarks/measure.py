@@ -14,17 +14,20 @@ and inputs already in memory are not counted), so CPU and CUDA figures mean the 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from monai.utils import look_up_option
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["MIB", "Runs", "median", "peak_memory", "seconds", "side_by_side", "synchronize", "timed"]
+__all__ = ["MIB", "Runs", "emit", "median", "peak_memory", "seconds", "side_by_side", "synchronize", "timed"]
 
 MIB = 2**20
 """Bytes per MiB."""
@@ -133,3 +136,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     if device.type != "cpu":
         raise ValueError(f"peak memory is measured on 'cpu' or 'cuda' devices, got {device}.")
     return _cpu_peak(fn)
+
+
+def emit(report: Mapping[str, Any], out: str | None = None) -> None:
+    """Print ``report`` as indented JSON on stdout and, when ``out`` is given, write the same text there."""
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        Path(out).write_text(text + "\n")
+    print(text)

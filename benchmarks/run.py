@@ -16,7 +16,6 @@ overlays ``configs/quickstart.json``. Progress goes to stderr, the report to std
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import torch
 from monai.utils import look_up_option
 
 from .bundle import batches_of, build_parts, load_config, synthetic_cohort
+from .measure import emit
 from .sections import ids_section, inference_section, training_section
 
 __all__ = ["DEFAULTS", "TARGETS", "main", "report"]
@@ -143,10 +143,7 @@ def main(
     result = report(
         "tiny" if tiny else "full", repeats, cases, batch, ids_steps, ids_batch, warmup, workdir, device, seed
     )
-    text = json.dumps(result, indent=2)
-    if out is not None:
-        Path(out).write_text(text + "\n")
-    print(text)
+    emit(result, out)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def sequence_mean_inputs(image: Tensor) -> Tensor:
     return copies
 
 
-def sequence_evidence(model: UMProtoShare, image: Tensor) -> Tensor:
+def sequence_evidence(model: UMProtoShare, image: Tensor, reference: Tensor | None = None) -> Tensor:
     """Change of every prototype's similarity when each sequence in turn is replaced by its mean.
 
     A negative entry means the sequence supports the match (removing it lowers S). Runs the model
@@ -90,14 +90,20 @@ def sequence_evidence(model: UMProtoShare, image: Tensor) -> Tensor:
     Args:
         model: a UM-ProtoShare.
         image: one preprocessed case, (C_in, H, W, D), on the model's device.
+        reference: S(x) of ``image``, (1, K_total), when already computed (``explain``'s
+            similarities); otherwise the unchanged image joins the batch.
 
     Returns:
         ΔS, (C_in, K_total): S(x with sequence i at its mean) − S(x).
     """
     with torch.no_grad():
-        batch = torch.cat([image[None], sequence_mean_inputs(image)])
-        similarities = model.similarities(model.fused_features(batch))
-    return similarities[1:] - similarities[:1]
+        copies = sequence_mean_inputs(image)
+        if reference is None:
+            copies = torch.cat([image[None], copies])
+        similarities = model.similarities(model.fused_features(copies))
+        if reference is None:
+            reference, similarities = similarities[:1], similarities[1:]
+    return similarities - reference
 
 
 def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -190,7 +196,7 @@ def explain_case(model: UMProtoShare, image: Tensor) -> CaseEvidence:
         explanation = model.explain(image[None])
         weight = model.classifier.weight.detach()
         contributions = prototype_contributions(explanation.similarities, weight)[0]
-        delta = sequence_evidence(model, image)
+        delta = sequence_evidence(model, image, explanation.similarities)
     logits = explanation.logits[0].float().cpu()
     return CaseEvidence(
         logits=logits,

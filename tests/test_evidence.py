@@ -55,6 +55,17 @@ def test_sequence_evidence_sees_only_the_sequence_the_model_reads(tmp_path):
     assert (delta[3].abs() > 1e-3).all()  # a flat FLAIR changes every prototype's similarity
 
 
+def test_sequence_evidence_reuses_a_given_reference_similarity(tmp_path):
+    item = write_case(tmp_path / "c", "c", seed=3)
+    image = torch.as_tensor(preprocessing_transforms(**GEOMETRY)(item)["image"])
+    model = constructed_model()
+    with torch.no_grad():
+        reference = model.similarities(model.fused_features(image[None]))
+    torch.testing.assert_close(sequence_evidence(model, image, reference), sequence_evidence(model, image))
+    # the given S(x) is what is subtracted: shifting it shifts every change the other way
+    torch.testing.assert_close(sequence_evidence(model, image, reference + 0.25), sequence_evidence(model, image) - 0.25)
+
+
 def test_eq28_per_scale_maps_hand_computed_and_sum_to_class_map():
     scale1 = torch.zeros(1, 2, 2, 1, 1)
     scale1[0, 0, 0] = 1.0  # prototype (1, 0) on voxel 0

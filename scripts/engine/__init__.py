@@ -50,4 +50,5 @@ __all__ = [
     "train_last_layer_epoch",
     "training_datalist",
     "unwrap",
+    "write_epoch_tensorboard",
 ]

@@ -29,8 +29,16 @@ MICRO = {
 after epochs 3 and 5 (each followed by 2 stage-3 epochs)."""
 
 
-def micro_workflow(workdir: Path, dataset_dir: Path, run_id: str = "training", **overrides: Any) -> ConfigWorkflow:
-    """A train.json workflow on the micro settings; outputs under ``workdir/out``, cache and datalist shared."""
+def micro_workflow(
+    workdir: Path,
+    dataset_dir: Path,
+    run_id: str = "training",
+    config_file: str | list[str] = "configs/train.json",
+    workflow_type: str | None = "train",
+    **overrides: Any,
+) -> ConfigWorkflow:
+    """A workflow of ``config_file`` (train.json) on the micro settings; outputs under ``workdir/out``, cache
+    and datalist shared with sibling runs."""
     settings = {
         **MICRO,
         "dataset_dir": str(dataset_dir),
@@ -40,7 +48,7 @@ def micro_workflow(workdir: Path, dataset_dir: Path, run_id: str = "training", *
         **overrides,
     }
     return ConfigWorkflow(
-        config_file="configs/train.json", workflow_type="train", run_id=run_id, logging_file=False, **settings
+        config_file=config_file, workflow_type=workflow_type, run_id=run_id, logging_file=False, **settings
     )
 
 

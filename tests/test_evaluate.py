@@ -35,18 +35,9 @@ IDS_STEPS = 10
 
 
 def _evaluation(workdir: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
-    """train.json + evaluate.json on the micro settings, outputs as :func:`micro_workflow`'s."""
-    settings = {
-        **MICRO,
-        **SHORT,
-        "dataset_dir": str(dataset_dir),
-        "datalist_file": str(workdir.parent / "datalist.json"),
-        "cache_dir": str(workdir.parent / "cache"),
-        "output_dir": str(workdir / "out"),
-        **overrides,
-    }
-    return ConfigWorkflow(
-        config_file=["configs/train.json", "configs/evaluate.json"], workflow_type=None, logging_file=False, **settings
+    """train.json + evaluate.json on the micro settings, one epoch of each stage (:data:`SHORT`)."""
+    return micro_workflow(
+        workdir, dataset_dir, "run", ["configs/train.json", "configs/evaluate.json"], None, **{**SHORT, **overrides}
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from test_engine_micro import MICRO
 
 from scripts.engine import ExplainForward, Schedule, distributed_forward
 from scripts.metrics import balanced_accuracy
-from tests.helpers import assert_identical
+from tests.helpers import assert_identical, run_process_group
 from tests.test_push import SHAPE, tiny
 
 WORLD = 2
@@ -73,7 +72,7 @@ def run(data_synthetic_root, tmp_path_factory):
         "-m", "monai.bundle", "run", "training", "--config_file", repr(configs),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_process_group(command, env, timeout=480)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
     ranks = [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     parser = ConfigParser()

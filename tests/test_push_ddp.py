@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from scripts.push import push_prototypes
+from tests.helpers import run_process_group
 from tests.test_push import CLASSES, batches, make_cases, tiny
 from tests.workers.ddp_push import LABELS, SHARDS
 
@@ -22,7 +22,7 @@ def test_ddp_push_matches_single_process_push_on_every_rank(tmp_path):
         "-m", "tests.workers.ddp_push", str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = run_process_group(command, env, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     model = tiny(seed=0)

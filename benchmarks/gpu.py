@@ -141,25 +141,13 @@ def throughput_report(
     return {"settings": settings, **results, "seconds": time.perf_counter() - start}
 
 
-def main(
-    batch: int = 32,
-    amp: bool = True,
-    channels_last_3d: bool = True,
-    cudnn_benchmark: bool = True,
-    compile: bool = False,
-    steps: int = 5,
-    warmup: int = 2,
-    budget_s: float = 240.0,
-    out: str | None = None,
-) -> None:
-    """Print the GPU report as JSON (see :func:`throughput_report`); exit with a message without CUDA."""
+def main(out: str | None = None, **options: Any) -> None:
+    """Print the GPU report as JSON (``options``: :func:`throughput_report`'s arguments after ``device``,
+    e.g. ``--batch 16 --amp False``), and write it to ``out`` if given; exit with a message without CUDA."""
     if not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
         raise SystemExit(2)
-    result = throughput_report(
-        "full", "cuda", batch, amp, channels_last_3d, cudnn_benchmark, compile, steps, warmup, budget_s
-    )
-    emit(result, out)
+    emit(throughput_report("full", "cuda", **options), out)
 
 
 if __name__ == "__main__":

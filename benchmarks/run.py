@@ -125,25 +125,11 @@ def report(
     return {"settings": settings, **_with_targets(sections), "seconds": time.perf_counter() - start}
 
 
-def main(
-    tiny: bool = False,
-    repeats: int = 3,
-    cases: int | None = None,
-    batch: int | None = None,
-    ids_steps: int | None = None,
-    ids_batch: int = 17,
-    warmup: int | None = None,
-    out: str | None = None,
-    workdir: str | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-) -> None:
-    """Print the report as JSON (see :func:`report`); ``--tiny`` runs the quick-start configuration."""
+def main(tiny: bool = False, out: str | None = None, **options: Any) -> None:
+    """Print the report as JSON, and write it to ``out`` if given; ``--tiny`` runs the quick-start
+    configuration. ``options`` are :func:`report`'s arguments (``--repeats 5``, ``--cases 4``, ...)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = report(
-        "tiny" if tiny else "full", repeats, cases, batch, ids_steps, ids_batch, warmup, workdir, device, seed
-    )
-    emit(result, out)
+    emit(report("tiny" if tiny else "full", **options), out)
 
 
 if __name__ == "__main__":

@@ -291,9 +291,10 @@ class EvidenceWriter:
         return self._sources
 
     def _write_maps(
-        self, folder: Path, reference: str, image: MetaTensor, evidence: CaseEvidence, chosen: list[int]
+        self, folder: Path, reference: str, image: MetaTensor, evidence: CaseEvidence, chosen: dict[int, torch.Tensor]
     ) -> tuple[dict[str, str], dict[int, dict[str, Any]]]:
-        """Write the class evidence maps and the chosen prototypes' maps on the input files' grid.
+        """Write the class evidence maps and the chosen prototypes' maps (column → map on the network's
+        input grid) on the input files' grid.
 
         Returns:
             The evidence map files (``scale<s>`` and ``eq28``) and, per chosen column, its map file
@@ -304,7 +305,7 @@ class EvidenceWriter:
         grid = list(image.shape[1:])
         scale_maps = class_evidence_maps([m[None] for m in evidence.maps_per_scale], evidence.zeta,
                                          evidence.predicted, grid)
-        prototype_maps = torch.stack([evidence.prototype_map(*columns[c], grid) for c in chosen])
+        prototype_maps = torch.stack(list(chosen.values()))
         original = to_original_space(torch.cat([scale_maps, scale_maps.sum(0, keepdim=True), prototype_maps]),
                                      image, self.preprocessing)
         keys = [f"scale{s}" for s in evidence.scales] + ["eq28"]
@@ -330,7 +331,11 @@ class EvidenceWriter:
         with eval_mode(self.network):  # the evaluator restores train mode after its own forward
             evidence = explain_case(self.network, image.as_tensor().to(device))
         columns = self.network.prototype_columns
-        chosen = top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale)
+        grid = list(image.shape[1:])
+        chosen = {
+            c: evidence.prototype_map(*columns[c], grid)
+            for c in top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale)
+        }
         folder = self.output_dir / case_id
         evidence_maps, details = self._write_maps(folder, case["image"][0], image, evidence, chosen)
         push = sources.push
@@ -344,8 +349,7 @@ class EvidenceWriter:
         }
         (folder / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
         if self.write_report:
-            grid = list(image.shape[1:])
-            maps = {c: evidence.prototype_map(*columns[c], grid).numpy() for c in chosen}
+            maps = {c: volume.numpy() for c, volume in chosen.items()}
             case_report(folder / "report.png", case_id, image.as_tensor().cpu().numpy(), record, maps,
                         {c: sources.view(c) for c in chosen}, case.get("label_name"))
         predicted = record["predicted_class"]

@@ -14,6 +14,8 @@ from scripts.losses import (
     classification_loss,
     clustering_loss_class_specific,
     clustering_loss_shared,
+    clustering_loss_shared_max,
+    clustering_loss_shared_mean,
     diversity_loss,
     inverse_frequency_weights,
     l1_regularisation,
@@ -23,7 +25,10 @@ from scripts.losses import (
     resize_spatial,
     separation_loss_class_specific,
     separation_loss_shared,
+    separation_loss_shared_max,
+    separation_loss_shared_mean,
     soft_class_coefficients,
+    soft_ownership,
 )
 
 LN3 = math.log(3.0)
@@ -328,3 +333,102 @@ def test_stage1_rejects_bad_options_and_columns():
     swapped = [scales[0]._replace(columns=[2]), scales[1]._replace(columns=[0, 1])]
     with pytest.raises(ValueError, match="columns"):
         Stage1Loss()(swapped, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)
+
+
+def test_mean_form_divides_eq8_eq9_by_their_weights():
+    # zeta ~ [[0.25, 0, 0], [0.75, 1, 0]] (w below); S and y as in the Eq. 8-9 test.
+    # sample 0 (y=0): own weights (0.25, 0, 0) -> clst = -(0.25*0.5)/0.25 = -0.5
+    #                 other weights (0.75, 1, 0) -> sep = (0.75*0.5 + 1*(-0.2))/1.75 = 0.1
+    # sample 1 (y=1): own (0.75, 1, 0) -> clst = -(0.75*0.1 + 1*0.4)/1.75 = -0.475/1.75
+    #                 other (0.25, 0, 0) -> sep = 0.25*0.1/0.25 = 0.1
+    zeta = soft_class_coefficients(torch.tensor([[1.0, -1.0, 0.0], [3.0, 2.0, -5.0]]))
+    s = torch.tensor([[0.5, -0.2, 0.9], [0.1, 0.4, -0.3]])
+    y = torch.tensor([0, 1])
+    assert clustering_loss_shared_mean(s, y, zeta).item() == pytest.approx((-0.5 - 0.475 / 1.75) / 2, abs=1e-5)
+    assert separation_loss_shared_mean(s, y, zeta).item() == pytest.approx(0.1, abs=1e-5)
+
+
+def test_max_form_uses_the_prototypes_zeta_assigns():
+    # zeta ~ [[0.25, 0, 0], [0.75, 1, 0]]: class 1 owns prototypes 0 and 1 (zeta > 0.5), class 0 owns none,
+    # prototype 2 (all weights negative) belongs to nobody.
+    # sample 0 (y=0): no own prototype -> clst 0; others {0.5, -0.2} -> sep 0.5
+    # sample 1 (y=1): own {0.1, 0.4} -> clst -0.4; no prototype owned by class 0 -> sep 0
+    zeta = soft_class_coefficients(torch.tensor([[1.0, -1.0, 0.0], [3.0, 2.0, -5.0]]))
+    assert soft_ownership(zeta).tolist() == [[False, False, False], [True, True, False]]
+    s = torch.tensor([[0.5, -0.2, 0.9], [0.1, 0.4, -0.3]])
+    y = torch.tensor([0, 1])
+    assert clustering_loss_shared_max(s, y, zeta).item() == pytest.approx(-0.2)
+    assert separation_loss_shared_max(s, y, zeta).item() == pytest.approx(0.25)
+
+
+def test_stage1_loss_picks_the_clustering_form():
+    zeta_w = torch.tensor([[1.0, -1.0, 0.0], [3.0, 2.0, -5.0]])
+    scale = ScaleTerms(
+        features=torch.zeros(2, 1, 2, 2, 2), hidden=None, w2=None, soft_maps=None,
+        similarities=torch.tensor([[0.5, -0.2, 0.9], [0.1, 0.4, -0.3]]), prototypes=torch.eye(3),
+        map_fn=None, columns=slice(0, 3),
+    )
+    logits, y = torch.zeros(2, 2), torch.tensor([0, 1])
+    for form, (clst, sep) in {"sum": (-0.3, 0.1), "max": (-0.2, 0.25)}.items():
+        _, parts = Stage1Loss(clustering=form, use_map=False, use_oc=False)([scale], logits, y, zeta_w)
+        assert parts["clst"].item() == pytest.approx(clst, abs=1e-5)
+        assert parts["sep"].item() == pytest.approx(sep, abs=1e-5)
+    with pytest.raises(ValueError):
+        Stage1Loss(clustering="median")
+
+
+def _objective_weights(name: str) -> tuple[str, float, float]:
+    """(clustering form, clst weight, sep weight) of a config: configs/objectives/<name>.json, or train.json."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    config = json.loads((root / "train.json").read_text())
+    if name != "train":
+        config.update(json.loads((root / "objectives" / f"{name}.json").read_text()))
+    return config["clustering"], float(config["clst_weight"]), float(config["sep_weight"])
+
+
+def _pulled_up_by_every_class(form: str, clst_weight: float, sep_weight: float, zeta: torch.Tensor) -> torch.Tensor:
+    """Bool (K,): prototypes whose similarity every class's cases pull up, at S = 1 everywhere.
+
+    A balanced batch (two cases per class) at S = 1: the gradient of the weighted pair with respect to
+    each S, summed over the cases of each class, is negative (pulls S up) for every class exactly when
+    raising that prototype's similarity on every case lowers the loss, the collapse direction.
+    """
+    from scripts.losses import CLUSTERING_FORMS
+
+    clustering, separation = CLUSTERING_FORMS[form]
+    classes = zeta.shape[0]
+    labels = torch.arange(classes).repeat(2)
+    s = torch.ones(labels.numel(), zeta.shape[1], requires_grad=True)
+    (clst_weight * clustering(s, labels, zeta) + sep_weight * separation(s, labels, zeta)).backward()
+    per_class = torch.stack([s.grad[labels == c].sum(0) for c in range(classes)])
+    return (per_class < 0).all(dim=0)
+
+
+@pytest.mark.parametrize("name", ["train", "mean", "max", "no_clustering"])
+def test_no_objective_variant_pulls_a_prototype_up_for_every_class(name):
+    # Random classifier weights (C = 2 and 3) give soft zeta; under the variant's configured weights no
+    # prototype may be pulled up by the cases of every class (its minimum would be S = 1 everywhere).
+    form, clst_weight, sep_weight = _objective_weights(name)
+    generator = torch.Generator().manual_seed(0)
+    for classes in (2, 3):
+        for _ in range(50):
+            zeta = soft_class_coefficients(torch.randn(classes, 30, generator=generator))
+            assert not _pulled_up_by_every_class(form, clst_weight, sep_weight, zeta).any(), (name, classes)
+
+
+def test_paper_literal_sum_pulls_shared_prototypes_up_for_every_class():
+    # Eq. 8-9 as printed with lambda 0.8 / 0.08: a prototype with zeta_y > 0.09 for both classes is pulled
+    # up by both (gradient -0.8 zeta_y + 0.08 (1 - zeta_y) < 0): the collapse seen on the quick start.
+    form, clst_weight, sep_weight = _objective_weights("paper_sum")
+    generator = torch.Generator().manual_seed(0)
+    draws = [
+        bool(_pulled_up_by_every_class(form, clst_weight, sep_weight, soft_class_coefficients(
+            torch.randn(2, 30, generator=generator))).any())
+        for _ in range(50)
+    ]
+    assert sum(draws) >= 45
+    # the hand case: zeta = (0.5, 0.5) for one prototype -> both classes' gradient -0.8*0.5 + 0.08*0.5 = -0.36
+    assert _pulled_up_by_every_class(form, clst_weight, sep_weight, torch.tensor([[0.5], [0.5]])).item()

@@ -25,19 +25,26 @@ from scripts.losses.localisation import (
 )
 from scripts.losses.terms import (
     CLASSIFICATION_LOSSES,
+    CLUSTERING_FORMS,
     classification_loss,
     clustering_loss_class_specific,
     clustering_loss_shared,
+    clustering_loss_shared_max,
+    clustering_loss_shared_mean,
     diversity_loss,
     inverse_frequency_weights,
     l1_regularisation,
     separation_loss_class_specific,
     separation_loss_shared,
+    separation_loss_shared_max,
+    separation_loss_shared_mean,
     soft_class_coefficients,
+    soft_ownership,
 )
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
+    "CLUSTERING_FORMS",
     "LSE_SHARPNESS",
     "MAPPING_LOSS_KINDS",
     "MAP_RATIOS",
@@ -48,6 +55,8 @@ __all__ = [
     "classification_loss",
     "clustering_loss_class_specific",
     "clustering_loss_shared",
+    "clustering_loss_shared_max",
+    "clustering_loss_shared_mean",
     "diversity_loss",
     "inverse_frequency_weights",
     "l1_regularisation",
@@ -58,5 +67,8 @@ __all__ = [
     "resize_spatial",
     "separation_loss_class_specific",
     "separation_loss_shared",
+    "separation_loss_shared_max",
+    "separation_loss_shared_mean",
     "soft_class_coefficients",
+    "soft_ownership",
 ]

@@ -12,13 +12,12 @@ from torch import nn
 from scripts.losses.localisation import LSE_SHARPNESS, mapping_loss, multiscale_mapping_loss, online_cam_logits
 from scripts.losses.terms import (
     CLASSIFICATION_LOSSES,
+    CLUSTERING_FORMS,
     classification_loss,
     clustering_loss_class_specific,
-    clustering_loss_shared,
     diversity_loss,
     l1_regularisation,
     separation_loss_class_specific,
-    separation_loss_shared,
     soft_class_coefficients,
 )
 
@@ -72,6 +71,10 @@ class Stage1Loss(nn.Module):
     Args:
         prototype_sharing: ``"shared"`` (Eq. 8-9 with zeta of Eq. 7) or ``"class_specific"``
             (Eq. 22-23 with a hard ownership matrix).
+        clustering: form of the shared clustering/separation pair, a key of
+            :data:`~scripts.losses.terms.CLUSTERING_FORMS`: ``"sum"`` (Eq. 8-9 as printed), ``"mean"``
+            (zeta-normalised) or ``"max"`` (max over the prototypes zeta assigns). No effect with
+            ``"class_specific"``. ``clst_weight = sep_weight = 0`` switches the pair off.
         cls_weight, clst_weight, sep_weight, map_weight, oc_weight, div_weight: the lambdas.
         use_map, use_oc: switch L_map / L_OC off (their map_fn / hidden are then unused).
         map_ratios: r is drawn uniformly from these once per call.
@@ -84,6 +87,7 @@ class Stage1Loss(nn.Module):
     def __init__(
         self,
         prototype_sharing: str = "shared",
+        clustering: str = "sum",
         cls_weight: float = 1.0,
         clst_weight: float = 0.8,
         sep_weight: float = 0.08,
@@ -102,6 +106,7 @@ class Stage1Loss(nn.Module):
     ) -> None:
         super().__init__()
         self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
+        self.clustering = look_up_option(clustering, tuple(CLUSTERING_FORMS))
         self.mapping_loss_kind = look_up_option(mapping_loss_kind, MAPPING_LOSS_KINDS)
         self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
         if not map_ratios or not all(0.0 < r <= 1.0 for r in map_ratios):
@@ -181,10 +186,8 @@ class Stage1Loss(nn.Module):
         similarities = torch.cat([s.similarities for s in scales], dim=1)
         if self.prototype_sharing == "shared":
             zeta = soft_class_coefficients(classifier_weight)
-            terms = {
-                "clst": clustering_loss_shared(similarities, labels, zeta),
-                "sep": separation_loss_shared(similarities, labels, zeta),
-            }
+            clustering, separation = CLUSTERING_FORMS[self.clustering]
+            terms = {"clst": clustering(similarities, labels, zeta), "sep": separation(similarities, labels, zeta)}
         else:
             if ownership is None:
                 raise ValueError('prototype_sharing="class_specific" needs the ownership matrix (K_total, C).')

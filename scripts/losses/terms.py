@@ -109,6 +109,98 @@ def separation_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zet
     return (other * similarities).sum(dim=1).mean()
 
 
+def clustering_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    """ζ-normalised class-agnostic clustering loss (Eq. 8 divided by its weights), batch mean.
+
+    ``-sum_p zeta[y, p] S(x, p) / (sum_p zeta[y, p] + eps)``: a ζ-weighted mean similarity, so that the
+    term's size does not grow with the number of prototypes. A case whose class supports no prototype
+    contributes 0.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        zeta: soft coefficients `(C, K_total)` from :func:`soft_class_coefficients`.
+    """
+    _check_labels(similarities, labels)
+    own = zeta[labels]
+    return -((own * similarities).sum(dim=1) / (own.sum(dim=1) + ZETA_EPS)).mean()
+
+
+def separation_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    """ζ-normalised class-agnostic separation loss (Eq. 9 divided by its weights), batch mean; + sign in Eq. 1.
+
+    ``sum_p o[y, p] S(x, p) / (sum_p o[y, p] + eps)`` with ``o[y, p] = sum_{c' != y} zeta[c', p]``.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        zeta: soft coefficients `(C, K_total)`.
+    """
+    _check_labels(similarities, labels)
+    other = zeta.sum(dim=0, keepdim=True) - zeta[labels]
+    return ((other * similarities).sum(dim=1) / (other.sum(dim=1) + ZETA_EPS)).mean()
+
+
+def soft_ownership(zeta: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Hard ownership read from ζ: prototype p belongs to class c where ``zeta[c, p] > threshold``.
+
+    Args:
+        zeta: soft coefficients `(C, K_total)`.
+        threshold: 0.5 gives each prototype at most one class; a prototype no class holds above it
+            (e.g. all its weights negative) belongs to none.
+
+    Returns:
+        bool `(C, K_total)`.
+    """
+    return zeta > threshold
+
+
+def _masked_max(similarities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-case max of S over ``mask`` `(B, K)`, 0 for a case whose mask is empty -> `(B,)`."""
+    best = similarities.masked_fill(~mask, -math.inf).amax(dim=1)
+    return torch.where(mask.any(dim=1), best, torch.zeros_like(best))
+
+
+def clustering_loss_shared_max(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    """Class-agnostic clustering loss in ProtoPNet's max form (Eq. 22 with ownership read from ζ), batch mean.
+
+    ``-max`` of S over the prototypes that class y owns by ζ (:func:`soft_ownership`); 0 for a case
+    whose class owns none.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        zeta: soft coefficients `(C, K_total)`.
+    """
+    _check_labels(similarities, labels)
+    return -_masked_max(similarities, soft_ownership(zeta)[labels]).mean()
+
+
+def separation_loss_shared_max(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    """Class-agnostic separation loss in ProtoPNet's max form (Eq. 23 with ownership read from ζ), batch mean.
+
+    ``max`` of S over the prototypes owned by ζ by any class other than y; 0 where there are none.
+
+    Args:
+        similarities: `(B, K_total)`.
+        labels: `(B,)`.
+        zeta: soft coefficients `(C, K_total)`.
+    """
+    _check_labels(similarities, labels)
+    owned = soft_ownership(zeta)
+    others = owned.any(dim=0, keepdim=True) & ~owned[labels]
+    return _masked_max(similarities, others).mean()
+
+
+CLUSTERING_FORMS = {
+    "sum": (clustering_loss_shared, separation_loss_shared),
+    "mean": (clustering_loss_shared_mean, separation_loss_shared_mean),
+    "max": (clustering_loss_shared_max, separation_loss_shared_max),
+}
+"""Forms of the class-agnostic clustering/separation pair for shared prototypes: ``sum`` (Eq. 8–9 as
+printed), ``mean`` (ζ-normalised), ``max`` (ProtoPNet's max over the prototypes ζ assigns)."""
+
+
 def _own_mask(similarities: torch.Tensor, labels: torch.Tensor, ownership: torch.Tensor) -> torch.Tensor:
     """Boolean `(B, K_total)`: True where the prototype belongs to the sample's class."""
     if ownership.ndim != 2 or ownership.shape[0] != similarities.shape[1]:

@@ -277,3 +277,30 @@ def test_two_dimensional_variant_runs():
     explanation = model.explain(x)
     assert [e.features.shape[2:] for e in explanation.per_scale] == [(16, 12), (8, 6), (4, 3)]
     torch.testing.assert_close(model(x), explanation.logits)
+
+
+def test_balanced_classifier_start_deals_each_scales_prototypes_to_the_classes_in_turn():
+    from scripts.losses import soft_class_coefficients
+
+    model = UMProtoShare(encoder_layers=(1, 1), encoder_width=4, embed_dim=8, mapping_dim=8,
+                         prototypes_per_scale=(3, 2, 0), num_classes=2, classifier_init="balanced")
+    # scale 1: k = 0, 1, 2 -> classes 0, 1, 0; scale 2: k = 0, 1 -> classes 0, 1; +1 own, -0.5 other
+    expected = torch.tensor([[1.0, -0.5, 1.0, 1.0, -0.5], [-0.5, 1.0, -0.5, -0.5, 1.0]])
+    torch.testing.assert_close(model.classifier.weight.detach(), expected)
+    assert soft_class_coefficients(model.classifier.weight).amax(dim=0).min() > 0.99  # zeta starts one-hot
+    with pytest.raises(ValueError):
+        UMProtoShare(encoder_layers=(1, 1), encoder_width=4, embed_dim=8, mapping_dim=8, classifier_init="random")
+
+
+def test_map_init_coverage_starts_each_map_on_that_share_of_the_voxels():
+    # BN output ~ N(beta, 1) over a batch's voxels in train mode; beta = Phi^-1(0.05) = -1.6449 puts
+    # sigma(z) above 0.5 (the soft mask's centre) on about 5 % of them.
+    torch.manual_seed(0)
+    model = UMProtoShare(encoder_layers=(1, 1), encoder_width=4, embed_dim=8, mapping_dim=8, map_init_coverage=0.05)
+    bias = model.heads["scale1"].mapping.out_norm.bias.detach()
+    torch.testing.assert_close(bias, torch.full_like(bias, -1.6449), atol=1e-4, rtol=0)
+    explanation = model.train().explain(torch.randn(4, 4, 32, 32, 24))
+    for entry in explanation.per_scale:
+        assert 0.03 < float((entry.soft_maps > 0.5).float().mean()) < 0.07
+    with pytest.raises(ValueError, match="init_coverage"):
+        UMProtoShare(encoder_layers=(1, 1), encoder_width=4, embed_dim=8, mapping_dim=8, map_init_coverage=1.5)

@@ -22,7 +22,7 @@ from .head import (
     soft_mask,
 )
 from .inflate import inflate_resnet_state_dict, load_imagenet_weights
-from .model import BACKBONE_GROUPS, PROTOTYPE_SHARING, Explanation, ScaleExplanation, UMProtoShare
+from .model import BACKBONE_GROUPS, CLASSIFIER_INITS, PROTOTYPE_SHARING, Explanation, ScaleExplanation, UMProtoShare
 from .voxel_similarity import best_voxel_features, topk_mean_similarity, voxel_similarity_maps
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "FUSION_KINDS",
     "MAP_ACTIVATIONS",
     "PARAMETER_GROUPS",
+    "CLASSIFIER_INITS",
     "PROTOTYPE_SHARING",
     "SIMILARITY_KINDS",
     "AddOn",

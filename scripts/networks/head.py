@@ -145,13 +145,30 @@ class AddOn(nn.Sequential):
 
 
 class MappingModule(nn.Module):
-    """Mapping module: ``hidden`` (Conv1³ C_s→D + BN + ReLU), ``out_conv`` (Conv1³ D→K_s), ``out_norm`` (BN), sigmoid → M⁰."""
+    """Mapping module: ``hidden`` (Conv1³ C_s→D + BN + ReLU), ``out_conv`` (Conv1³ D→K_s), ``out_norm`` (BN), sigmoid → M⁰.
 
-    def __init__(self, spatial_dims: int, in_channels: int, num_prototypes: int, hidden_dim: int = 128) -> None:
+    ``init_coverage`` (None: PyTorch's BN init, β = 0) starts the output BN's shift at β = Φ⁻¹(coverage):
+    the BN output is about N(β, 1) over a batch's voxels, so σ(z) > 0.5 (the soft mask's centre) on
+    about that share of voxels: each map starts compact instead of covering half the volume.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_prototypes: int,
+        hidden_dim: int = 128,
+        init_coverage: float | None = None,
+    ) -> None:
         super().__init__()
         self.hidden = nn.Sequential(*conv_bn(spatial_dims, in_channels, hidden_dim, 1), nn.ReLU(inplace=True))
         self.out_conv = Conv[Conv.CONV, spatial_dims](hidden_dim, num_prototypes, 1, bias=False)
         self.out_norm = Norm[Norm.BATCH, spatial_dims](num_prototypes)
+        if init_coverage is not None:
+            if not 0.0 < init_coverage < 1.0:
+                raise ValueError(f"init_coverage must lie in (0, 1), got {init_coverage}.")
+            with torch.no_grad():
+                self.out_norm.bias.fill_(float(torch.special.ndtri(torch.tensor(float(init_coverage)))))
 
     @property
     def projection_weight(self) -> Tensor:
@@ -214,6 +231,8 @@ class PrototypeHead(nn.Module):
         similarity_kind: one of :data:`SIMILARITY_KINDS`; ``voxel_topk`` builds no mapping module.
         addon_channels: the add-on reads only the last ``addon_channels`` channels of F_s (MAProtoNet:
             the layer1 part of the stem-pool concatenation); None reads all ``in_channels``.
+        map_init_coverage: initial share of voxels each map covers (:class:`MappingModule`); None
+            keeps PyTorch's init (about half).
     """
 
     def __init__(
@@ -230,6 +249,7 @@ class PrototypeHead(nn.Module):
         map_activation: str = "soft_mask",
         similarity_kind: str = "descriptor",
         addon_channels: int | None = None,
+        map_init_coverage: float | None = None,
     ) -> None:
         super().__init__()
         if num_prototypes < 1:
@@ -243,7 +263,7 @@ class PrototypeHead(nn.Module):
         self.addon = AddOn(spatial_dims, addon_channels, embed_dim, addon_activation)
         self.mapping: MappingModule | None = None
         if self.similarity_kind == "descriptor":
-            self.mapping = MappingModule(spatial_dims, in_channels, num_prototypes, mapping_dim)
+            self.mapping = MappingModule(spatial_dims, in_channels, num_prototypes, mapping_dim, map_init_coverage)
         self.prototypes = nn.Parameter(torch.rand(num_prototypes, embed_dim))
         self.similarity_clamp = bool(similarity_clamp)
         self.soft_mask_weight = float(soft_mask_weight)

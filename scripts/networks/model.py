@@ -14,10 +14,14 @@ from .backbone import Backbone
 from .groups import GroupedNetwork, group_of
 from .head import PrototypeHead
 
-__all__ = ["BACKBONE_GROUPS", "PROTOTYPE_SHARING", "Explanation", "ScaleExplanation", "UMProtoShare"]
+__all__ = ["BACKBONE_GROUPS", "CLASSIFIER_INITS", "PROTOTYPE_SHARING", "Explanation", "ScaleExplanation", "UMProtoShare"]
 
 PROTOTYPE_SHARING = ("shared", "class_specific")
 """``shared``: class-agnostic prototypes (UM-ProtoShare, A2–E); ``class_specific``: hard ownership (A1)."""
+
+CLASSIFIER_INITS = ("default", "balanced")
+"""Start of a shared model's classifier: PyTorch's default init, or +1 / −0.5 with each scale's
+prototypes dealt to the classes in turn (:meth:`UMProtoShare.balanced_assignment`)."""
 
 BACKBONE_GROUPS = ("encoder", "decoder", "fusion", "addon")
 """Parameter groups initialised from the backbone warm-up CNN by :meth:`UMProtoShare.load_backbone`."""
@@ -76,9 +80,16 @@ class UMProtoShare(GroupedNetwork):
         prototypes_per_scale: (K_1, K_2, K_3); K_s = 0 means scale s carries no prototypes and gets
             no head (A1/A2: (0, 0, 30)).
         fusion: "gated" (Eq. 11), "concat" (ablation C) or "none" (no decoder; A, B).
-        prototype_sharing: "shared" (classifier starts from PyTorch's default init) or
+        prototype_sharing: "shared" (classifier start set by ``classifier_init``) or
             "class_specific" (each scale's K_s split equally among the classes in order; classifier
             starts from +1 own class / −0.5 other classes).
+        classifier_init: start of a shared model's classifier, one of :data:`CLASSIFIER_INITS`:
+            "default" (PyTorch's init, the SPEC's reading of the paper) or "balanced" (+1 / −0.5, each
+            scale's prototypes dealt to the classes in turn, so ζ of Eq. 7 starts one-hot with every
+            class supported at every scale). Stage 3 then learns every weight freely.
+        map_init_coverage: initial share of the voxels each prototype map covers (the mapping
+            module's output BN shift, :class:`~scripts.networks.head.MappingModule`); None keeps
+            PyTorch's init, under which every map starts on about half the volume.
         embed_dim: E.
         mapping_dim: hidden channels of the mapping module.
         addon_activation: "relu" or "sigmoid".
@@ -120,6 +131,8 @@ class UMProtoShare(GroupedNetwork):
         encoder_last_layer: str = "layer2",
         encoder_attention: str = "none",
         feature_fusion: str = "none",
+        classifier_init: str = "default",
+        map_init_coverage: float | None = None,
     ) -> None:
         super().__init__()
         if len(prototypes_per_scale) != 3 or min(prototypes_per_scale) < 0 or sum(prototypes_per_scale) < 1:
@@ -130,6 +143,7 @@ class UMProtoShare(GroupedNetwork):
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
         self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
+        classifier_init = look_up_option(classifier_init, CLASSIFIER_INITS)
         self.num_classes = num_classes
         self.prototypes_per_scale = tuple(int(k) for k in prototypes_per_scale)
         self.scales = [s for s, k in enumerate(self.prototypes_per_scale, start=1) if k > 0]
@@ -161,6 +175,7 @@ class UMProtoShare(GroupedNetwork):
                     map_activation=map_activation,
                     similarity_kind=similarity_kind,
                     addon_channels=self.channels_per_scale[s - 1],
+                    map_init_coverage=map_init_coverage,
                 )
                 for s, channels in zip(self.scales, self.backbone.out_channels)
             }
@@ -171,9 +186,16 @@ class UMProtoShare(GroupedNetwork):
         ownership = None
         if self.prototype_sharing == "class_specific":
             ownership = self._hard_ownership()
+        start = self.balanced_assignment() if ownership is None and classifier_init == "balanced" else ownership
+        if start is not None:
             with torch.no_grad():
-                self.classifier.weight.copy_(1.5 * ownership.T - 0.5)
+                self.classifier.weight.copy_(1.5 * start.T - 0.5)
         self.register_buffer("ownership", ownership, persistent=False)
+
+    def balanced_assignment(self) -> Tensor:
+        """(K_total, C) one-hot: prototype k of each scale goes to class k mod C (the "balanced" start)."""
+        owners = [torch.arange(self.prototypes_per_scale[s - 1]) % self.num_classes for s in self.scales]
+        return nn.functional.one_hot(torch.cat(owners), self.num_classes).float()
 
     def _hard_ownership(self) -> Tensor:
         """(K_total, C) one-hot: each scale's K_s prototypes split into C equal consecutive slots."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from scripts.data import build_datalist, generate_case, generate_dataset
-from scripts.data.synthetic import brats_affine
+from scripts.data.synthetic import brats_affine, generate_pairs
 
 SHAPE = (48, 48, 36)
 SPEC_COLUMNS = ["Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
@@ -140,3 +140,33 @@ def test_command_line(tmp_path):
     )
     assert "2 cases" in result.stdout and "s per case" in result.stdout
     assert nib.load(tmp_path / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz").shape == (24, 24, 16)
+
+
+def test_tumour_is_brats_sized_and_the_brain_fills_the_grid():
+    # whole tumour (core + oedema) drawn at 2-15 % of the brain volume (clipped to the brain, wobbly
+    # edges); the brain ellipsoid fills about 40 % of the grid (BraTS crops: background under 2/3).
+    tumour_share, brain_share = [], []
+    for seed in range(12):
+        images, labels, _ = generate_case(np.random.default_rng([7, seed]), seed % 2 == 0, shape=SHAPE)
+        brain = images.max(axis=0) > 0
+        tumour_share.append((labels > 0).sum() / brain.sum())
+        brain_share.append(brain.mean())
+    assert 0.01 <= min(tumour_share) and max(tumour_share) <= 0.2
+    assert 0.04 <= np.mean(tumour_share) <= 0.12
+    assert min(brain_share) >= 0.3
+
+
+def test_counterfactual_pairs_differ_only_inside_the_tumour(tmp_path):
+    records = generate_pairs(tmp_path / "pairs", 2, SHAPE, seed=3)
+    assert [(r["grade"], r["draw"]) for r in records] == [("HGG", 0), ("LGG", 0), ("HGG", 1), ("LGG", 1)]
+    for high, low in ((records[0], records[1]), (records[2], records[3])):
+        load = lambda r, name: np.asarray(  # noqa: E731
+            nib.load(tmp_path / "pairs" / r["case_id"] / f"{r['case_id']}_{name}.nii.gz").dataobj
+        )
+        assert np.array_equal(load(high, "seg") > 0, load(low, "seg") > 0)
+        outside = load(high, "seg") == 0
+        for sequence in ("t1", "t1ce", "t2", "flair"):
+            assert np.array_equal(load(high, sequence)[outside], load(low, sequence)[outside])
+        assert not np.array_equal(load(high, "t1ce")[~outside], load(low, "t1ce")[~outside])
+    datalist = build_datalist(tmp_path / "pairs", num_folds=2)
+    assert sorted(i["label_name"] for i in datalist["training"]) == ["HGG", "HGG", "LGG", "LGG"]

@@ -34,6 +34,7 @@ _EXPORTS = {
     "augmentation_transforms": "transforms",
     "RandChannelwised": "transforms",
     "make_dataset": "transforms",
+    "GENERATOR_VERSION": "synthetic",
     "brats_affine": "synthetic",
     "generate_case": "synthetic",
     "generate_dataset": "synthetic",

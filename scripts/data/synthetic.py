@@ -42,6 +42,8 @@ NAME_MAPPING_COLUMNS = (
     "BraTS_2020_subject_ID",
 )
 DEFAULT_SHAPE = (240, 240, 155)
+GENERATOR_VERSION = 2
+"""Bumped whenever the same seed would draw different cases (2: BraTS-sized tumours, larger brains)."""
 
 # Relative intensities per sequence [T1, T1-CE, T2, FLAIR].
 WHITE = np.array([1.00, 1.00, 0.50, 0.60], np.float32)
@@ -54,6 +56,10 @@ LGG_CORE = np.array([0.55, 0.57, 1.35, 1.25], np.float32)
 HGG_NECROSIS = np.array([0.35, 0.40, 1.50, 0.95], np.float32)
 HGG_RIM = np.array([0.70, 1.70, 0.95, 1.05], np.float32)
 """Enhancing rim: bright on T1-CE only."""
+BRAIN_RADII = np.array([0.44, 0.47, 0.45])
+"""Brain ellipsoid radii as fractions of the grid (about a third of the grid is brain, as in a BraTS crop)."""
+TUMOUR_SHARE = (0.02, 0.15)
+"""Range of the whole tumour's (core + oedema) share of the brain volume, drawn uniformly (BraTS: a few % to ~15%)."""
 
 
 def brats_affine(shape: Sequence[int]) -> np.ndarray:
@@ -126,8 +132,8 @@ def generate_case(
     shape = tuple(int(n) for n in shape)
     size = np.array(shape, np.float64)
     # Brain: a wobbly ellipsoid, white matter inside a folded grey-matter shell, two ventricles.
-    centre = size / 2 + rng.uniform(-0.03, 0.03, 3) * size
-    radii = np.array([0.29, 0.36, 0.40]) * size * rng.uniform(0.92, 1.05, 3)
+    centre = size / 2 + rng.uniform(-0.02, 0.02, 3) * size
+    radii = BRAIN_RADII * size * rng.uniform(0.95, 1.03, 3)
     lo, hi, brain_box = _box(centre, radii * 1.12 + 2, shape)
     centre, work = centre - lo, tuple(hi - lo)  # coordinates inside the brain box from here on
     edge = 1.5 / float(radii.mean())  # soft edges ~1.5 voxels wide
@@ -152,10 +158,14 @@ def generate_case(
         images[s] = (base + ventricles * (tissue[2][s] - base)) * brain
 
     # Tumour: irregular blob in a random place; oedema shell; core with inner part and rim.
+    # Whole tumour (oedema included) of a drawn share of the brain's volume, placed so that it stays
+    # mostly inside the brain; the core is the inner 1/oedema_extent of it.
+    share = rng.uniform(*TUMOUR_SHARE)
+    r_whole = share ** (1 / 3)  # in units of the brain's radii
     direction = rng.normal(size=3)
-    t_centre = centre + direction / np.linalg.norm(direction) * rng.uniform(0.15, 0.5) * radii
-    r_core = rng.uniform(0.12, 0.25) * float(radii.mean()) * rng.uniform(0.8, 1.25, 3)
-    oedema_extent, inner_extent = rng.uniform(1.3, 2.0), rng.uniform(0.4, 0.7)
+    t_centre = centre + direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.6) * (1 - r_whole) * radii
+    oedema_extent, inner_extent = rng.uniform(1.2, 1.5), rng.uniform(0.4, 0.7)
+    r_core = r_whole / oedema_extent * radii * rng.uniform(0.85, 1.15, 3)
     a = _appearance(rng.uniform(), high_grade, ambiguous)
     t_lo, t_hi, box = _box(t_centre, r_core * oedema_extent * 1.3 + 2, work)
     t_axes = _axes(t_hi - t_lo, t_centre - t_lo, r_core)
@@ -194,6 +204,35 @@ def _shape(shape: str | Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
+def _write_cohort(
+    out: Path, plans: Sequence[tuple[int, bool, bool]], shape: tuple[int, int, int], seed: int, extension: str
+) -> list[dict]:
+    """Write one case per plan ``(draw, high_grade, ambiguous)`` (case n+1 from ``default_rng([seed, draw])``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    affine = brats_affine(shape)
+    records = []
+    for n, (draw, high, ambiguous) in enumerate(plans):
+        case_id = f"BraTS20_Training_{n + 1:03d}"
+        images, labels, a = generate_case(np.random.default_rng([seed, draw]), high, ambiguous, shape)
+        case_dir = out / case_id
+        case_dir.mkdir(exist_ok=True)
+        for name, volume in (*zip(SEQUENCES, images), ("seg", labels)):
+            image = nib.Nifti1Image(volume, affine)
+            image.header.set_xyzt_units("mm", "sec")
+            nib.save(image, case_dir / f"{case_id}_{name}.{extension}")
+        records.append({"case_id": case_id, "grade": "HGG" if high else "LGG", "ambiguous": ambiguous,
+                        "appearance": round(a, 4), "draw": draw})
+    with open(out / "name_mapping.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(NAME_MAPPING_COLUMNS)
+        writer.writerows([r["grade"], "NA", "NA", "NA", "NA", r["case_id"]] for r in records)
+    with open(out / "synthetic_info.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["case_id"])
+        writer.writeheader()
+        writer.writerows(records)
+    return records
+
+
 def generate_dataset(
     out: str | Path,
     cases: int = 20,
@@ -218,33 +257,30 @@ def generate_dataset(
     shape = _shape(shape)
     if not (0.0 <= hgg_fraction <= 1.0 and 0.0 <= ambiguous_fraction <= 1.0):
         raise ValueError(f"fractions must lie in [0, 1], got {hgg_fraction}, {ambiguous_fraction}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     grade_rng = np.random.default_rng([seed, 2**31])
     high = grade_rng.random(cases) < hgg_fraction
     ambiguous = grade_rng.random(cases) < ambiguous_fraction
-    affine = brats_affine(shape)
-    records = []
-    for i in range(cases):
-        case_id = f"BraTS20_Training_{i + 1:03d}"
-        images, labels, a = generate_case(np.random.default_rng([seed, i]), bool(high[i]), bool(ambiguous[i]), shape)
-        case_dir = out / case_id
-        case_dir.mkdir(exist_ok=True)
-        for name, volume in (*zip(SEQUENCES, images), ("seg", labels)):
-            image = nib.Nifti1Image(volume, affine)
-            image.header.set_xyzt_units("mm", "sec")
-            nib.save(image, case_dir / f"{case_id}_{name}.{extension}")
-        records.append({"case_id": case_id, "grade": "HGG" if high[i] else "LGG",
-                        "ambiguous": bool(ambiguous[i]), "appearance": round(a, 4)})
-    with open(out / "name_mapping.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(NAME_MAPPING_COLUMNS)
-        writer.writerows([r["grade"], "NA", "NA", "NA", "NA", r["case_id"]] for r in records)
-    with open(out / "synthetic_info.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["case_id"])
-        writer.writeheader()
-        writer.writerows(records)
-    return records
+    plans = [(i, bool(high[i]), bool(ambiguous[i])) for i in range(cases)]
+    return _write_cohort(Path(out), plans, shape, seed, extension)
+
+
+def generate_pairs(
+    out: str | Path,
+    pairs: int = 8,
+    shape: str | Sequence[int] = DEFAULT_SHAPE,
+    seed: int = 1,
+    extension: str = "nii.gz",
+) -> list[dict]:
+    """Counterfactual pairs: each drawn case written twice, as HGG then as LGG, identical outside the tumour.
+
+    Cases ``2i + 1`` (HGG) and ``2i + 2`` (LGG) share the draw ``default_rng([seed, i])``: the same brain,
+    the same tumour shape and the same noise; only the tumour's inside differs (clear looks, never
+    ambiguous). The BraTS 2020 layout and ``synthetic_info.csv`` (its ``draw`` column names the pair)
+    are those of :func:`generate_dataset`. Use a ``seed`` other than the training cohort's.
+    """
+    extension = look_up_option(extension, EXTENSIONS)
+    plans = [(i, high, False) for i in range(pairs) for high in (True, False)]
+    return _write_cohort(Path(out), plans, _shape(shape), seed, extension)
 
 
 def main(

@@ -40,7 +40,7 @@ from monai.visualize import GradCAM, OcclusionSensitivity
 from torch import Tensor, nn
 
 from scripts.losses import soft_class_coefficients
-from scripts.metrics import class_attention_map, min_max_normalize, owned_prototype_map
+from scripts.metrics import brain_mask, class_attention_map, min_max_normalize, owned_prototype_map
 from scripts.networks import BackboneCNN, UMProtoShare
 
 __all__ = [
@@ -88,13 +88,16 @@ def normalise_per_case(maps: Tensor) -> Tensor:
     return torch.stack([min_max_normalize(case) for case in maps])
 
 
-def prototype_class_map(model: UMProtoShare, images: Tensor, target: Tensor | Sequence[int]) -> Tensor:
+def prototype_class_map(
+    model: UMProtoShare, images: Tensor, target: Tensor | Sequence[int], combination: str = "sum"
+) -> Tensor:
     """Class attention map of a prototype model from its explanation (Eq. 26, or Eq. 27–28 when shared).
 
     Args:
         model: a UMProtoShare (any configuration); run in eval mode without gradient.
         images: (B, C_in, H, W, D).
         target: class c of each case (normally the ground truth), (B,).
+        combination: how a shared model's scales are added (:data:`scripts.metrics.SCALE_COMBINATIONS`).
 
     Returns:
         (B, H, W, D).
@@ -105,7 +108,7 @@ def prototype_class_map(model: UMProtoShare, images: Tensor, target: Tensor | Se
     size = list(images.shape[2:])
     maps = [entry.maps for entry in explanation.per_scale]
     if model.ownership is None:
-        return class_attention_map(maps, soft_class_coefficients(model.classifier.weight), target, size)
+        return class_attention_map(maps, soft_class_coefficients(model.classifier.weight), target, size, combination)
     per_scale = [
         owned_prototype_map(entry.maps, model.ownership[model.columns(entry.scale)], target, size)
         for entry in explanation.per_scale
@@ -196,7 +199,12 @@ def occlusion_map(
 
 
 def class_map(
-    model: nn.Module, images: Tensor, target: Tensor | Sequence[int], method: str | None = None
+    model: nn.Module,
+    images: Tensor,
+    target: Tensor | Sequence[int],
+    method: str | None = None,
+    combination: str = "sum",
+    brain_only: bool = False,
 ) -> Tensor:
     """Class attention map M(x) of the target class on the input grid, for AP and IDS (SPEC §6).
 
@@ -206,6 +214,10 @@ def class_map(
         target: class c of each case, normally the ground truth, (B,).
         method: one of :data:`CLASS_MAP_METHODS` allowed for the model: ``prototype_maps`` (default)
             or ``occlusion`` for a UMProtoShare; ``grad_cam`` (default) or ``occlusion`` for a CNN.
+        combination: how ``prototype_maps`` adds a shared model's scales
+            (:data:`scripts.metrics.SCALE_COMBINATIONS`).
+        brain_only: set the map to its minimum outside the brain (:func:`scripts.metrics.brain_mask` of
+            each image), for every method alike.
 
     Returns:
         (B, H, W, D); larger is more important.
@@ -219,7 +231,13 @@ def class_map(
     if method not in allowed:
         raise ValueError(f"method '{method}' does not apply to a {family.__name__}; use one of {allowed}.")
     if method == "prototype_maps":
-        return prototype_class_map(model, images, target)
-    if method == "grad_cam":
-        return grad_cam_map(model, images, target, grad_cam_layers(model))
-    return occlusion_map(model, images, target)
+        maps = prototype_class_map(model, images, target, combination)
+    elif method == "grad_cam":
+        maps = grad_cam_map(model, images, target, grad_cam_layers(model))
+    else:
+        maps = occlusion_map(model, images, target)
+    if not brain_only:
+        return maps
+    brain = torch.stack([brain_mask(image) for image in images]).to(maps.device)
+    floor = maps.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
+    return torch.where(brain, maps, floor)

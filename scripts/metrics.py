@@ -145,28 +145,40 @@ def _select_rows(table: torch.Tensor, target_class: torch.Tensor, batch: int) ->
     return table[target_class]
 
 
+SCALE_COMBINATIONS = ("sum", "density")
+"""How :func:`class_attention_map` adds the scales: ``sum`` (Eq. 28 as printed, maps as given) or
+``density`` (each scale's mean map times its voxel count, so an ℓ1-normalised map of any stride has
+mean 1 and every scale weighs alike)."""
+
+
 def class_attention_map(
     maps_per_scale: Sequence[torch.Tensor],
     zeta: torch.Tensor,
     target_class: torch.Tensor,
     out_size: Sequence[int],
+    combination: str = "sum",
 ) -> torch.Tensor:
     """UM-ProtoShare class attention map over the supporting prototypes K+_(s,c) (Eq. 27–28).
 
     For each scale s, the maps of prototypes with ζ_{c,p} > 0 are averaged (unweighted), the mean is
     upsampled to ``out_size`` (trilinear, align_corners=False), and the scales are summed. A scale
-    with no supporting prototype for c contributes zero. Maps are used as given (the model's
-    normalised, soft-masked maps).
+    with no supporting prototype for c contributes zero. With ``combination="sum"`` the maps are
+    used as given (Eq. 28); ℓ1-normalised maps (Eq. 13) then weigh a scale by its stride cubed, so
+    the coarsest dominates. ``"density"`` multiplies scale s's mean map by its voxel count
+    h_s·w_s·d_s first, so that every scale enters with mean 1.
 
     Args:
         maps_per_scale: per scale, prototype maps (B, K_s, h_s, w_s, d_s).
         zeta: soft class-prototype coefficients (C, K_total), columns ordered by scale then k.
         target_class: class c of each case (normally the ground truth), (B,).
         out_size: (H, W, D) of the input grid.
+        combination: one of :data:`SCALE_COMBINATIONS`.
 
     Returns:
         (B, H, W, D).
     """
+    if combination not in SCALE_COMBINATIONS:
+        raise ValueError(f"combination must be one of {SCALE_COMBINATIONS}, got {combination!r}.")
     for s, maps in enumerate(maps_per_scale):
         _check_maps(maps, f"maps_per_scale[{s}]")
     widths = [maps.shape[1] for maps in maps_per_scale]
@@ -175,7 +187,11 @@ def class_attention_map(
     batch = maps_per_scale[0].shape[0]
     supports = _select_rows(zeta, target_class, batch) > 0
     columns = torch.split(supports, widths, dim=1)
-    return sum(_resize(_mean_selected(maps, cols), out_size) for maps, cols in zip(maps_per_scale, columns))[:, 0]
+    total = 0
+    for maps, cols in zip(maps_per_scale, columns):
+        weight = math.prod(maps.shape[2:]) if combination == "density" else 1
+        total = total + weight * _resize(_mean_selected(maps, cols), out_size)
+    return total[:, 0]
 
 
 def owned_prototype_map(
@@ -239,6 +255,69 @@ def activation_precision(attribution: torch.Tensor, mask: torch.Tensor) -> float
     tumour = _single_map(mask, "mask")[0, 0] > 0
     binary = min_max_normalize(_resize(volume, tumour.shape)[0, 0]) >= 0.5
     return float((binary & tumour).sum()) / max(int(binary.sum()), 1)
+
+
+def brain_mask(image: torch.Tensor) -> torch.Tensor:
+    """Voxels of the head: where any channel lies above that channel's minimum (the background value).
+
+    Skull-stripped inputs have a constant background (0 before z-scoring, its z-score after), so the
+    brain is every voxel that differs from it in at least one sequence.
+
+    Args:
+        image: (C, H, W, D).
+
+    Returns:
+        bool (H, W, D).
+    """
+    image = torch.as_tensor(image).float()
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, H, W, D), got shape {tuple(image.shape)}.")
+    floor = image.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
+    return (image > floor + 1e-6).any(dim=0)
+
+
+LOCALISATION_KEYS = ("region_share", "tumour_share_volume", "tumour_share_brain", "peak_in_tumour")
+"""Per-case read-outs of :func:`localisation_summary`, reported beside AP."""
+
+
+def localisation_summary(attribution: torch.Tensor, mask: torch.Tensor, brain: torch.Tensor) -> dict[str, float]:
+    """What AP should be read against, for one case (all fractions).
+
+    ``region_share``: share of the volume in the map's >= 0.5 region (after AP's min-max). ``tumour_share_volume``
+    and ``tumour_share_brain``: the tumour's share of the volume and of the brain; the latter is the AP of
+    a map that is uniform inside the brain (the "random map" level). ``peak_in_tumour``: 1 when the map's
+    maximum (first voxel in C order on ties) lies in the tumour.
+
+    Args:
+        attribution: class attention map, any grid, (h, w, d) or (1, h, w, d).
+        mask: whole-tumour mask on the input grid, (H, W, D) or (1, H, W, D).
+        brain: brain mask on the input grid, (H, W, D) (:func:`brain_mask`).
+    """
+    tumour = _single_map(mask, "mask")[0, 0] > 0
+    volume = _resize(_single_map(attribution, "attribution"), tumour.shape)[0, 0]
+    brain = torch.as_tensor(brain).bool().reshape(tumour.shape)
+    region = min_max_normalize(volume) >= 0.5
+    return {
+        "region_share": float(region.float().mean()),
+        "tumour_share_volume": float(tumour.float().mean()),
+        "tumour_share_brain": float((tumour & brain).sum()) / max(int(brain.sum()), 1),
+        "peak_in_tumour": float(tumour.flatten()[volume.flatten().argmax()]),
+    }
+
+
+def similarity_spread(similarities: torch.Tensor) -> dict[str, float]:
+    """Per-prototype spread of S across cases: min, mean and max over prototypes of the std over cases.
+
+    A collapsed model, whose every case gives every prototype the same similarity, has spreads near 0.
+
+    Args:
+        similarities: (N, K) with N >= 2.
+    """
+    similarities = torch.as_tensor(similarities).detach().double()
+    if similarities.ndim != 2 or similarities.shape[0] < 2:
+        raise ValueError(f"similarities must be (N >= 2, K), got shape {tuple(similarities.shape)}.")
+    spread = similarities.std(dim=0, unbiased=False)
+    return {"min": float(spread.min()), "mean": float(spread.mean()), "max": float(spread.max())}
 
 
 def activation_precision_per_case(

@@ -11,13 +11,16 @@ from scripts.metrics import (
     activation_precision,
     activation_precision_per_case,
     balanced_accuracy,
+    brain_mask,
     class_attention_map,
     classification_metrics,
     deletion_curve,
     deletion_masks,
     deletion_thresholds,
     incremental_deletion_score,
+    localisation_summary,
     owned_prototype_map,
+    similarity_spread,
 )
 
 # ---------------------------------------------------------------- BAC and classification metrics
@@ -350,3 +353,64 @@ def test_deletion_curve_upsamples_coarse_attribution():
     expected[0, 0, 0] = expected[1, 0, 0] = expected[0, 1, 0] = expected[0, 0, 1] = True
     for case in range(2):
         assert torch.equal(copies[case, 1] == 0, expected)
+
+
+# ---------------------------------------------------------------- localisation read-outs
+
+
+def _planted_cube_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 4-channel 10^3 image: background -1, a 6^3 'brain' (216 voxels) at 2..7, a 2^3 tumour (8) inside it."""
+    image = torch.full((4, 10, 10, 10), -1.0)
+    image[:, 2:8, 2:8, 2:8] = 0.5
+    mask = torch.zeros(10, 10, 10)
+    mask[3:5, 3:5, 3:5] = 1
+    image[1][mask > 0] = 2.0
+    return image, mask, brain_mask(image)
+
+
+def test_planted_cube_map_on_the_cube_scores_ap_one_and_uniform_brain_map_the_tumour_share():
+    image, mask, brain = _planted_cube_case()
+    assert int(brain.sum()) == 216
+    # a map that covers only the cube: every >= 0.5 voxel is tumour -> AP 1
+    assert activation_precision(mask.clone(), mask) == 1.0
+    # a map uniform inside the brain: its >= 0.5 region is the 216 brain voxels, 8 of them tumour
+    uniform = brain.float()
+    assert activation_precision(uniform, mask) == pytest.approx(8 / 216)
+    summary = localisation_summary(uniform, mask, brain)
+    assert summary["tumour_share_brain"] == pytest.approx(8 / 216)  # the random-map AP
+    assert summary["tumour_share_volume"] == pytest.approx(8 / 1000)
+    assert summary["region_share"] == pytest.approx(216 / 1000)
+    # the first maximum voxel in C order is (2, 2, 2): brain, not tumour
+    assert summary["peak_in_tumour"] == 0.0
+    assert localisation_summary(mask + 0.5 * uniform, mask, brain)["peak_in_tumour"] == 1.0
+
+
+def test_brain_mask_is_whatever_differs_from_the_background_in_any_sequence():
+    image = torch.zeros(2, 3, 3, 3)
+    image[1, 0, 0, 0] = 1.0  # one sequence alone shows this voxel
+    image[0, 2, 2, 2] = 3.0
+    assert sorted(map(tuple, brain_mask(image).nonzero().tolist())) == [(0, 0, 0), (2, 2, 2)]
+    with pytest.raises(ValueError, match="C, H, W, D"):
+        brain_mask(torch.zeros(3, 3, 3))
+
+
+def test_similarity_spread_per_prototype_hand_values():
+    # prototype 0: S = (0, 1) -> std 0.5; prototype 1: (0.2, 0.2) -> 0; prototype 2: (0.1, 0.5) -> 0.2
+    s = torch.tensor([[0.0, 0.2, 0.1], [1.0, 0.2, 0.5]])
+    assert similarity_spread(s) == pytest.approx({"min": 0.0, "mean": 0.7 / 3, "max": 0.5})
+    with pytest.raises(ValueError, match="N >= 2"):
+        similarity_spread(torch.ones(1, 3))
+
+
+def test_eq28_density_combination_weighs_each_scale_by_its_voxel_count():
+    # l1-normalised maps: fine scale 2^3 uniform 1/8, coarse 1^3 = 1. "sum" is dominated by the coarse
+    # scale (1 + 1/8); "density" scales the fine map by 8 and the coarse by 1: 1 + 1 = 2 everywhere.
+    fine = torch.full((1, 1, 2, 2, 2), 1 / 8)
+    coarse = torch.ones(1, 1, 1, 1, 1)
+    zeta = torch.ones(2, 2)
+    summed = class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2))
+    density = class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2), combination="density")
+    assert torch.allclose(summed, torch.full((1, 2, 2, 2), 1.125))
+    assert torch.allclose(density, torch.full((1, 2, 2, 2), 2.0))
+    with pytest.raises(ValueError, match="combination"):
+        class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2), combination="max")

@@ -16,8 +16,8 @@ class EpochLog:
     """Per-epoch means of the iteration outputs, written to ``engine.state.metrics`` for the stats handlers.
 
     EPOCH_STARTED clears ``engine.state.metrics`` (every entry is recomputed each epoch). Per iteration
-    it accumulates the ``terms`` of :class:`~scripts.engine.iteration.StagedIteration`'s output,
-    weighted by batch size, and times the data loading and the step. EPOCH_COMPLETED writes
+    it accumulates the ``terms`` and ``diagnostics`` of :class:`~scripts.engine.iteration.StagedIteration`'s
+    output, weighted by batch size, and times the data loading and the step. EPOCH_COMPLETED writes
     ``<stage>/<term>`` (e.g. ``stage1/clst``), ``<stage>/loss``, ``lr``, ``time/data`` and
     ``time/<stage>`` (seconds). Attach it before the handlers that add their own entries (push, stage 3).
     """
@@ -55,7 +55,7 @@ class EpochLog:
         self._stop(engine, "step")
         output: dict[str, Any] = engine.state.output
         size = int(output["batch_size"])
-        for name, value in {"loss": output["loss"], **output["terms"]}.items():
+        for name, value in {"loss": output["loss"], **output["terms"], **output.get("diagnostics", {})}.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value) * size
         self._count += size
         self._lr = float(output["lr"])

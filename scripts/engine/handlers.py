@@ -23,6 +23,7 @@ from scripts.losses import LastLayerLoss
 from scripts.networks import BackboneCNN, UMProtoShare
 from scripts.push import PushResult, push_prototypes, save_push
 
+from .diagnostics import collapse_warnings
 from .iteration import train_last_layer_epoch
 from .stages import Schedule
 
@@ -137,6 +138,8 @@ class PushAndLastLayer:
     def __call__(self, engine: Engine) -> None:
         """Push, record, then train the classifier alone for ``stage3_epochs`` epochs."""
         epoch = engine.state.epoch
+        for warning in collapse_warnings(engine.state.metrics, self.class_names):
+            logger.warning("epoch %d, before push: %s", epoch, warning)
         start = time.perf_counter()
         result = push_prototypes(self.network, self.push_loader, self.class_names, input_size=self.input_size)
         self.record.class_names, self.record.records, self.record.maps = result.class_names, result.records, result.maps

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from scripts.losses import LastLayerLoss, ScaleTerms, Stage1Loss
 from scripts.networks import BackboneCNN, Explanation, UMProtoShare
 
+from .diagnostics import stage1_diagnostics
 from .stages import Schedule
 
 __all__ = [
@@ -114,7 +115,8 @@ class StagedIteration:
         amp: bf16 autocast on CUDA.
         channels_last_3d: feed channels-last images.
 
-    Returns (per call) a dict: ``loss`` (float), ``terms`` (unweighted terms, floats), ``stage``,
+    Returns (per call) a dict: ``loss`` (float), ``terms`` (unweighted terms, floats), ``diagnostics``
+    (stage 1: the collapse read-outs of :func:`~scripts.engine.diagnostics.stage1_diagnostics`), ``stage``,
     ``lr`` (the stage optimiser's first group) and ``batch_size``.
     """
 
@@ -152,6 +154,7 @@ class StagedIteration:
         optimizer = self.optimizers[stage]
         optimizer.zero_grad(set_to_none=True)
         with autocast(images.device, self.amp):
+            diagnostics: dict[str, float] = {}
             if stage == "warmup":
                 self.warmup_forward.train()
                 loss = self.warmup_loss(self.warmup_forward(images), labels)
@@ -163,11 +166,15 @@ class StagedIteration:
                 loss, terms = self.stage1_loss(
                     scale_terms(net, explanation), explanation.logits, labels, net.classifier.weight, net.ownership
                 )
+                diagnostics = stage1_diagnostics(
+                    explanation.similarities, explanation.logits, net.classifier.weight, self.stage1_loss.lambdas, terms
+                )
         loss.backward()
         optimizer.step()
         return {
             "loss": float(loss.detach()),
             "terms": {name: float(value) for name, value in terms.items()},
+            "diagnostics": diagnostics,
             "stage": stage,
             "lr": float(optimizer.param_groups[0]["lr"]),
             "batch_size": int(labels.numel()),

@@ -30,8 +30,18 @@ from torch.utils.data import Dataset
 from scripts.attribution import class_map
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
-from scripts.engine.iteration import plain_tensor
-from scripts.metrics import activation_precision, classification_metrics, deletion_curve, incremental_deletion_score
+from scripts.engine.iteration import plain_tensor, unwrap
+from scripts.metrics import (
+    LOCALISATION_KEYS,
+    activation_precision,
+    brain_mask,
+    classification_metrics,
+    deletion_curve,
+    incremental_deletion_score,
+    localisation_summary,
+    similarity_spread,
+)
+from scripts.networks import UMProtoShare
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
@@ -72,6 +82,10 @@ class FoldPredictions(NamedTuple):
     """Class attention map of the ground-truth class per case, (H, W, D) on the input grid (CPU, float32)."""
     ap: Tensor
     """Activation precision per case (N,), float64; NaN for a case without mask."""
+    localisation: dict[str, Tensor]
+    """:data:`~scripts.metrics.LOCALISATION_KEYS` → per-case values (N,), float64; NaN without mask."""
+    similarities: Tensor | None
+    """S(x, P) per case (N, K_total) for a prototype model; None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -105,6 +119,8 @@ def predict_fold(
     device: str | torch.device,
     class_map_method: str | None = None,
     map_dir: str | PathLike | None = None,
+    scale_combination: str = "sum",
+    brain_only: bool = False,
 ) -> FoldPredictions:
     """Probabilities, ground-truth class maps and per-case AP over a loader of preprocessed cases.
 
@@ -116,16 +132,26 @@ def predict_fold(
         class_map_method: see :func:`scripts.attribution.class_map` (None: the family's default).
         map_dir: also save each map and mask as NIfTI here; the images must be MetaTensors with the
             preprocessed affine (an uncached dataset).
+        scale_combination, brain_only: see :func:`scripts.attribution.class_map`.
     """
     network.eval()
+    model = unwrap(network)
+    prototypes = isinstance(model, UMProtoShare)
     case_ids: list[str] = []
-    labels, probs, maps, ap = [], [], [], []
+    labels, probs, maps, ap, similarities = [], [], [], [], []
+    localisation: dict[str, list[float]] = {key: [] for key in LOCALISATION_KEYS}
     for batch in loader:
         images = plain_tensor(batch["image"]).to(device)
         target = torch.as_tensor(batch["label"]).long().reshape(-1)
         with torch.no_grad():
-            probs.append(torch.softmax(network(images).float(), dim=1).cpu())
-        batch_maps = class_map(network, images, target.to(device), class_map_method).detach().float().cpu()
+            if prototypes:
+                similarities.append(model.similarities(model.fused_features(images)).float())
+                logits = model.classifier(similarities[-1])
+            else:
+                logits = network(images)
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        batch_maps = class_map(network, images, target.to(device), class_map_method, scale_combination, brain_only)
+        batch_maps = batch_maps.detach().float().cpu()
         masks = batch.get("mask")
         affines = getattr(batch["image"], "affine", None)
         if map_dir is not None and (affines is None or masks is None):
@@ -133,6 +159,9 @@ def predict_fold(
         for i, case_id in enumerate(batch["case_id"]):
             mask = None if masks is None else plain_tensor(masks[i]).cpu()
             ap.append(float("nan") if mask is None else activation_precision(batch_maps[i], mask))
+            case = {} if mask is None else localisation_summary(batch_maps[i], mask, brain_mask(images[i].cpu()))
+            for key, values in localisation.items():
+                values.append(case.get(key, float("nan")))
             if map_dir is not None:
                 affine = affines[i] if affines.ndim == 3 else affines
                 save_volume(Path(map_dir) / f"{case_id}_class_map.nii.gz", batch_maps[i], affine)
@@ -142,7 +171,15 @@ def predict_fold(
         maps.extend(batch_maps)
     if not case_ids:
         raise ValueError("the evaluation loader is empty: the fold has no cases.")
-    return FoldPredictions(case_ids, torch.cat(labels), torch.cat(probs), maps, torch.tensor(ap, dtype=torch.float64))
+    return FoldPredictions(
+        case_ids,
+        torch.cat(labels),
+        torch.cat(probs),
+        maps,
+        torch.tensor(ap, dtype=torch.float64),
+        {key: torch.tensor(values, dtype=torch.float64) for key, values in localisation.items()},
+        torch.cat(similarities).cpu() if prototypes else None,
+    )
 
 
 class _Images(Sequence):
@@ -181,6 +218,9 @@ class FoldEvaluator:
         fold: fold index (for the log and ``metrics.json``).
         device: where the forward passes run.
         class_map_method: see :func:`scripts.attribution.class_map`; None: the model family's default.
+        scale_combination: how a shared prototype model's scales are added into its class map
+            (:data:`scripts.metrics.SCALE_COMBINATIONS`).
+        brain_only: class maps restricted to the brain (every method alike); bool or "true"/"false".
         batch_size: cases per batch of the first pass (class maps; Grad-CAM needs gradients).
         num_workers: loader workers of the first pass.
         ids_batch_size: deleted (and missing-sequence) copies per forward pass.
@@ -203,6 +243,8 @@ class FoldEvaluator:
         fold: int = 0,
         device: str | torch.device = "cpu",
         class_map_method: str | None = None,
+        scale_combination: str = "sum",
+        brain_only: bool | str = False,
         batch_size: int = 1,
         num_workers: int = 0,
         ids_batch_size: int = 17,
@@ -226,6 +268,8 @@ class FoldEvaluator:
         self.fold = int(fold)
         self.device = torch.device(device)
         self.class_map_method = class_map_method
+        self.scale_combination = scale_combination
+        self.brain_only = as_flag(brain_only, "brain_only")
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.ids_batch_size = int(ids_batch_size)
@@ -241,7 +285,9 @@ class FoldEvaluator:
         self.network.eval()
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
-        result = predict_fold(self.network, loader, self.device, self.class_map_method, map_dir)
+        result = predict_fold(
+            self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only
+        )
         images = _Images(self.dataset)
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
         ids = incremental_deletion_score(curve)
@@ -249,9 +295,13 @@ class FoldEvaluator:
             **classification_metrics(result.labels, result.probs),
             "ap": float(result.ap.mean()),
             "ids": ids,
+            "localisation": {key: float(values.mean()) for key, values in result.localisation.items()},
+            "similarity_spread": None if result.similarities is None else similarity_spread(result.similarities),
             "fold": self.fold,
             "cases": len(result.case_ids),
             "class_map_method": self.class_map_method,
+            "scale_combination": self.scale_combination,
+            "brain_only": self.brain_only,
             "deletion_curve": curve.tolist(),
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
@@ -267,7 +317,12 @@ class FoldEvaluator:
             write_json(self.output_dir / MISSING_JSON, robustness)
         write_json(self.output_dir / METRICS_JSON, metrics)
         logger.info(
-            "fold %d held-out (%d cases): BAC %.4f  AP %.4f  IDS %.4f",
+            "fold %d held-out (%d cases): BAC %.4f  AP %.4f  IDS %.4f  (random-map AP %.4f, map region %.1f%% of "
+            "the volume, peak in tumour %.0f%% of cases)",
             self.fold, metrics["cases"], metrics["bac"], metrics["ap"], ids,
+            metrics["localisation"]["tumour_share_brain"], 100 * metrics["localisation"]["region_share"],
+            100 * metrics["localisation"]["peak_in_tumour"],
         )
+        if result.similarities is not None:
+            logger.info("fold %d held-out similarity spread per prototype: %s", self.fold, metrics["similarity_spread"])
         return metrics

@@ -1,4 +1,4 @@
-"""Config overlays: the ablations of Appendix E, the quickstart, and the paper's numbers in train.json."""
+"""Config overlays: the ablations of Appendix E, the quickstart, and the paper's numbers (train.json + paper_sum)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def test_ablation_builds_the_papers_model(name):
     sharing, counts, fusion = ABLATIONS[name]
     path = Path("configs/ablations") / f"{name}.json"
     overlay = json.loads(path.read_text())
-    assert set(overlay) <= {"prototype_sharing", "prototypes_per_scale", "fusion", "output_dir"}
+    assert set(overlay) <= {"prototype_sharing", "prototypes_per_scale", "fusion", "output_dir"} | (
+        {"sep_weight", "map_init_coverage"} if sharing == "class_specific" else set()  # the ProtoPNet family's
+    )
     parser = _parser(str(path))
     network = parser.get_parsed_content("network_def")  # full size: ResNet-152 layers (3, 8), E = 128
     assert network.prototypes_per_scale == counts and network.num_prototypes == 30
@@ -54,8 +56,13 @@ def test_ablation_builds_the_papers_model(name):
     assert name in parser.get_parsed_content("output_dir")
 
 
-def test_train_config_holds_the_papers_numbers():
-    parser = _parser()
+def test_train_config_with_the_paper_objective_holds_the_papers_numbers():
+    # train.json departs from the paper in the clustering/separation pair and two starts (docs: Decisions);
+    # configs/objectives/paper_sum.json restores Eq. 8-9 as printed with the paper's lambdas.
+    parser = _parser("configs/objectives/paper_sum.json")
+    assert parser.get_parsed_content("loss").clustering == "sum"
+    network = parser.get_parsed_content("network_def")
+    assert all(head.mapping.out_norm.bias.abs().sum() == 0 for head in network.heads.values())
     parser.update({"device": "cpu", "encoder_layers": [1, 1], "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8})
     schedule = parser.get_parsed_content("schedule")
     numbers = (schedule.warmup_epochs, schedule.stage1_epochs, schedule.push_every, schedule.stage3_epochs)

@@ -7,7 +7,7 @@ Command (from the bundle root), on folds trained with a config stack (e.g. by ``
 
 Loads each fold's ``model.pt`` (UM-ProtoShare) and, over its held-out cases, computes the mean AP and the
 map-region and peak-in-tumour read-outs for every (``scale_combination``, ``brain_only``) pair, plus the
-same for each scale's map alone. Prints one JSON report (mean over the folds, and per fold).
+AP of each scale's map alone. Prints one JSON report (mean over the folds, and per fold).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader
 
 from scripts.evaluate import load_fold_weights, predict_fold
-from scripts.metrics import SCALE_COMBINATIONS
+from scripts.losses import soft_class_coefficients
+from scripts.metrics import SCALE_COMBINATIONS, activation_precision, class_attention_map
 
 
 def fold_report(parser: ConfigParser, fold_dir: Path) -> dict[str, Any]:
@@ -42,7 +43,23 @@ def fold_report(parser: ConfigParser, fold_dir: Path) -> dict[str, Any]:
             "ap": float(result.ap.mean()),
             **{key: float(values.mean()) for key, values in result.localisation.items()},
         }
+    report.update(_per_scale_ap(network, loader))
     return report
+
+
+def _per_scale_ap(network: torch.nn.Module, loader: DataLoader) -> dict[str, dict[str, float]]:
+    """Mean AP of each scale's class map alone (Eq. 27 of that scale), the stride's own localisation."""
+    zeta = soft_class_coefficients(network.classifier.weight)
+    values: dict[int, list[float]] = {s: [] for s in network.scales}
+    network.eval()
+    for batch in loader:
+        images, target = torch.as_tensor(batch["image"]).float(), torch.as_tensor(batch["label"]).long().reshape(-1)
+        with torch.no_grad():
+            explanation = network.explain(images)
+        for entry in explanation.per_scale:
+            maps = class_attention_map([entry.maps], zeta[:, network.columns(entry.scale)], target, images.shape[2:])
+            values[entry.scale] += [activation_precision(m, mask) for m, mask in zip(maps, batch["mask"])]
+    return {f"scale{s} alone": {"ap": float(np.mean(v))} for s, v in values.items()}
 
 
 def main(

@@ -145,10 +145,13 @@ def _select_rows(table: torch.Tensor, target_class: torch.Tensor, batch: int) ->
     return table[target_class]
 
 
-SCALE_COMBINATIONS = ("sum", "density")
-"""How :func:`class_attention_map` adds the scales: ``sum`` (Eq. 28 as printed, maps as given) or
+SCALE_COMBINATIONS = ("sum", "density", "product")
+"""How :func:`class_attention_map` combines the scales: ``sum`` (Eq. 28 as printed, maps as given),
 ``density`` (each scale's mean map times its voxel count, so an ℓ1-normalised map of any stride has
-mean 1 and every scale weighs alike)."""
+mean 1 and every scale weighs alike, then summed) or ``product`` (the product of the scales' maps:
+high only where every scale agrees; each scale's normalisation becomes one constant factor)."""
+PRODUCT_FLOOR = 1e-12
+"""Floor of a map value before its logarithm in the ``product`` combination."""
 
 
 def class_attention_map(
@@ -165,7 +168,9 @@ def class_attention_map(
     with no supporting prototype for c contributes zero. With ``combination="sum"`` the maps are
     used as given (Eq. 28); ℓ1-normalised maps (Eq. 13) then weigh a scale by its stride cubed, so
     the coarsest dominates. ``"density"`` multiplies scale s's mean map by its voxel count
-    h_s·w_s·d_s first, so that every scale enters with mean 1.
+    h_s·w_s·d_s first, so that every scale enters with mean 1. ``"product"`` multiplies the
+    upsampled scale maps (values floored at :data:`PRODUCT_FLOOR`, in log space) over the scales
+    that support c for that case (zeros where none does).
 
     Args:
         maps_per_scale: per scale, prototype maps (B, K_s, h_s, w_s, d_s).
@@ -187,10 +192,17 @@ def class_attention_map(
     batch = maps_per_scale[0].shape[0]
     supports = _select_rows(zeta, target_class, batch) > 0
     columns = torch.split(supports, widths, dim=1)
-    total = 0
+    total, supported = 0, 0
     for maps, cols in zip(maps_per_scale, columns):
-        weight = math.prod(maps.shape[2:]) if combination == "density" else 1
-        total = total + weight * _resize(_mean_selected(maps, cols), out_size)
+        scale_map = _resize(_mean_selected(maps, cols), out_size)
+        if combination == "product":
+            present = cols.any(dim=1).to(scale_map.dtype).view(-1, 1, 1, 1, 1)
+            total = total + present * scale_map.clamp_min(PRODUCT_FLOOR).log()
+            supported = supported + present
+        else:
+            total = total + (math.prod(maps.shape[2:]) if combination == "density" else 1) * scale_map
+    if combination == "product":
+        total = torch.where(supported > 0, total.exp(), torch.zeros_like(total))
     return total[:, 0]
 
 

@@ -414,3 +414,20 @@ def test_eq28_density_combination_weighs_each_scale_by_its_voxel_count():
     assert torch.allclose(density, torch.full((1, 2, 2, 2), 2.0))
     with pytest.raises(ValueError, match="combination"):
         class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2), combination="max")
+
+
+def test_eq28_product_combination_multiplies_the_supporting_scales():
+    # fine 2^3 = 1/8 everywhere except 1/2 at (0, 0, 0); coarse 1^3 = 2 -> product 1/4, and 1 at (0, 0, 0);
+    # a case whose class has no coarse support keeps the fine map alone.
+    fine = torch.full((2, 1, 2, 2, 2), 1 / 8)
+    fine[:, 0, 0, 0, 0] = 0.5
+    coarse = torch.full((2, 1, 1, 1, 1), 2.0)
+    zeta = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # class 1: no supporting prototype at the coarse scale
+    out = class_attention_map([fine, coarse], zeta, torch.tensor([0, 1]), (2, 2, 2), combination="product")
+    expected = torch.full((2, 2, 2), 0.25)
+    expected[0, 0, 0] = 1.0
+    torch.testing.assert_close(out[0], expected)
+    torch.testing.assert_close(out[1], fine[1, 0])
+    # each scale's normalisation is one factor: scaling the coarse maps by 10 scales the map, not its ranking
+    scaled = class_attention_map([fine, 10 * coarse], zeta, torch.tensor([0, 1]), (2, 2, 2), combination="product")
+    torch.testing.assert_close(scaled[0], expected * 10)

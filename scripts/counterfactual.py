@@ -11,7 +11,8 @@ Two commands (from the bundle root)::
 voxel-identical outside the whole tumour (:func:`scripts.data.synthetic.generate_pairs`). ``check``
 preprocesses both versions as the config does, runs the model (``network`` names its definition in
 the config: ``network_def`` for UM-ProtoShare and the prototype baselines, ``warmup_network_def`` for
-the CNN) and reports per pair: both predictions, whether the prediction follows the grade (``flips``:
+the CNN; the class map is built as the config's ``scale_combination`` and ``brain_only`` say) and
+reports per pair: both predictions, whether the prediction follows the grade (``flips``:
 HGG version → HGG and LGG version → LGG), and where the class map of the HGG class changes:
 ``change_in_tumour`` = Σ|ΔM| inside the tumour / Σ|ΔM| over the volume. The level of a change spread
 evenly over the brain is the tumour's share of the brain (``tumour_share_brain``).
@@ -66,6 +67,8 @@ def check_pairs(
     class_names: Sequence[str] = ("LGG", "HGG"),
     class_map_method: str | None = None,
     device: str | torch.device = "cpu",
+    combination: str = "sum",
+    brain_only: bool = False,
 ) -> dict[str, Any]:
     """Predictions and class-map change on each pair (see the module docstring); ``network`` is loaded.
 
@@ -74,7 +77,7 @@ def check_pairs(
         pairs: ``(HGG item, LGG item)`` datalist items with masks (:func:`pair_items`).
         preprocessing: ``preprocessing_transforms(with_mask=True, ...)`` as in training.
         class_names: names in label order; must contain ``"HGG"`` and ``"LGG"``.
-        class_map_method: see :func:`scripts.attribution.class_map`.
+        class_map_method, combination, brain_only: see :func:`scripts.attribution.class_map`.
         device: where the forward passes run.
     """
     hgg = list(class_names).index("HGG")
@@ -85,7 +88,8 @@ def check_pairs(
         images = torch.stack([torch.as_tensor(case["image"]) for case in cases]).float().to(device)
         with torch.no_grad():
             probs = torch.softmax(network(images).float(), dim=1).cpu()
-        maps = class_map(network, images, torch.full((2,), hgg, device=device), class_map_method).float().cpu()
+        target = torch.full((2,), hgg, device=device)
+        maps = class_map(network, images, target, class_map_method, combination, brain_only).float().cpu()
         tumour = torch.as_tensor(cases[0]["mask"])[0] > 0
         brain = brain_mask(images[0].cpu())
         change = (maps[0] - maps[1]).abs()
@@ -132,7 +136,12 @@ def check(
         source_spacing=parser.get_parsed_content("source_spacing"),
         target_spacing=parser.get_parsed_content("target_spacing"),
     )
-    report = check_pairs(model, pair_items(pairs_dir, class_names), preprocessing, class_names, class_map_method)
+    combination = parser.get_parsed_content("scale_combination", default="sum")
+    brain_only = bool(parser.get_parsed_content("brain_only", default=False))
+    report = check_pairs(
+        model, pair_items(pairs_dir, class_names), preprocessing, class_names, class_map_method, "cpu", combination,
+        brain_only,
+    )
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:

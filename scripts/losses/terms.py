@@ -80,6 +80,17 @@ def _check_labels(similarities: torch.Tensor, labels: torch.Tensor) -> None:
         )
 
 
+def _other_class_weights(zeta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``sum_{c' != y} zeta[c', p]`` per case, `(B, K_total)`."""
+    return zeta.sum(dim=0, keepdim=True) - zeta[labels]
+
+
+def _weighted_similarity(similarities: torch.Tensor, weights: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+    """Batch mean of ``sum_p weights[b, p] S[b, p]``, divided per case by ``sum_p weights[b, p] + eps`` if ``normalise``."""
+    total = (weights * similarities).sum(dim=1)
+    return (total / (weights.sum(dim=1) + ZETA_EPS) if normalise else total).mean()
+
+
 def clustering_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
     """Class-agnostic clustering loss (Eq. 8), averaged over the batch.
 
@@ -91,7 +102,7 @@ def clustering_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zet
         zeta: soft coefficients `(C, K_total)` from :func:`soft_class_coefficients`.
     """
     _check_labels(similarities, labels)
-    return -(zeta[labels] * similarities).sum(dim=1).mean()
+    return -_weighted_similarity(similarities, zeta[labels])
 
 
 def separation_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
@@ -105,8 +116,7 @@ def separation_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zet
         zeta: soft coefficients `(C, K_total)`.
     """
     _check_labels(similarities, labels)
-    other = zeta.sum(dim=0, keepdim=True) - zeta[labels]
-    return (other * similarities).sum(dim=1).mean()
+    return _weighted_similarity(similarities, _other_class_weights(zeta, labels))
 
 
 def clustering_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
@@ -122,8 +132,7 @@ def clustering_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor
         zeta: soft coefficients `(C, K_total)` from :func:`soft_class_coefficients`.
     """
     _check_labels(similarities, labels)
-    own = zeta[labels]
-    return -((own * similarities).sum(dim=1) / (own.sum(dim=1) + ZETA_EPS)).mean()
+    return -_weighted_similarity(similarities, zeta[labels], normalise=True)
 
 
 def separation_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
@@ -137,8 +146,7 @@ def separation_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor
         zeta: soft coefficients `(C, K_total)`.
     """
     _check_labels(similarities, labels)
-    other = zeta.sum(dim=0, keepdim=True) - zeta[labels]
-    return ((other * similarities).sum(dim=1) / (other.sum(dim=1) + ZETA_EPS)).mean()
+    return _weighted_similarity(similarities, _other_class_weights(zeta, labels), normalise=True)
 
 
 def soft_ownership(zeta: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -242,3 +244,12 @@ def test_missing_or_unreadable_weights_stop_the_server_at_start(server, tmp_path
     assert process.returncode != 0
     expected = f"no weights at {path}" if weights == "missing.pt" else f"cannot load weights {path}"
     assert f"glioma_grading: {expected}" in text, text[-4000:]
+
+
+def test_metadata_names_the_monailabel_version_that_install_sh_installs():
+    install = (ROOT / "apps" / "monailabel" / "install.sh").read_text()
+    pinned = re.search(r"--no-deps .*monailabel==([\w.]+)", install).group(1)
+    metadata = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert metadata["supported_apps"]["monai-label"] == pinned
+    if importlib.util.find_spec("monailabel") is not None:
+        assert importlib.metadata.version("monailabel") == pinned

@@ -115,7 +115,7 @@ def _infer(server: SimpleNamespace, study: str, output: str | None = "json", **p
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, data_synthetic_root: Path) -> Iterator[SimpleNamespace]:
-    """Two stacked synthetic studies plus three bad ones, fresh tiny weights, the bundle's own answers, and a
+    """Two stacked synthetic studies plus four bad ones, fresh tiny weights, the bundle's own answers, and a
     running server (stopped, with its process group, after the module)."""
     _monailabel()
     tmp = tmp_path_factory.mktemp("monailabel")
@@ -126,6 +126,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_synthetic_root: Path) 
     voxels = np.asarray(image.dataobj).astype(np.float32)
     nib.save(nib.Nifti1Image(voxels[..., 0], image.affine), str(studies / "single_sequence.nii.gz"))
     nib.save(nib.Nifti1Image(voxels[..., :3], image.affine), str(studies / "three_sequences.nii.gz"))
+    whole = (studies / f"{CASES[0]}.nii.gz").read_bytes()
+    (studies / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
     voxels[10, 10, 10, 3] = np.nan
     nib.save(nib.Nifti1Image(voxels, image.affine), str(studies / "with_nan.nii.gz"))
     extra.write_text(json.dumps(TINY))
@@ -219,6 +221,7 @@ def test_evidence_is_turned_off_per_request(server):
         ("single_sequence", 422, "got a 3D image"),
         ("three_sequences", 422, "got 3"),
         ("with_nan", 422, "non-finite voxels (NaN or inf) in ['FLAIR']"),
+        ("truncated", 422, "cannot read"),
     ],
 )
 def test_a_bad_study_answers_an_error_naming_it_and_the_server_goes_on(server, study, status, problem):

@@ -44,17 +44,21 @@ def study_id(path: str | os.PathLike) -> str:
 def check_study(path: str | os.PathLike) -> None:
     """Raise :class:`StudyError` unless ``path`` is a readable 4D NIfTI of the four sequences with finite voxels."""
     name = study_id(path)
-    try:
+    try:  # nibabel raises many types for unreadable files; all mean the same here
         image = nib.load(str(path))
-        voxels = np.asarray(image.dataobj)
-    except Exception as error:  # nibabel raises many types for unreadable files; all mean the same here
+    except Exception as error:
         raise StudyError(name, f"cannot read {path}: {type(error).__name__}: {error}") from error
-    if voxels.ndim != 4:
+    shape = image.shape
+    if len(shape) != 4:
         raise StudyError(name, f"expected one 4D NIfTI of the {len(CHANNELS)} sequences {list(CHANNELS)} "
-                               f"(python -m scripts.stack_4d), got a {voxels.ndim}D image of shape {voxels.shape}")
-    if voxels.shape[3] != len(CHANNELS):
+                               f"(python -m scripts.stack_4d), got a {len(shape)}D image of shape {shape}")
+    if shape[3] != len(CHANNELS):
         raise StudyError(name, f"expected {len(CHANNELS)} volumes {list(CHANNELS)} along the fourth axis, "
-                               f"got {voxels.shape[3]} (shape {voxels.shape})")
+                               f"got {shape[3]} (shape {shape})")
+    try:
+        voxels = np.asarray(image.dataobj)
+    except Exception as error:  # a truncated or corrupt file
+        raise StudyError(name, f"cannot read the voxels of {path}: {type(error).__name__}: {error}") from error
     finite = np.isfinite(voxels).reshape(-1, len(CHANNELS)).all(axis=0)
     if not finite.all():
         bad = [channel for channel, ok in zip(CHANNELS, finite) if not ok]

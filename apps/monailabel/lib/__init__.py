@@ -1,0 +1,1 @@
+"""Task classes of the MONAI Label app (imported by main.py as ``lib``)."""

@@ -40,6 +40,7 @@ def main(out_dir: str) -> None:
             {"prototypes": prototypes, "records": result.records, "tie": [r["case_id"] for r in tie.records]},
             Path(out_dir) / f"rank{rank}.pt",
         )
+        dist.barrier()  # both ranks leave their last collective before either tears the group down
     finally:
         dist.destroy_process_group()
 

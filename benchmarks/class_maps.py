@@ -12,7 +12,6 @@ AP of each scale's map alone. Prints one JSON report (mean over the folds, and p
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader
 
+from scripts.cv import config_list
 from scripts.evaluate import load_fold_weights, predict_fold
 from scripts.losses import soft_class_coefficients
 from scripts.metrics import SCALE_COMBINATIONS, activation_precision, class_attention_map
@@ -64,12 +64,12 @@ def _per_scale_ap(network: torch.nn.Module, loader: DataLoader) -> dict[str, dic
 
 def main(
     fold_dirs: str | Sequence[str],
-    config_file: str = "['configs/train.json','configs/quickstart.json']",
+    config_file: str | Sequence[str] = "['configs/train.json','configs/quickstart.json']",
     out: str | None = None,
 ) -> None:
     """Report every option on every fold, and the mean over the folds (see the module docstring)."""
     dirs = [Path(d) for d in (fold_dirs.split(",") if isinstance(fold_dirs, str) else fold_dirs)]
-    configs = ast.literal_eval(config_file) if config_file.lstrip().startswith("[") else [config_file]
+    configs = config_list(config_file)
     per_fold = {}
     for fold_dir in dirs:
         parser = ConfigParser()

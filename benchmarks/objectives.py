@@ -15,7 +15,6 @@ the seeds (mean ± std), printed and written to ``<out>/comparison.json``.
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 import fire
 
 from scripts.compare import compare
+from scripts.cv import config_list
 
 DEFAULT_BASE = "['configs/train.json','configs/quickstart.json']"
 
@@ -50,11 +50,11 @@ def run_variant(base: Sequence[str], variant: str, seed: int, run_dir: Path) -> 
 def main(
     variants: str | Sequence[str] = "paper_sum,no_clustering,mean,max",
     seeds: str | Sequence[int] = "0,1,2",
-    base: str = DEFAULT_BASE,
+    base: str | Sequence[str] = DEFAULT_BASE,
     out: str = "runs/objectives",
 ) -> None:
     """Run every variant on every seed, then print and write the comparison (see the module docstring)."""
-    configs = ast.literal_eval(base) if base.lstrip().startswith("[") else [base]
+    configs = config_list(base)
     out_dir = Path(out)
     runs: dict[str, list[str]] = {}
     cnn: list[str] = []

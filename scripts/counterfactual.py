@@ -20,7 +20,6 @@ evenly over the brain is the tumour's share of the brain (``tumour_share_brain``
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from torch import nn
 
 from scripts.attribution import class_map
 from scripts.data import build_datalist, preprocessing_transforms
+from scripts.cv import config_list
 from scripts.data.synthetic import DEFAULT_SHAPE, generate_pairs
 from scripts.evaluate import load_fold_weights
 from scripts.metrics import brain_mask
@@ -118,7 +118,7 @@ def pairs(out: str, pairs: int = 8, shape: str | Sequence[int] = DEFAULT_SHAPE, 
 
 def check(
     pairs_dir: str,
-    config_file: str,
+    config_file: str | Sequence[str],
     model_file: str,
     network: str = "network_def",
     class_map_method: str | None = None,
@@ -126,7 +126,7 @@ def check(
 ) -> None:
     """Load the model of a config stack and print (and write) the pair report (see the module docstring)."""
     parser = ConfigParser()
-    parser.read_config(ast.literal_eval(config_file) if config_file.lstrip().startswith("[") else config_file)
+    parser.read_config(config_list(config_file))
     class_names = parser.get_parsed_content("class_names")
     model = parser.get_parsed_content(network)
     load_fold_weights(model, model_file)

@@ -41,6 +41,7 @@ from scripts.evaluate import METRICS_JSON, write_json
 __all__ = [
     "METRICS",
     "TABLE_COLUMNS",
+    "config_list",
     "format_summary",
     "format_table",
     "parse_folds",
@@ -62,7 +63,7 @@ SUMMARY_MD = "summary.md"
 EVALUATE_CONFIG = "configs/evaluate.json"
 
 
-def _config_list(config_file: str | Sequence[str]) -> list[str]:
+def config_list(config_file: str | Sequence[str]) -> list[str]:
     """A config stack given as a list, a Python-literal list string or one path."""
     if isinstance(config_file, str):
         text = config_file.strip()
@@ -213,7 +214,7 @@ def run(
     Returns:
         The summary (also in ``<output_dir>/summary.json`` and ``summary.md``).
     """
-    config_files = _config_list(config_file)
+    config_files = config_list(config_file)
     if output_dir is None:
         output_dir = str(_resolve(config_files, "output_dir", settings))
     num_folds = int(_resolve(config_files, "num_folds", settings))

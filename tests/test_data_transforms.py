@@ -96,7 +96,9 @@ def test_preprocessing_centres_the_brain_even_when_it_is_off_centre(data_items, 
     moved = []
     for path in item["image"]:
         volume = nib.load(path)
-        shifted = np.roll(np.asanyarray(volume.dataobj), (5, -4, 3), axis=(0, 1, 2))  # background is 0
+        # a margin of background first (the phantom brain nearly fills its grid), then the brain moved off centre
+        padded = np.pad(np.asanyarray(volume.dataobj), 6)
+        shifted = np.roll(padded, (5, -4, 3), axis=(0, 1, 2))  # background is 0
         moved.append(str(tmp_path / path.rsplit("/", 1)[1]))
         nib.save(nib.Nifti1Image(shifted, volume.affine), moved[-1])
     for paths in (item["image"], moved):

@@ -114,7 +114,8 @@ def test_saved_maps_reproduce_ap_and_are_the_ground_truth_class_maps(evaluated):
         saved_mask = np.asarray(nib.load(evaluated.fold_dir / "maps" / f"{case_id}_mask.nii.gz").dataobj)
         np.testing.assert_array_equal(saved_mask, case["mask"][0].numpy())
         image = case["image"].as_tensor()[None]
-        expected = class_map(evaluated.network, image, [case["label"]])[0]
+        options = (evaluated.metrics["scale_combination"], evaluated.metrics["brain_only"])  # as evaluate.json sets
+        expected = class_map(evaluated.network, image, [case["label"]], None, *options)[0]
         torch.testing.assert_close(volume, expected, rtol=1e-4, atol=1e-5)
 
 

@@ -82,3 +82,15 @@ def test_counterfactual_pairs_flip_the_prediction(quickstart):
     assert report["flip_rate"] == sum(p["predicted"] == ["HGG", "LGG"] for p in report["pairs"]) / 8
     for pair in report["pairs"]:
         assert 0.0 <= pair["change_in_tumour"] <= 1.0 and 0.0 < pair["tumour_share_brain"] < 0.25
+
+
+def test_class_map_benchmark_reproduces_the_evaluated_ap(quickstart):
+    # benchmarks.class_maps rebuilds every option on the trained fold; the configured one (product of the
+    # scales, inside the brain) must give exactly the AP that evaluate.json wrote.
+    from benchmarks.class_maps import fold_report
+
+    report = fold_report(quickstart.parser, quickstart.fold)
+    metrics = _metrics(quickstart.fold)
+    option = f"{metrics['scale_combination']}{'+brain' if metrics['brain_only'] else ''}"
+    assert report[option]["ap"] == pytest.approx(metrics["ap"], abs=1e-9)
+    assert {"sum", "density", "product+brain", "scale1 alone"} <= set(report)

@@ -75,7 +75,6 @@ def main(
         parser = ConfigParser()
         parser.read_config(configs)
         parser["output_dir"] = str(fold_dir.parent)
-        torch.manual_seed(0)
         per_fold[str(fold_dir)] = fold_report(parser, fold_dir)
     options = next(iter(per_fold.values())).keys()
     mean = {

@@ -57,7 +57,7 @@ HGG_NECROSIS = np.array([0.35, 0.40, 1.50, 0.95], np.float32)
 HGG_RIM = np.array([0.70, 1.70, 0.95, 1.05], np.float32)
 """Enhancing rim: bright on T1-CE only."""
 BRAIN_RADII = np.array([0.44, 0.47, 0.45])
-"""Brain ellipsoid radii as fractions of the grid (about a third of the grid is brain, as in a BraTS crop)."""
+"""Brain ellipsoid radii as fractions of the grid (the brain fills about 40 % of the grid, as in a BraTS crop)."""
 TUMOUR_SHARE = (0.02, 0.15)
 """Range of the whole tumour's (core + oedema) share of the brain volume, drawn uniformly (BraTS: a few % to ~15%)."""
 

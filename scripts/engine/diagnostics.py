@@ -54,11 +54,18 @@ def stage1_diagnostics(
     similarities = similarities.detach().float()
     spread = similarities.std(dim=0, unbiased=False) if similarities.shape[0] > 1 else similarities[0] * 0
     predicted = torch.bincount(logits.detach().argmax(dim=1), minlength=logits.shape[1]).float() / logits.shape[0]
-    owned = soft_ownership(soft_class_coefficients(classifier_weight)).sum(dim=1)
-    out = {"spread_min": float(spread.min()), "spread_mean": float(spread.mean()), "spread_max": float(spread.max())}
-    out.update({f"pred_{c}": float(share) for c, share in enumerate(predicted)})
-    out.update({f"owned_{c}": float(count) for c, count in enumerate(owned)})
-    out.update({f"share_{name}": value for name, value in term_shares(lambdas, terms).items()})
+    owned = soft_ownership(soft_class_coefficients(classifier_weight)).sum(dim=1).float()
+    names = list(terms)
+    values = torch.stack(
+        [spread.min(), spread.mean(), spread.max(), *predicted, *owned,
+         *(torch.as_tensor(terms[n], dtype=torch.float32, device=spread.device) for n in names)]
+    ).tolist()  # one device-to-host copy per batch
+    classes = logits.shape[1]
+    out = dict(zip(("spread_min", "spread_mean", "spread_max"), values[:3]))
+    out.update({f"pred_{c}": values[3 + c] for c in range(classes)})
+    out.update({f"owned_{c}": values[3 + classes + c] for c in range(classes)})
+    shares = term_shares(lambdas, dict(zip(names, values[3 + 2 * classes :])))
+    out.update({f"share_{name}": value for name, value in shares.items()})
     return out
 
 

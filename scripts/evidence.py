@@ -28,9 +28,15 @@ from scripts.metrics import class_attention_map
 from scripts.networks import UMProtoShare
 
 __all__ = [
+    "DRIVING_DOMINANCE",
+    "DRIVING_THRESHOLD",
+    "LOW_PROBABILITY",
+    "LOW_SIMILARITY_SPREAD",
     "SEQUENCE_NAMES",
     "CaseEvidence",
     "class_evidence_maps",
+    "confidence_warnings",
+    "driving_sequence",
     "explain_case",
     "prediction_record",
     "prototype_contributions",
@@ -38,12 +44,23 @@ __all__ = [
     "sequence_mean_inputs",
     "to_original_space",
     "top_columns",
+    "unit_scaled",
     "upsample_maps",
     "write_nifti",
 ]
 
 SEQUENCE_NAMES = ("T1", "T1-CE", "T2", "FLAIR")
 """Display names of the input channels, in channel order."""
+
+DRIVING_THRESHOLD = 0.05
+"""A sequence "drives" a match only when setting it to its mean lowers S by at least this much."""
+DRIVING_DOMINANCE = 2.0
+"""... and by at least this many times as much as any other sequence does (else no single one dominates)."""
+LOW_PROBABILITY = 0.8
+"""Below this top-class probability the answer is flagged low-confidence."""
+LOW_SIMILARITY_SPREAD = 0.05
+"""Below this standard deviation of a case's similarities over all prototypes, the prototypes cannot be
+told apart on the case (the collapse of all S ≈ 1), and the answer is flagged low-confidence."""
 
 
 def prototype_contributions(similarities: Tensor, classifier_weight: Tensor) -> Tensor:
@@ -104,6 +121,45 @@ def sequence_evidence(model: UMProtoShare, image: Tensor, reference: Tensor | No
         if reference is None:
             reference, similarities = similarities[:1], similarities[1:]
     return similarities - reference
+
+
+def driving_sequence(delta: Mapping[str, float]) -> str | None:
+    """The sequence that drives a prototype's match, or None when no single sequence does.
+
+    ``delta`` is ΔS per sequence (S with that sequence at its mean − S). The sequence with the largest
+    drop drives the match only when the drop is at least :data:`DRIVING_THRESHOLD` and at least
+    :data:`DRIVING_DOMINANCE` times every other sequence's drop (rises count as no drop).
+    """
+    drops = sorted(((-float(d), name) for name, d in delta.items()), reverse=True)
+    if not drops or drops[0][0] < DRIVING_THRESHOLD:
+        return None
+    runner_up = max(drops[1][0], 0.0) if len(drops) > 1 else 0.0
+    return drops[0][1] if drops[0][0] >= DRIVING_DOMINANCE * runner_up else None
+
+
+def confidence_warnings(probabilities: Mapping[str, float], similarities: Sequence[float]) -> list[str]:
+    """Reasons to read an answer with caution: empty when the top probability and the spread of the case's
+    similarities over its prototypes clear :data:`LOW_PROBABILITY` and :data:`LOW_SIMILARITY_SPREAD`."""
+    warnings = []
+    top = max(probabilities.values())
+    if top < LOW_PROBABILITY:
+        warnings.append(f"low confidence: top probability {top:.2f} < {LOW_PROBABILITY}")
+    spread = float(np.std(np.asarray(similarities, dtype=np.float64))) if len(similarities) else 0.0
+    if spread < LOW_SIMILARITY_SPREAD:
+        warnings.append(
+            f"prototypes not distinguishable on this case: similarity spread {spread:.3f} < {LOW_SIMILARITY_SPREAD}"
+        )
+    return warnings
+
+
+def unit_scaled(volume: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
+    """A non-negative map divided by its maximum, so that it displays on [0, 1]; returns it and that maximum.
+
+    An all-zero map stays zero (maximum 0).
+    """
+    data = np.asarray(volume.detach().cpu() if isinstance(volume, Tensor) else volume, dtype=np.float32)
+    peak = float(data.max()) if data.size else 0.0
+    return (data / peak if peak > 0 else np.zeros_like(data)), peak
 
 
 def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -249,8 +305,17 @@ def _header_like(reference: nib.spatialimages.SpatialImage) -> nib.Nifti1Header 
     return header
 
 
-def write_nifti(volume: np.ndarray | Tensor, reference: str | PathLike, path: str | PathLike) -> Path:
+def write_nifti(
+    volume: np.ndarray | Tensor,
+    reference: str | PathLike,
+    path: str | PathLike,
+    description: str = "",
+    display_range: tuple[float, float] | None = None,
+) -> Path:
     """Write ``volume`` (X, Y, Z) as float32 NIfTI with the affine and header of the ``reference`` file.
+
+    ``description`` goes to the header's ``descrip`` (80 bytes at most); ``display_range`` to
+    ``cal_min``/``cal_max``, the window viewers such as 3D Slicer and ITK-SNAP open the volume with.
 
     Raises:
         ValueError: ``volume`` is not on the reference grid.
@@ -261,7 +326,11 @@ def write_nifti(volume: np.ndarray | Tensor, reference: str | PathLike, path: st
         raise ValueError(f"volume of shape {data.shape} is not on the grid {tuple(image.shape)} of {reference}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, image.affine, header=_header_like(image)), str(path))
+    written = nib.Nifti1Image(data, image.affine, header=_header_like(image))
+    written.header["descrip"] = description.encode("ascii", "replace")[:79]
+    if display_range is not None:
+        written.header["cal_min"], written.header["cal_max"] = display_range
+    nib.save(written, str(path))
     return path
 
 
@@ -280,8 +349,9 @@ def prediction_record(
 
     Prototypes are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
-    similarity change per sequence replaced by its mean (and the sequence whose removal lowers S the
-    most), and the case and class it was pushed from (``push_records``, in column order).
+    similarity change per sequence replaced by its mean (and :func:`driving_sequence`: the sequence that
+    drives the match, or None), and the case and class it was pushed from (``push_records``, in column
+    order). ``warnings`` lists :func:`confidence_warnings`.
 
     Args:
         evidence: from :func:`explain_case`.
@@ -312,18 +382,20 @@ def prediction_record(
                 "zeta": _by_class(evidence.zeta[:, column], class_names),
                 "contribution": _by_class(evidence.contributions[:, column], class_names),
                 "sequence_evidence": _by_class(delta, sequences),
-                "driving_sequence": sequences[int(delta.argmin())],
+                "driving_sequence": driving_sequence(_by_class(delta, sequences)),
                 "source": source,
                 **dict((details or {}).get(column, {})),
             }
         )
     predicted = evidence.predicted
     entries.sort(key=lambda entry: -evidence.contributions[predicted, entry["column"]].item())
+    probabilities = _by_class(evidence.probabilities, class_names)
     return {
         "predicted_class": class_names[predicted],
         "predicted_index": predicted,
         "class_names": list(class_names),
         "logits": _by_class(evidence.logits, class_names),
-        "probabilities": _by_class(evidence.probabilities, class_names),
+        "probabilities": probabilities,
+        "warnings": confidence_warnings(probabilities, evidence.similarities.tolist()),
         "prototypes": entries,
     }

@@ -22,6 +22,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -29,6 +30,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.networks import eval_mode
 from monai.transforms import Compose
 
+from scripts.cli import ERRORS_JSON
 from scripts.data import DataError, detect_layout, find_case_files, load_datalist
 from scripts.data.layouts import FINDERS, _nifti_stem, find_csv
 from scripts.data.validate import case_problems
@@ -39,19 +41,20 @@ from scripts.evidence import (
     prediction_record,
     to_original_space,
     top_columns,
+    unit_scaled,
     upsample_maps,
     write_nifti,
 )
+from scripts.metrics import brain_mask, class_attention_map
 from scripts.networks import UMProtoShare
 from scripts.push import PUSH_JSON, PushResult, load_push
 from scripts.report import SourceView, case_report
+from scripts.report_html import case_html
 
 __all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "SourceImages", "find_cases"]
 
 logger = logging.getLogger(__name__)
 
-ERRORS_JSON = "errors.json"
-"""Summary of the run in the output folder: the cases done and the cases that failed (case, file, reason)."""
 CSV_IMAGE_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair")
 
 
@@ -219,15 +222,67 @@ def _load_push(push_dir: str | PathLike | None, network: UMProtoShare) -> PushRe
     return push
 
 
+CLASS_MAP_KEY = "class"
+MAPS_JSON = "maps.json"
+"""Sidecar of the NIfTI maps in a case folder: what each shows, its raw maximum and its peak."""
+REPORT_PNG = "report.png"
+REPORT_HTML = "report.html"
+
+
+def _channels(files: Sequence[str]) -> torch.Tensor:
+    """The input files' voxels as channels (C, X, Y, Z): one per 3-D file, the last axis of a 4-D one."""
+    volumes = []
+    for file in files:
+        data = np.asarray(nib.load(file).dataobj, dtype=np.float32)
+        volumes += list(np.moveaxis(data, -1, 0)) if data.ndim == 4 else [data]
+    return torch.as_tensor(np.stack(volumes))
+
+
+def _map_file(key: str, predicted: str) -> str:
+    """File name of a map: ``evidence_<class>[_brain|_scale<s>].nii.gz`` for the class map and its
+    variants, ``prototype_s<s>_k<k>.nii.gz`` for a prototype's."""
+    if key.startswith("prototype_"):
+        return f"{key}.nii.gz"
+    suffix = key[len(CLASS_MAP_KEY):] if key.startswith(CLASS_MAP_KEY) else f"_{key}"
+    return f"evidence_{predicted}{suffix}.nii.gz"
+
+
+def _maps_sidecar(written: dict[str, dict[str, Any]], predicted: str, combination: str) -> dict[str, Any]:
+    """Content of :data:`MAPS_JSON`: how to read the values, then one entry per file."""
+    meaning = {
+        CLASS_MAP_KEY: f"class evidence map of {predicted}: its scales' maps combined by {combination!r}",
+        f"{CLASS_MAP_KEY}_brain": f"the class evidence map of {predicted}, zero outside the brain",
+    }
+    maps = {}
+    for key, entry in written.items():
+        if key.startswith("scale"):
+            what = f"class evidence map of {predicted} at prototype {key} only (Eq. 27)"
+        elif key.startswith("prototype_"):
+            what = f"attention map of {key.removeprefix('prototype_')} (Eq. 13)"
+        else:
+            what = meaning[key]
+        maps[entry["file"]] = {"shows": what, **{k: v for k, v in entry.items() if k != "file"}}
+    return {
+        "values": "each map divided by its own maximum: 1 at its peak, 0 where it does not attend; "
+        "raw_max is that maximum (multiply to get the network's values). Header cal_min/cal_max = 0/1.",
+        "display": "over FLAIR or T1-CE, colour map 'jet' or 'hot', window 0-1, hide values below 0.3",
+        "maps": maps,
+    }
+
+
 class EvidenceWriter:
     """Evaluator handler writing each case's answer into ``<output_dir>/<case_id>/``.
 
     ``prediction.json`` (:func:`~scripts.evidence.prediction_record` plus the files, the known grade and
     each top prototype's map file and peak voxel in the input image); NIfTI maps on the input files'
-    grid: ``evidence_<class>.nii.gz`` (Eq. 28 for the predicted class), ``evidence_<class>_scale<s>.nii.gz``
-    (its per-scale terms) and ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale`` prototypes of each
-    scale with the largest contribution to the predicted class; ``report.png`` (:func:`~scripts.report.case_report`).
-    A case that fails is logged and listed by :meth:`write_summary`; the others go on.
+    grid, each divided by its maximum (header window 0–1): ``evidence_<class>.nii.gz`` (the predicted
+    class's map, scales combined by ``scale_combination``), ``evidence_<class>_brain.nii.gz`` (the same,
+    zero outside the brain), ``evidence_<class>_scale<s>.nii.gz`` (its per-scale terms, Eq. 27) and
+    ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale`` prototypes of each scale with the largest
+    contribution to the predicted class; ``maps.json`` (what each map shows, its raw maximum and peak);
+    ``report.png`` (:func:`~scripts.report.case_report`) and ``report.html``
+    (:func:`~scripts.report_html.case_html`). A case that fails is logged and listed by
+    :meth:`write_summary`; the others go on.
 
     Args:
         network: the UM-ProtoShare the evaluator runs (weights loaded by then).
@@ -238,7 +293,9 @@ class EvidenceWriter:
         push_dir: folder of ``push.json``/``push_maps.pt`` (beside the checkpoint); None or missing → no sources.
         datalist_file: training datalist, to show the source cases' images.
         top_per_scale: prototypes per scale given maps and report rows.
-        write_report: write ``report.png``.
+        write_report: write ``report.png`` and ``report.html``.
+        scale_combination: how the class map combines the scales (:data:`scripts.metrics.SCALE_COMBINATIONS`;
+            ``evaluate.json`` uses the same).
     """
 
     def __init__(
@@ -252,6 +309,7 @@ class EvidenceWriter:
         datalist_file: str | PathLike | None = None,
         top_per_scale: int = 2,
         write_report: bool = True,
+        scale_combination: str = "product",
     ) -> None:
         if top_per_scale < 1:
             raise ValueError(f"top_per_scale must be at least 1, got {top_per_scale}.")
@@ -266,6 +324,7 @@ class EvidenceWriter:
         self.datalist_file = datalist_file
         self.top_per_scale = int(top_per_scale)
         self.write_report = write_report
+        self.scale_combination = scale_combination
         self._sources: SourceImages | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -291,37 +350,38 @@ class EvidenceWriter:
         return self._sources
 
     def _write_maps(
-        self, folder: Path, reference: str, image: MetaTensor, evidence: CaseEvidence, chosen: dict[int, torch.Tensor]
-    ) -> tuple[dict[str, str], dict[int, dict[str, Any]]]:
-        """Write the class evidence maps and the chosen prototypes' maps (column → map on the network's
-        input grid) on the input files' grid.
+        self, folder: Path, files: Sequence[str], image: MetaTensor, maps: dict[str, torch.Tensor], predicted: str
+    ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+        """Write ``maps`` (key → map on the network's input grid; :func:`_map_file` names the files) on the
+        input files' grid, each divided by its maximum (so it displays on [0, 1]); the class map
+        (``"class"``) also inside the brain only (``"class_brain"``).
 
         Returns:
-            The evidence map files (``scale<s>`` and ``eq28``) and, per chosen column, its map file
-            and peak voxel (index and mm) in the input image.
+            Per written file: what it shows, its raw maximum, and its peak voxel (index, mm, in the brain);
+            and the brain mask on the input grid.
         """
-        columns = self.network.prototype_columns
-        predicted = self.class_names[evidence.predicted]
-        grid = list(image.shape[1:])
-        scale_maps = class_evidence_maps([m[None] for m in evidence.maps_per_scale], evidence.zeta,
-                                         evidence.predicted, grid)
-        prototype_maps = torch.stack(list(chosen.values()))
-        original = to_original_space(torch.cat([scale_maps, scale_maps.sum(0, keepdim=True), prototype_maps]),
-                                     image, self.preprocessing)
-        keys = [f"scale{s}" for s in evidence.scales] + ["eq28"]
-        names = [f"evidence_{predicted}_{key}.nii.gz" for key in keys[:-1]] + [f"evidence_{predicted}.nii.gz"]
-        for name, volume in zip(names, original):
-            write_nifti(volume, reference, folder / name)
+        original = to_original_space(torch.stack(list(maps.values())), image, self.preprocessing)
         affine = np.asarray(original.affine, dtype=np.float64)
-        details = {}
-        for column, volume in zip(chosen, original[len(names):]):
-            name = f"prototype_s{columns[column][0]}_k{columns[column][1]}.nii.gz"
-            write_nifti(volume, reference, folder / name)
-            peak = [int(i) for i in np.unravel_index(int(volume.argmax()), volume.shape)]
-            world = (affine @ np.array([*peak, 1.0]))[:3]
-            details[column] = {"map_file": name, "peak_voxel": peak,
-                               "peak_world_mm": [round(float(v), 2) for v in world]}
-        return dict(zip(keys, names)), details
+        brain = brain_mask(_channels(files)).numpy()
+        written: dict[str, dict[str, Any]] = {}
+        for stem, volume in zip(maps, original):
+            volumes = {stem: unit_scaled(volume)}
+            if stem == CLASS_MAP_KEY:
+                scaled, peak_value = volumes[stem]
+                volumes[f"{stem}_brain"] = scaled * brain, peak_value
+            for name, (scaled, peak_value) in volumes.items():
+                file = _map_file(name, predicted)
+                description = f"{file.split('.')[0]}: map / its max (raw max {peak_value:.3g})"
+                write_nifti(scaled, files[0], folder / file, description, (0.0, 1.0))
+                peak = [int(i) for i in np.unravel_index(int(scaled.argmax()), scaled.shape)]
+                written[name] = {
+                    "file": file,
+                    "raw_max": peak_value,
+                    "peak_voxel": peak,
+                    "peak_world_mm": [round(float(v), 2) for v in (affine @ np.array([*peak, 1.0]))[:3]],
+                    "peak_in_brain": bool(brain[tuple(peak)]),
+                }
+        return written, brain
 
     def write_case(self, case_id: str, image: MetaTensor) -> dict[str, Any]:
         """Explain one preprocessed case (C_in, H, W, D) and write its folder; returns ``prediction.json``'s content."""
@@ -331,31 +391,52 @@ class EvidenceWriter:
         with eval_mode(self.network):  # the evaluator restores train mode after its own forward
             evidence = explain_case(self.network, image.as_tensor().to(device))
         columns = self.network.prototype_columns
+        predicted = self.class_names[evidence.predicted]
         grid = list(image.shape[1:])
+        per_scale = class_evidence_maps([m[None] for m in evidence.maps_per_scale], evidence.zeta,
+                                        evidence.predicted, grid)
+        class_map = class_attention_map([m[None] for m in evidence.maps_per_scale], evidence.zeta,
+                                        torch.tensor([evidence.predicted]), grid, self.scale_combination)[0]
         chosen = {
             c: evidence.prototype_map(*columns[c], grid)
             for c in top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale)
         }
+        stems = {CLASS_MAP_KEY: class_map}
+        stems |= {f"scale{s}": volume for s, volume in zip(evidence.scales, per_scale)}
+        stems |= {f"prototype_s{columns[c][0]}_k{columns[c][1]}": volume for c, volume in chosen.items()}
         folder = self.output_dir / case_id
-        evidence_maps, details = self._write_maps(folder, case["image"][0], image, evidence, chosen)
+        written, _ = self._write_maps(folder, case["image"], image, stems, predicted)
+        sidecar = _maps_sidecar(written, predicted, self.scale_combination)
+        (folder / MAPS_JSON).write_text(json.dumps(sidecar, indent=2) + "\n")
+        details = {}
+        for c in chosen:
+            entry = written[f"prototype_s{columns[c][0]}_k{columns[c][1]}"]
+            details[c] = {"map_file": entry["file"], **{k: entry[k] for k in ("peak_voxel", "peak_world_mm",
+                                                                                 "peak_in_brain")}}
         push = sources.push
         record = {
             "case_id": case_id,
             "files": dict(zip(("t1", "t1ce", "t2", "flair"), case["image"])),
             "true_class": case.get("label_name"),
             **prediction_record(evidence, columns, self.class_names, None if push is None else push.records, details),
-            "evidence_maps": evidence_maps,
+            "evidence_maps": {key: written[key]["file"] for key in written if not key.startswith("prototype_")},
+            "scale_combination": self.scale_combination,
             "push_record": None if push is None else str(Path(self.push_dir) / PUSH_JSON),
         }
         (folder / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
         if self.write_report:
+            pixels = image.as_tensor().cpu().numpy()
             maps = {c: volume.numpy() for c, volume in chosen.items()}
-            case_report(folder / "report.png", case_id, image.as_tensor().cpu().numpy(), record, maps,
-                        {c: sources.view(c) for c in chosen}, case.get("label_name"))
-        predicted = record["predicted_class"]
+            views = {c: sources.view(c) for c in chosen}
+            case_report(folder / REPORT_PNG, case_id, pixels, record, class_map.numpy(), maps, views,
+                        case.get("label_name"))
+            case_html(folder / REPORT_HTML, case_id, pixels, record, class_map.numpy(), maps)
         probability = record["probabilities"][predicted]
-        self.done.append({"case_id": case_id, "predicted_class": predicted, "probability": probability})
+        self.done.append({"case_id": case_id, "predicted_class": predicted, "probability": probability,
+                          "warnings": record["warnings"]})
         logger.info("%s: %s (p = %.3f) -> %s", case_id, predicted, probability, folder)
+        for warning in record["warnings"]:
+            logger.warning("%s: %s", case_id, warning)
         return record
 
     def write_summary(self) -> Path:

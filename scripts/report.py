@@ -19,12 +19,19 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from scripts.evidence import SEQUENCE_NAMES
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+
+from scripts.evidence import DRIVING_DOMINANCE, DRIVING_THRESHOLD, SEQUENCE_NAMES, unit_scaled
+from scripts.metrics import brain_mask
 
 __all__ = [
+    "MAP_COLOURS",
+    "MAP_FLOOR",
     "SourceView",
     "case_report",
     "contribution_lines",
+    "map_peak",
     "overlay_panel",
     "prototype_strip",
     "sharedness_figure",
@@ -32,7 +39,14 @@ __all__ = [
 ]
 
 MAP_FLOOR = 0.3
-"""Map values (min-max scaled over the whole volume) below this are left transparent in overlays."""
+"""Map values (divided by the map's maximum) below this are left transparent in overlays."""
+MAP_COLOURS = "jet"
+"""Colour map of every overlay (and of the colour bar)."""
+COLOUR_BAR_LABEL = (
+    f"map value / the map's maximum (1 = its peak); below {MAP_FLOOR} and outside the brain not drawn"
+)
+OUTSIDE = "#ff3030"
+"""Colour of a peak that lies outside the brain (marker and title)."""
 
 
 @dataclass
@@ -56,28 +70,44 @@ def _axial(volume: np.ndarray, z: int) -> np.ndarray:
     return np.asarray(volume)[:, :, int(z)].T
 
 
-def _unit(volume: np.ndarray) -> np.ndarray:
-    """Min-max scaling of a whole map to [0, 1] (a constant map gives zeros), before slicing."""
-    volume = np.asarray(volume, dtype=np.float32)
-    low, high = float(volume.min()), float(volume.max())
-    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
+def _brain(image: np.ndarray | None) -> np.ndarray | None:
+    """Brain mask (H, W, D) of a preprocessed case (C_in, H, W, D), or None without an image."""
+    return None if image is None else brain_mask(np.asarray(image)).numpy()
+
+
+def map_peak(attention: np.ndarray, brain: np.ndarray | None) -> tuple[list[int], bool]:
+    """Peak voxel [i, j, l] of a map (its first maximum) and whether it lies in the brain (True without a mask)."""
+    peak = [int(i) for i in np.unravel_index(int(np.argmax(attention)), attention.shape)]
+    return peak, True if brain is None else bool(brain[tuple(peak)])
 
 
 def overlay_panel(
-    ax: Axes, background: np.ndarray | None, attention: np.ndarray, title: str, peak: Sequence[int] | None = None
+    ax: Axes,
+    background: np.ndarray | None,
+    attention: np.ndarray,
+    title: str,
+    peak: Sequence[int] | None = None,
+    brain: np.ndarray | None = None,
+    peak_in_brain: bool = True,
 ) -> None:
-    """A 2-D slice in grey with a map slice in [0, 1] on top (values below ``MAP_FLOOR`` clear).
+    """A 2-D slice in grey with a map slice in [0, 1] on top, drawn only inside ``brain`` (2-D, when given)
+    and where it reaches ``MAP_FLOOR``.
 
-    ``peak`` ([i, j], array indices of the untransposed slice) is marked with a white cross.
+    ``peak`` ([i, j], array indices of the untransposed slice) is marked with a white cross, or with a red
+    cross and a red title when ``peak_in_brain`` is False.
     """
     if background is not None:
         low, high = np.percentile(background, [1, 99.5])
         ax.imshow(background, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), origin="lower")
+    hidden = attention < MAP_FLOOR if brain is None else (attention < MAP_FLOOR) | ~brain
     alpha = 0.45 if background is not None else 1.0
-    ax.imshow(np.ma.masked_less(attention, MAP_FLOOR), cmap="jet", vmin=0, vmax=1, alpha=alpha, origin="lower")
+    ax.imshow(np.ma.masked_where(hidden, attention), cmap=MAP_COLOURS, vmin=0, vmax=1, alpha=alpha, origin="lower")
+    colour = "white" if peak_in_brain else OUTSIDE
     if peak is not None:
-        ax.plot([peak[0]], [peak[1]], marker="+", color="white", markersize=8, markeredgewidth=1.2)
-    ax.set_title(title, fontsize=7)
+        ax.plot([peak[0]], [peak[1]], marker="x" if not peak_in_brain else "+", color=colour, markersize=8,
+                markeredgewidth=1.5)
+    ax.set_title(title + ("" if peak_in_brain else "\npeak OUTSIDE the brain"), fontsize=7,
+                 color="black" if peak_in_brain else OUTSIDE)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -89,13 +119,23 @@ def source_panel(ax: Axes, source: SourceView | None, sequence: int) -> None:
         ax.axis("off")
         return
     z = int(source.peak[2])
+    brain = _brain(source.image)
+    inside = True if brain is None else bool(brain[tuple(int(i) for i in source.peak)])
     background = None if source.image is None else _axial(source.image[sequence], z)
     label = SEQUENCE_NAMES[sequence] if source.image is not None else "map only"
     title = f"source {source.case_id} ({source.class_name})\n{label}, z={z}"
-    overlay_panel(ax, background, _axial(_unit(source.attention_map), z), title, source.peak[:2])
+    overlay_panel(ax, background, _axial(unit_scaled(source.attention_map)[0], z), title, source.peak[:2],
+                  None if brain is None else _axial(brain, z), inside)
     if source.image is None:
         ax.text(0.5, 0.02, textwrap.fill(source.note, 34), transform=ax.transAxes, ha="center", va="bottom",
                 fontsize=5, color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+
+
+def driving_line(entry: Mapping[str, Any]) -> str:
+    """"driven by <sequence>" when :func:`scripts.evidence.driving_sequence` found one, else why not."""
+    if entry["driving_sequence"] is not None:
+        return f"driven by {entry['driving_sequence']}"
+    return f"no single sequence dominates\n  (needs ΔS ≤ −{DRIVING_THRESHOLD}, {DRIVING_DOMINANCE:g}× any other)"
 
 
 def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
@@ -107,8 +147,29 @@ def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
     changes = [f"{name} {delta:+.2f}" for name, delta in entry["sequence_evidence"].items()]
     lines.append("ΔS, sequence set to its mean:")
     lines += ["  " + "  ".join(changes[i : i + 2]) for i in range(0, len(changes), 2)]
-    lines.append(f"driven by {entry['driving_sequence']}")
+    lines.append(driving_line(entry))
     return lines
+
+
+def _sequence_row(fig: Figure, cells: Sequence[Any], image: np.ndarray, attention: np.ndarray,
+                  brain: np.ndarray, label: str) -> list[Axes]:
+    """The case's sequences at the axial slice through the map's peak, the map over each."""
+    peak, inside = map_peak(attention, brain)
+    z = peak[2]
+    axes = []
+    for c, cell in enumerate(cells):
+        name = SEQUENCE_NAMES[c] if c < len(SEQUENCE_NAMES) else f"channel {c}"
+        ax = fig.add_subplot(cell)
+        overlay_panel(ax, _axial(image[c], z), _axial(attention, z), f"{label}: {name}, z={z}", peak[:2],
+                      _axial(brain, z), inside)
+        axes.append(ax)
+    return axes
+
+
+def _text(fig: Figure, cell: Any, lines: Sequence[str]) -> None:
+    ax = fig.add_subplot(cell)
+    ax.axis("off")
+    ax.text(0.0, 0.5, "\n".join(lines), va="center", fontsize=7, family="monospace")
 
 
 def case_report(
@@ -116,21 +177,26 @@ def case_report(
     case_id: str,
     image: np.ndarray,
     prediction: Mapping[str, Any],
+    class_map: np.ndarray,
     maps: Mapping[int, np.ndarray],
     sources: Mapping[int, SourceView | None],
     true_class: str | None = None,
 ) -> Path:
-    """One page: a row per top prototype (those in ``maps``), by scale then contribution.
+    """One page: the class evidence map, then a row per top prototype (those in ``maps``), by scale then
+    contribution; a red banner first when ``prediction["warnings"]`` is not empty.
 
-    Each row: the case's four sequences at the axial slice of the prototype's peak with its attention
-    map, the source case at the prototype's own peak (on the sequence that drives the match), and
-    "S × w = contribution" per class with the per-sequence similarity change.
+    Each prototype row: the case's sequences at the axial slice of the prototype's peak with its map,
+    the source case at the prototype's own peak (on the sequence that drives the match, else FLAIR),
+    and "S × w = contribution" per class with the per-sequence similarity change. Maps are divided by
+    their maximum and drawn inside the brain only, on one colour bar; a peak outside the brain is
+    flagged in red.
 
     Args:
         path: the PNG to write.
         case_id: shown in the title.
         image: the preprocessed case, (C_in, H, W, D).
-        prediction: :func:`scripts.evidence.prediction_record` output.
+        prediction: ``prediction.json``'s content (:func:`scripts.evidence.prediction_record` and more).
+        class_map: the predicted class's evidence map on the case's grid, (H, W, D).
         maps: column → the prototype's attention map on the case's grid, (H, W, D).
         sources: column → its source case (None when no push record).
         true_class: the known grade, if any.
@@ -138,31 +204,36 @@ def case_report(
     entries = [e for e in prediction["prototypes"] if e["column"] in maps]
     entries.sort(key=lambda e: (e["scale"], list(maps).index(e["column"])))
     channels = image.shape[0]
-    rows = max(len(entries), 1)
-    fig = Figure(figsize=(2.0 * (channels + 1) + 3.0, 2.4 * rows + 0.9), dpi=100, layout="constrained")
+    brain = _brain(image)
+    warnings = list(prediction.get("warnings", []))
+    rows = len(entries) + 1
+    fig = Figure(figsize=(2.0 * (channels + 1) + 3.0, 2.4 * rows + 1.4 + 0.3 * len(warnings)), dpi=100,
+                 layout="constrained")
     grid = fig.add_gridspec(rows, channels + 2, width_ratios=[1] * (channels + 1) + [1.5])
     predicted = prediction["predicted_class"]
     logits = ", ".join(f"{n} {v:+.2f}" for n, v in prediction["logits"].items())
     known = f"  |  true: {true_class}" if true_class else ""
-    fig.suptitle(
-        f"{case_id}: predicted {predicted} (p = {prediction['probabilities'][predicted]:.2f}); logits {logits}{known}\n"
-        f"top prototypes per scale by contribution to {predicted}; research use only",
-        fontsize=9,
-    )
-    for row, entry in enumerate(entries):
+    title = (f"{case_id}: predicted {predicted} (p = {prediction['probabilities'][predicted]:.2f}); logits {logits}"
+             f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
+    if warnings:
+        title = "CAUTION: " + "; ".join(warnings) + "\n" + title
+    fig.suptitle(title, fontsize=9, color=OUTSIDE if warnings else "black",
+                 bbox={"facecolor": "#ffe0e0", "edgecolor": OUTSIDE} if warnings else None)
+    axes = _sequence_row(fig, [grid[0, c] for c in range(channels)], image, unit_scaled(class_map)[0], brain,
+                         f"class map {predicted}")
+    combination = prediction.get("scale_combination", "sum")
+    _text(fig, grid[0, channels:], [f"class evidence map of {predicted}", f"(scales combined: {combination})",
+                                    *(f"p({n}) = {v:.3f}" for n, v in prediction["probabilities"].items())])
+    for row, entry in enumerate(entries, start=1):
         column = entry["column"]
-        attention = _unit(maps[column])
-        peak = [int(i) for i in np.unravel_index(int(np.argmax(attention)), attention.shape)]
-        z = peak[2]
-        for c in range(channels):
-            name = SEQUENCE_NAMES[c] if c < len(SEQUENCE_NAMES) else f"channel {c}"
-            overlay_panel(fig.add_subplot(grid[row, c]), _axial(image[c], z), _axial(attention, z),
-                          f"s{entry['scale']} k{entry['k']}: {name}, z={z}", peak[:2])
-        driving = list(entry["sequence_evidence"]).index(entry["driving_sequence"])
+        axes += _sequence_row(fig, [grid[row, c] for c in range(channels)], image, unit_scaled(maps[column])[0],
+                              brain, f"s{entry['scale']} k{entry['k']}")
+        names = list(entry["sequence_evidence"])
+        driving = names.index(entry["driving_sequence"]) if entry["driving_sequence"] else len(names) - 1
         source_panel(fig.add_subplot(grid[row, channels]), sources.get(column), driving)
-        text = fig.add_subplot(grid[row, channels + 1])
-        text.axis("off")
-        text.text(0.0, 0.5, "\n".join(contribution_lines(entry)), va="center", fontsize=7, family="monospace")
+        _text(fig, grid[row, channels + 1], contribution_lines(entry))
+    fig.colorbar(ScalarMappable(Normalize(0, 1), MAP_COLOURS), ax=axes, location="bottom", shrink=0.6,
+                 aspect=50, label=COLOUR_BAR_LABEL)
     path = Path(path)
     fig.savefig(path)
     return path
@@ -174,11 +245,13 @@ def prototype_strip(path: str | PathLike, source: SourceView, title: str) -> Pat
         raise ValueError(f"prototype strip for {title!r} needs the source image of case {source.case_id!r}.")
     z = int(source.peak[2])
     channels = source.image.shape[0]
+    brain = _brain(source.image)
+    inside = bool(brain[tuple(int(i) for i in source.peak)])
     fig = Figure(figsize=(2.0 * channels, 2.5), dpi=100, layout="constrained")
     axes = fig.subplots(1, channels)
     for c, ax in enumerate(np.atleast_1d(axes)):
-        overlay_panel(ax, _axial(source.image[c], z), _axial(_unit(source.attention_map), z),
-                      f"{SEQUENCE_NAMES[c]}, z={z}", source.peak[:2])
+        overlay_panel(ax, _axial(source.image[c], z), _axial(unit_scaled(source.attention_map)[0], z),
+                      f"{SEQUENCE_NAMES[c]}, z={z}", source.peak[:2], _axial(brain, z), inside)
     fig.suptitle(title, fontsize=8)
     path = Path(path)
     fig.savefig(path)
@@ -216,12 +289,13 @@ def sharedness_figure(
         lines = [f"scale {entry['scale']}, k {entry['k']}: phi = {entry['sharedness']:.2f}"]
         for i, name in enumerate(names):
             case = entry["cases"][name]
-            attention = _unit(maps[name][column])
-            peak = [int(v) for v in np.unravel_index(int(np.argmax(attention)), attention.shape)]
+            attention = unit_scaled(maps[name][column])[0]
+            brain = _brain(images[name])
+            peak, inside = map_peak(attention, brain)
             sequence = _driving(case["sequence_evidence"])
             title = f"case {name}: {SEQUENCE_NAMES[sequence]}, z={peak[2]}"
             overlay_panel(fig.add_subplot(grid[row, i]), _axial(images[name][sequence], peak[2]),
-                          _axial(attention, peak[2]), title, peak[:2])
+                          _axial(attention, peak[2]), title, peak[:2], _axial(brain, peak[2]), inside)
             lines.append(f"case {name}:  S = {case['similarity']:.2f}")
             for label, delta in case["contribution"].items():
                 weight = entry["class_weights"][label]

@@ -16,6 +16,7 @@ from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE,
 
 from scripts.data import DataError, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
+from scripts.evidence import DRIVING_THRESHOLD
 from scripts.inference import find_cases
 from scripts.push import save_push
 
@@ -50,9 +51,10 @@ def served(tmp_path_factory):
     values[10, 10, 10] = np.nan
     nib.save(nib.Nifti1Image(values, t2.affine), bad["nan"]["image"][2])
     Path(bad["missing"]["image"][3]).unlink()
-    _serve(root, cases, root / "out")
+    with pytest.raises(SystemExit) as stopped:  # three bad cases: the run exits 1 after serving the good one
+        _serve(root, cases, root / "out")
     out = root / "out" / "good"
-    return SimpleNamespace(root=root, model=model, push=push, good=good, bad=bad, out=out,
+    return SimpleNamespace(root=root, model=model, push=push, good=good, bad=bad, out=out, exit_code=stopped.value.code,
                            prediction=json.loads((out / "prediction.json").read_text()))
 
 
@@ -61,7 +63,7 @@ def test_evidence_maps_on_the_input_grid_peak_in_the_tumour(served):
     tumour = nib.load(served.good["seg"]).get_fdata() > 0
     top = [p["map_file"] for p in prediction["prototypes"] if "map_file" in p]
     files = [*prediction["evidence_maps"].values(), *top]
-    assert len(files) == 2 + 2  # scale 1 and Eq. 28, two top prototypes
+    assert len(files) == 3 + 2  # the class map, inside the brain only, scale 1; two top prototypes
     for name in files:
         written = nib.load(str(served.out / name))
         assert written.shape == ODD_SHAPE
@@ -101,10 +103,12 @@ def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):
         w = entry["class_weights"]
         assert entry["contribution"][predicted] == pytest.approx(w[predicted] * entry["similarity"], abs=1e-6)
         assert [entry["sequence_evidence"][s] for s in ("T1", "T1-CE", "T2")] == [0.0, 0.0, 0.0]
-        assert entry["sequence_evidence"]["FLAIR"] < 0 and entry["driving_sequence"] == "FLAIR"
+        flair = entry["sequence_evidence"]["FLAIR"]
+        assert flair < 0 and entry["driving_sequence"] == ("FLAIR" if flair <= -DRIVING_THRESHOLD else None)
 
 
 def test_bad_cases_are_reported_and_the_good_case_is_served(served):
+    assert served.exit_code == 1
     summary = json.loads((served.root / "out" / "errors.json").read_text())
     assert [d["case_id"] for d in summary["done"]] == ["good"]
     failed = {f["case_id"]: f for f in summary["failed"]}
@@ -122,7 +126,9 @@ def test_report_page_has_a_row_per_top_prototype(served):
 
 
 def test_only_bad_cases_give_a_summary_and_no_crash(served, tmp_path):
-    _serve(served.root, served.root / "cases" / "nan", tmp_path / "out")
+    with pytest.raises(SystemExit) as stopped:
+        _serve(served.root, served.root / "cases" / "nan", tmp_path / "out")
+    assert stopped.value.code == 1
     summary = json.loads((tmp_path / "out" / "errors.json").read_text())
     assert summary["done"] == [] and summary["failed"][0]["case_id"] == "nan"
 

@@ -187,7 +187,7 @@ def test_json_scores_are_the_bundles_own_inference_with_its_evidence_record(serv
 def test_image_and_default_outputs_carry_the_evidence_map_on_the_study_grid(server, tmp_path):
     case = CASES[0]
     reference = server.reference[case]
-    own = nib.load(str(server.tmp / "reference" / case / reference["evidence_maps"]["eq28"]))
+    own = nib.load(str(server.tmp / "reference" / case / reference["evidence_maps"]["class"]))
     study = nib.load(str(server.studies / f"{case}.nii.gz"))
     status, _, body = _infer(server, case, output="image")
     assert status == 200

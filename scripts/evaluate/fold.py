@@ -28,8 +28,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from scripts.attribution import class_map
+from scripts.cli import ERRORS_JSON
+from scripts.data import DataError
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
+from scripts.data.validate import validate_cases
 from scripts.engine.iteration import plain_tensor, unwrap
 from scripts.metrics import (
     LOCALISATION_KEYS,
@@ -229,6 +232,11 @@ class FoldEvaluator:
             "true"/"false", as the command line gives it).
         missing_sequences: also report BAC with each non-empty proper subset of sequences missing (idem).
         sequence_names: channel names, in channel order.
+        check_voxels: read every voxel of every case first (truncated files, NaN/inf).
+
+    Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
+    number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
+    evaluated.
     """
 
     def __init__(
@@ -252,6 +260,7 @@ class FoldEvaluator:
         save_maps: bool | str = False,
         missing_sequences: bool | str = False,
         sequence_names: Sequence[str] = SEQUENCES,
+        check_voxels: bool = True,
     ) -> None:
         if batch_size < 1 or ids_batch_size < 1 or ids_steps < 1:
             raise ValueError(
@@ -262,6 +271,9 @@ class FoldEvaluator:
         self.model_file = Path(model_file)
         self.save_maps = as_flag(save_maps, "save_maps")
         self.missing_sequences = as_flag(missing_sequences, "missing_sequences")
+        items, bad = validate_cases(items, check_voxels, skip_bad_cases=True)
+        self.failures = [error.as_record() for error in bad]
+        self.case_ids = [str(item.get("case_id")) for item in items]
         self.dataset = make_dataset(items, preprocessing, cache_dir=None if self.save_maps else cache_dir)
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -279,8 +291,20 @@ class FoldEvaluator:
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
 
+    @property
+    def errors_file(self) -> Path:
+        """``errors.json`` of the evaluation: the cases evaluated and those left out (case, file, reason)."""
+        return self.output_dir / ERRORS_JSON
+
     def __call__(self) -> dict[str, Any]:
-        """Evaluate, write the files, log BAC/AP/IDS; returns the content of ``metrics.json``."""
+        """Evaluate, write the files, log BAC/AP/IDS; returns the content of ``metrics.json``.
+
+        Raises:
+            DataError: no held-out case is usable (``errors.json`` lists why).
+        """
+        write_json(self.errors_file, {"done": self.case_ids, "failed": self.failures})
+        if not self.case_ids:
+            raise DataError(None, str(self.errors_file), f"fold {self.fold}: no usable held-out case")
         load_fold_weights(self.network, self.model_file, self.device)
         self.network.eval()
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

@@ -164,11 +164,12 @@ class GliomaGradingInfer(BundleInferTask):
                 push_dir=os.path.dirname(self.const.model_path),
                 top_per_scale=self.bundle_config.get_parsed_content("top_prototypes_per_scale"),
                 write_report=False,
+                scale_combination=self.bundle_config.get_parsed_content("scale_combination"),
             )
             record = {**writer.write_case(name, data["image"]), "files": {"image": path}}
             handle, evidence_file = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{name}_evidence_")
             os.close(handle)
-            shutil.move(os.path.join(folder, name, record["evidence_maps"]["eq28"]), evidence_file)
+            shutil.move(os.path.join(folder, name, record["evidence_maps"]["class"]), evidence_file)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return record, evidence_file

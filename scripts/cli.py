@@ -1,0 +1,100 @@
+"""What the bundle's commands do at their edges: one clear line and an exit code instead of a traceback.
+
+Exit codes of ``python -m monai.bundle run`` with inference.json or evaluate.json:
+
+- 0: every case done;
+- 1: some case failed (the others were done; the failures are listed in ``errors.json``);
+- 2: a path the command names is missing or unusable (``--input_dir``, ``--ckpt_path``, ``--dataset_dir``,
+  ...), found before any work; the line says which option and why.
+
+The functions raise :class:`SystemExit`, which MONAI's config expressions let through untouched
+(they wrap ``Exception`` only), so the message is the last line the user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scripts.data import DataError
+
+__all__ = [
+    "ERRORS_JSON",
+    "EXIT_BAD_INPUT",
+    "EXIT_CASES_FAILED",
+    "exit_if_failed",
+    "input_error",
+    "require_checkpoint",
+    "require_path",
+    "reported",
+]
+
+EXIT_CASES_FAILED = 1
+EXIT_BAD_INPUT = 2
+ERRORS_JSON = "errors.json"
+"""Summary of a run in its output folder: the cases done and the cases that failed (case, file, reason)."""
+T = TypeVar("T")
+
+
+def input_error(option: str, value: Any, reason: str, errors_dir: str | PathLike | None = None) -> SystemExit:
+    """The exit for a bad option: prints ``error: --<option> <value>: <reason>`` on stderr, writes
+    ``<errors_dir>/errors.json`` (nothing done, one failure) when given, and returns ``SystemExit(2)`` to raise."""
+    message = f"error: --{option} {value}: {reason}"
+    if errors_dir is not None:
+        folder = Path(errors_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        failure = {"case_id": None, "file": None if value is None else str(value), "reason": f"--{option}: {reason}"}
+        (folder / ERRORS_JSON).write_text(json.dumps({"done": [], "failed": [failure]}, indent=2) + "\n")
+    print(message, file=sys.stderr, flush=True)
+    return SystemExit(EXIT_BAD_INPUT)
+
+
+def require_path(
+    value: str | PathLike | None, option: str, kind: str = "any", errors_dir: str | PathLike | None = None
+) -> str:
+    """``value`` when it names an existing ``kind`` ("file", "dir" or "any"); otherwise exit 2 naming ``option``."""
+    if kind not in ("file", "dir", "any"):
+        raise ValueError(f"kind must be 'file', 'dir' or 'any', got {kind!r}.")
+    if value is None or str(value) == "":
+        raise input_error(option, value, "not given", errors_dir)
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise input_error(option, value, "does not exist", errors_dir)
+    if kind == "file" and not path.is_file():
+        raise input_error(option, value, "is not a file", errors_dir)
+    if kind == "dir" and not path.is_dir():
+        raise input_error(option, value, "is not a folder", errors_dir)
+    return str(value)
+
+
+def require_checkpoint(value: str | PathLike | None, option: str, errors_dir: str | PathLike | None = None) -> str:
+    """:func:`require_path` for a PyTorch checkpoint, which is also checked to be a zip archive (what
+    ``torch.save`` writes), so a truncated or foreign file stops here rather than inside the loader."""
+    require_path(value, option, "file", errors_dir)
+    if not zipfile.is_zipfile(Path(value).expanduser()):
+        raise input_error(option, value, "is not a PyTorch checkpoint (not a zip archive; truncated?)", errors_dir)
+    return str(value)
+
+
+def reported(
+    function: Callable[..., T], option: str, value: Any, *args: Any, errors_dir: str | PathLike | None = None, **kwargs: Any
+) -> T:
+    """``function(*args, **kwargs)``, where a :class:`~scripts.data.DataError` (the input named by
+    ``option`` is unusable: no case found, a broken CSV, ...) becomes exit 2 naming ``option``."""
+    try:
+        return function(*args, **kwargs)
+    except DataError as error:
+        raise input_error(option, value, str(error), errors_dir) from None
+
+
+def exit_if_failed(failed: Sequence[Mapping[str, Any]], summary: str | PathLike) -> None:
+    """Exit 1 with one line when ``failed`` lists any case (after everything else was written to ``summary``)."""
+    if failed:
+        names = ", ".join(str(f.get("case_id")) for f in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        print(f"error: {len(failed)} case(s) failed ({names}); see {summary}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CASES_FAILED)

@@ -368,7 +368,8 @@ class EvidenceWriter:
             volumes = {stem: unit_scaled(volume)}
             if stem == CLASS_MAP_KEY:
                 scaled, peak_value = volumes[stem]
-                volumes[f"{stem}_brain"] = scaled * brain, peak_value
+                inside, share = unit_scaled(scaled * brain)
+                volumes[f"{stem}_brain"] = inside, share * peak_value
             for name, (scaled, peak_value) in volumes.items():
                 file = _map_file(name, predicted)
                 description = f"{file.split('.')[0]}: map / its max (raw max {peak_value:.3g})"

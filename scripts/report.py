@@ -29,8 +29,10 @@ __all__ = [
     "MAP_COLOURS",
     "MAP_FLOOR",
     "SourceView",
+    "case_figure",
     "case_report",
     "contribution_lines",
+    "driving_line",
     "map_peak",
     "overlay_panel",
     "prototype_strip",
@@ -172,8 +174,7 @@ def _text(fig: Figure, cell: Any, lines: Sequence[str]) -> None:
     ax.text(0.0, 0.5, "\n".join(lines), va="center", fontsize=7, family="monospace")
 
 
-def case_report(
-    path: str | PathLike,
+def case_figure(
     case_id: str,
     image: np.ndarray,
     prediction: Mapping[str, Any],
@@ -182,8 +183,8 @@ def case_report(
     sources: Mapping[int, SourceView | None],
     true_class: str | None = None,
 ) -> Path:
-    """One page: the class evidence map, then a row per top prototype (those in ``maps``), by scale then
-    contribution; a red banner first when ``prediction["warnings"]`` is not empty.
+    """The page of :func:`case_report`: the class evidence map, then a row per top prototype (those in
+    ``maps``), by scale then contribution; a red banner first when ``prediction["warnings"]`` is not empty.
 
     Each prototype row: the case's sequences at the axial slice of the prototype's peak with its map,
     the source case at the prototype's own peak (on the sequence that drives the match, else FLAIR),
@@ -192,7 +193,6 @@ def case_report(
     flagged in red.
 
     Args:
-        path: the PNG to write.
         case_id: shown in the title.
         image: the preprocessed case, (C_in, H, W, D).
         prediction: ``prediction.json``'s content (:func:`scripts.evidence.prediction_record` and more).
@@ -207,7 +207,7 @@ def case_report(
     brain = _brain(image)
     warnings = list(prediction.get("warnings", []))
     rows = len(entries) + 1
-    fig = Figure(figsize=(2.0 * (channels + 1) + 3.0, 2.4 * rows + 1.4 + 0.3 * len(warnings)), dpi=100,
+    fig = Figure(figsize=(2.0 * (channels + 1) + 3.0, 2.4 * rows + 0.9 + 0.3 * len(warnings)), dpi=100,
                  layout="constrained")
     grid = fig.add_gridspec(rows, channels + 2, width_ratios=[1] * (channels + 1) + [1.5])
     predicted = prediction["predicted_class"]
@@ -234,8 +234,13 @@ def case_report(
         _text(fig, grid[row, channels + 1], contribution_lines(entry))
     fig.colorbar(ScalarMappable(Normalize(0, 1), MAP_COLOURS), ax=axes, location="bottom", shrink=0.6,
                  aspect=50, label=COLOUR_BAR_LABEL)
+    return fig
+
+
+def case_report(path: str | PathLike, case_id: str, *args: Any, **kwargs: Any) -> Path:
+    """Write :func:`case_figure` (same arguments after ``case_id``) as the PNG ``path``."""
     path = Path(path)
-    fig.savefig(path)
+    case_figure(case_id, *args, **kwargs).savefig(path)
     return path
 
 

@@ -178,3 +178,35 @@ def test_missing_subsets_and_bac_with_a_constructed_model():
     # T1 present: predictions LGG, HGG, HGG -> BAC 1
     assert by_subset[("t2",)] == by_subset[("t1ce", "t2", "flair")] == 1.0
     assert math.isclose(sum(r["bac"] for r in results), 7 * 0.25 + 7 * 1.0)
+
+
+def test_a_held_out_case_that_fails_is_listed_the_others_evaluated_and_the_run_exits_1(
+    evaluated, data_synthetic_root, tmp_path, capsys
+):
+    _, test_items = split_fold(json.loads((evaluated.workdir.parent / "datalist.json").read_text()), 0)
+    broken = {**test_items[0], "case_id": "broken", "image": [*test_items[0]["image"][:3], str(tmp_path / "gone.nii")]}
+    workflow = _evaluation(tmp_path / "again", data_synthetic_root, model_file=str(evaluated.fold_dir / "model.pt"),
+                           ids_steps=2, **{"evaluate#items": [*test_items, broken]})
+    workflow.initialize()
+    with pytest.raises(SystemExit) as stopped:
+        workflow.run()
+    assert stopped.value.code == 1
+    fold_dir = tmp_path / "again" / "out" / "fold0"
+    errors = json.loads((fold_dir / "errors.json").read_text())
+    assert errors["failed"][0]["case_id"] == "broken" and errors["failed"][0]["file"] == str(tmp_path / "gone.nii")
+    assert sorted(errors["done"]) == sorted(evaluated.cases)
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    assert metrics["cases"] == len(evaluated.cases) and metrics["bac"] == evaluated.metrics["bac"]
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: 1 case(s) failed (broken)")
+
+
+@pytest.mark.parametrize("option", ["dataset_dir", "model_file"])
+def test_a_bad_dataset_dir_or_model_file_is_one_line_exit_2(evaluated, data_synthetic_root, tmp_path, capsys, option):
+    settings = {"dataset_dir": data_synthetic_root, "model_file": str(evaluated.fold_dir / "model.pt"),
+                option: str(tmp_path / "nowhere")}
+    workflow = _evaluation(tmp_path / "bad", settings.pop("dataset_dir"), **settings)
+    workflow.initialize()
+    with pytest.raises(SystemExit) as stopped:
+        workflow.run()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --{option} {tmp_path / 'nowhere'}: does not exist"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,8 +26,9 @@ SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}
 
 
 def _serve(root: Path, input_dir: Path, output_dir: Path, **overrides) -> None:
+    settings = {"ckpt_path": str(root / "fold0" / "model.pt"), "datalist_file": str(root / "datalist.json"), **SETTINGS}
     run(config_file="configs/inference.json", logging_file=False, input_dir=str(input_dir), output_dir=str(output_dir),
-        ckpt_path=str(root / "fold0" / "model.pt"), datalist_file=str(root / "datalist.json"), **SETTINGS, **overrides)
+        **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +159,64 @@ def test_find_cases_reads_lists_csv_and_case_folders(served, tmp_path):
         find_cases(root, good["image"])
     with pytest.raises(DataError, match="does not exist"):
         find_cases(tmp_path / "nowhere")
+
+
+def test_maps_open_on_zero_to_one_with_a_sidecar_and_a_brain_only_class_map(served):
+    sidecar = json.loads((served.out / "maps.json").read_text())
+    predicted = served.prediction["predicted_class"]
+    assert set(sidecar["maps"]) == {*served.prediction["evidence_maps"].values(),
+                                    *(p["map_file"] for p in served.prediction["prototypes"] if "map_file" in p)}
+    for name, entry in sidecar["maps"].items():
+        written = nib.load(str(served.out / name))
+        volume = written.get_fdata()
+        assert volume.min() >= 0 and volume.max() == pytest.approx(1.0, abs=1e-6), name
+        assert (float(written.header["cal_min"]), float(written.header["cal_max"])) == (0.0, 1.0)
+        assert entry["raw_max"] > 0 and "raw max" in written.header["descrip"].item().decode()
+        assert list(np.unravel_index(int(volume.argmax()), volume.shape)) == entry["peak_voxel"]
+    channels = np.stack([nib.load(f).get_fdata() for f in served.good["image"]])
+    brain = (channels > channels.reshape(4, -1).min(1)[:, None, None, None] + 1e-6).any(0)
+    whole = nib.load(str(served.out / f"evidence_{predicted}.nii.gz")).get_fdata()
+    inside = nib.load(str(served.out / f"evidence_{predicted}_brain.nii.gz")).get_fdata()
+    assert not inside[~brain].any() and inside[brain].max() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(inside[brain], whole[brain] / whole[brain].max(), atol=1e-6)
+
+
+def test_html_report_beside_the_png(served):
+    page = (served.out / "report.html").read_text(encoding="utf-8")
+    assert "predicted " + served.prediction["predicted_class"] in page and page.count("<tr><td>") == len(
+        served.prediction["prototypes"])
+
+
+def test_a_missing_input_dir_is_one_line_exit_2_and_errors_json(served, tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+               "--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"),
+               "--ckpt_path", str(served.root / "fold0" / "model.pt"), "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: --input_dir {tmp_path / 'nowhere'}: does not exist"
+    summary = json.loads((tmp_path / "out" / "errors.json").read_text())
+    assert summary["done"] == [] and "--input_dir" in summary["failed"][0]["reason"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "not_a_checkpoint"])
+def test_a_bad_ckpt_path_is_one_line_exit_2_and_errors_json(served, tmp_path, capsys, problem):
+    checkpoint = tmp_path / "model.pt"
+    if problem == "not_a_checkpoint":
+        checkpoint.write_bytes((served.root / "fold0" / "model.pt").read_bytes()[:100])  # truncated
+    with pytest.raises(SystemExit) as stopped:
+        _serve(served.root, served.root / "cases" / "good", tmp_path / "out", ckpt_path=str(checkpoint))
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    reason = "does not exist" if problem == "missing" else "is not a PyTorch checkpoint"
+    assert line.startswith(f"error: --ckpt_path {checkpoint}: {reason}")
+    assert "--ckpt_path" in json.loads((tmp_path / "out" / "errors.json").read_text())["failed"][0]["reason"]
+    assert not (tmp_path / "out" / "good").exists()
+
+
+def test_an_input_dir_without_cases_is_one_line_exit_2(served, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        _serve(served.root, tmp_path / "empty", tmp_path / "out")
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --input_dir {tmp_path / 'empty'}: ")

@@ -1,0 +1,143 @@
+"""The rules of the evidence a reader sees: "driven by", confidence warnings, brain-only overlays, flagged
+peaks, colour bar, and the self-contained HTML page; each on constructed inputs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts.evidence import (
+    DRIVING_THRESHOLD,
+    LOW_PROBABILITY,
+    LOW_SIMILARITY_SPREAD,
+    confidence_warnings,
+    driving_sequence,
+    unit_scaled,
+)
+from scripts.report import COLOUR_BAR_LABEL, MAP_FLOOR, OUTSIDE, SourceView, case_figure, map_peak
+from scripts.report_html import case_html
+
+SHAPE = (12, 10, 8)
+
+
+def test_driving_sequence_needs_a_drop_above_noise_that_dominates():
+    # the issue's case: all four drops are noise
+    assert driving_sequence({"T1": -0.01, "T1-CE": -0.02, "T2": -0.015, "FLAIR": -0.01}) is None
+    assert driving_sequence({"T1": -0.05, "T1-CE": 0.0, "T2": -0.02, "FLAIR": 0.01}) == "T1"  # at the threshold
+    assert driving_sequence({"T1": -0.049, "T1-CE": 0.0, "T2": 0.0, "FLAIR": 0.0}) is None  # just below
+    assert driving_sequence({"T1": -0.1, "T1-CE": -0.02, "T2": -0.15, "FLAIR": -0.6}) == "FLAIR"  # 0.6 ≥ 2 × 0.15
+    assert driving_sequence({"T1": 0.0, "T1-CE": -0.2, "T2": -0.3, "FLAIR": 0.0}) is None  # 0.3 < 2 × 0.2
+    assert driving_sequence({"T1": 0.0, "T1-CE": -0.1, "T2": 0.5, "FLAIR": 0.0}) == "T1-CE"  # a rise is no drop
+    assert DRIVING_THRESHOLD == pytest.approx(0.05)
+
+
+def test_confidence_warnings_on_low_probability_or_collapsed_similarities():
+    collapsed = confidence_warnings({"LGG": 0.48, "HGG": 0.52}, [1.0, 0.999, 1.0, 0.998])
+    assert len(collapsed) == 2 and "0.52" in collapsed[0] and "spread" in collapsed[1]
+    assert confidence_warnings({"LGG": 0.01, "HGG": 0.99}, [0.1, 0.9, 0.5, 0.2]) == []
+    just = LOW_PROBABILITY - 0.01
+    assert len(confidence_warnings({"LGG": 1 - just, "HGG": just}, [0.0, 1.0])) == 1
+    spread = [0.5 - LOW_SIMILARITY_SPREAD * 0.9, 0.5 + LOW_SIMILARITY_SPREAD * 0.9]  # std 0.9 × the threshold
+    assert "spread" in confidence_warnings({"LGG": 0.0, "HGG": 1.0}, spread)[0]
+
+
+def test_unit_scaled_divides_by_the_maximum():
+    scaled, peak = unit_scaled(np.array([[0.0, 0.002], [0.004, 0.001]]))
+    np.testing.assert_allclose(scaled, [[0.0, 0.5], [1.0, 0.25]])
+    assert peak == pytest.approx(0.004)
+    zeros, none = unit_scaled(np.zeros((2, 2)))
+    assert none == 0.0 and not zeros.any()
+
+
+def _constructed_case():
+    """A 2-channel case whose brain is a box (background = channel minimum), a map peaking outside it and one
+    inside, and a record with one noise-only and one FLAIR-driven prototype."""
+    image = np.zeros((4, *SHAPE), dtype=np.float32)
+    brain = np.zeros(SHAPE, dtype=bool)
+    brain[2:10, 2:8, 1:7] = True
+    image[:, brain] = 1.0 + np.random.default_rng(0).random((4, int(brain.sum())))
+    inside = np.zeros(SHAPE, dtype=np.float32)
+    inside[4:7, 3:6, 2:5] = 0.5
+    inside[5, 4, 3] = 1.0
+    outside = np.full(SHAPE, 0.4, dtype=np.float32)
+    outside[0, 0, 0] = 1.0  # peak in the background corner; 0.4 everywhere else
+    entry = {"scale": 1, "class_weights": {"LGG": -0.5, "HGG": 1.0}, "contribution": {"LGG": -0.5, "HGG": 1.0},
+             "similarity": 1.0, "source": None}
+    record = {
+        "predicted_class": "HGG", "class_names": ["LGG", "HGG"], "logits": {"LGG": 0.0, "HGG": 0.1},
+        "probabilities": {"LGG": 0.48, "HGG": 0.52}, "scale_combination": "product", "true_class": "HGG",
+        "warnings": confidence_warnings({"LGG": 0.48, "HGG": 0.52}, [1.0, 1.0]),
+        "prototypes": [
+            {**entry, "column": 0, "k": 0, "driving_sequence": None, "peak_in_brain": False,
+             "sequence_evidence": {"T1": -0.01, "T1-CE": -0.02, "T2": -0.01, "FLAIR": -0.01}},
+            {**entry, "column": 1, "k": 1, "driving_sequence": "FLAIR", "peak_in_brain": True,
+             "sequence_evidence": {"T1": -0.01, "T1-CE": 0.0, "T2": -0.02, "FLAIR": -0.7}},
+        ],
+    }
+    return image, brain, inside, outside, record
+
+
+def test_map_peak_flags_a_peak_outside_the_brain():
+    _, brain, inside, outside, _ = _constructed_case()
+    assert map_peak(inside, brain) == ([5, 4, 3], True)
+    assert map_peak(outside, brain) == ([0, 0, 0], False)
+    assert map_peak(outside, None)[1] is True
+
+
+def test_report_page_banner_brain_only_overlays_flagged_peaks_and_colour_bar():
+    image, brain, inside, outside, record = _constructed_case()
+    source = SourceView("src", "HGG", inside, [5, 4, 3], image)
+    figure = case_figure("case", image, record, inside, {0: outside, 1: inside}, {0: None, 1: source}, "HGG")
+    assert figure.get_suptitle().startswith("CAUTION: low confidence: top probability 0.52")
+    texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert any("no single sequence dominates" in t for t in texts) and any("driven by FLAIR" in t for t in texts)
+    assert any(ax.get_xlabel() == COLOUR_BAR_LABEL for ax in figure.axes)  # the colour bar, with its unit
+    overlays = [(ax, ax.images[-1]) for ax in figure.axes if len(ax.images) == 2]
+    assert len(overlays) == 4 * 3 + 1  # class map and two prototypes over 4 sequences; one source panel
+    for ax, overlay in overlays:
+        z = int(re.search(r"z=(\d+)", ax.get_title()).group(1))
+        hidden = np.ma.getmaskarray(overlay.get_array())
+        assert hidden[~brain[:, :, z].T].all()  # nothing drawn outside the brain
+        values = np.asarray(overlay.get_array())
+        assert (hidden[brain[:, :, z].T] == (values[brain[:, :, z].T] < MAP_FLOOR)).all()
+    flagged = [ax for ax in figure.axes if "OUTSIDE the brain" in ax.get_title()]
+    assert len(flagged) == 4 and all(ax.title.get_color() == OUTSIDE for ax in flagged)  # the outside map's row
+    assert all("z=0" in ax.get_title() for ax in flagged)
+
+
+def _decode(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_html_page_is_self_contained_with_scrollable_slices_and_brain_only_overlays(tmp_path):
+    image, brain, inside, outside, record = _constructed_case()
+    path = case_html(tmp_path / "report.html", "case", image, record, inside, {0: outside, 1: inside})
+    page = path.read_text(encoding="utf-8")
+    assert not re.search(r"(src|href)=\"(https?:)?//", page) and "http://" not in page.replace("http://www.w3", "")
+    assert "CAUTION: low confidence" in page and "no single sequence dominates" in page
+    rows = re.findall(r"<tr><td>", page)
+    assert len(rows) == len(record["prototypes"])
+    data = json.loads(re.search(r'<script type="application/json" id="slices">(.*?)</script>', page, re.S).group(1))
+    assert data["depth"] == SHAPE[2] and len(data["base"]) == 4 and all(len(b) == SHAPE[2] for b in data["base"])
+    assert set(data["overlays"]) == {"class map HGG", "prototype s1 k0", "prototype s1 k1"}
+    first = _decode(data["base"][0][3])
+    assert first.shape == (SHAPE[1], SHAPE[0])  # rows = j, columns = i
+    overlay = data["overlays"]["prototype s1 k0"]
+    assert overlay["peak"] == [0, 0, 0]
+    for z, uri in enumerate(overlay["slices"]):
+        alpha = _decode(uri)[..., 3] if uri else np.zeros((SHAPE[1], SHAPE[0]))
+        drawn = np.flipud(alpha > 0)  # back to origin-lower rows: (j, i)
+        expected = (brain[:, :, z] & (unit_scaled(outside)[0][:, :, z] >= MAP_FLOOR)).T
+        np.testing.assert_array_equal(drawn, expected)
+    script = re.findall(r"<script>(.*?)</script>", page, re.S)[-1]
+    if shutil.which("node"):
+        checked = subprocess.run(["node", "--check", "-"], input=script, text=True, capture_output=True)
+        assert checked.returncode == 0, checked.stderr

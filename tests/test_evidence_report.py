@@ -138,6 +138,33 @@ def test_html_page_is_self_contained_with_scrollable_slices_and_brain_only_overl
         expected = (brain[:, :, z] & (unit_scaled(outside)[0][:, :, z] >= MAP_FLOOR)).T
         np.testing.assert_array_equal(drawn, expected)
     script = re.findall(r"<script>(.*?)</script>", page, re.S)[-1]
-    if shutil.which("node"):
-        checked = subprocess.run(["node", "--check", "-"], input=script, text=True, capture_output=True)
-        assert checked.returncode == 0, checked.stderr
+    if shutil.which("node"):  # run the page's script on a stand-in DOM: it draws the peak slice of the overlay
+        payload = json.dumps(json.dumps(data))
+        harness = NODE_DOM.replace("PAYLOAD", payload) + script + NODE_REPORT
+        ran = subprocess.run(["node", "-"], input=harness, text=True, capture_output=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        state = json.loads(ran.stdout)
+        z = data["overlays"]["class map HGG"]["peak"][2]
+        assert state["zlabel"] == f"z = {z} / {SHAPE[2] - 1}" and state["base0"] == data["base"][0][z]
+        assert state["top0"] == data["overlays"]["class map HGG"]["slices"][z]
+
+
+NODE_DOM = """
+const elements = {};
+function element(id) {
+  if (!elements[id]) {
+    elements[id] = {id, value: '', src: '', textContent: '', style: {}, listeners: {},
+                    addEventListener(kind, f) { this.listeners[kind] = f; }};
+  }
+  return elements[id];
+}
+const document = {getElementById: element};
+element('slices').textContent = PAYLOAD;
+element('overlay').value = 'class map HGG';
+element('opacity').value = '0.5';
+element('z').value = String(JSON.parse(PAYLOAD).overlays['class map HGG'].peak[2]);
+"""
+NODE_REPORT = """
+console.log(JSON.stringify({zlabel: element('zlabel').textContent, base0: element('base0').src,
+                            top0: element('top0').src}));
+"""

@@ -27,7 +27,8 @@ from monai.data import DataLoader
 from scripts.cv import config_list
 from scripts.evaluate import load_fold_weights, predict_fold
 from scripts.losses import soft_class_coefficients
-from scripts.metrics import SCALE_COMBINATIONS, activation_precision, class_attention_map
+from scripts.explain.maps import SCALE_COMBINATIONS, class_attention_map
+from scripts.metrics import activation_precision
 
 
 def fold_report(parser: ConfigParser, fold_dir: Path) -> dict[str, Any]:

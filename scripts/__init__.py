@@ -1,6 +1,6 @@
 """UM-ProtoShare MONAI bundle: custom components named by the configs.
 
-After ``$import scripts`` a config can name ``scripts.cli``, ``scripts.data``, ``scripts.engine``, ``scripts.evaluate``,
+After ``$import scripts`` a config can name ``scripts.cli``, ``scripts.data``, ``scripts.engine``, ``scripts.evaluate``, ``scripts.explain``,
 ``scripts.losses``, ``scripts.metrics``, ``scripts.networks``, ``scripts.push`` and ``scripts.compare``; each is imported on first
 use, so that ``python -m scripts.data.datalist`` (and the like) do not import their module twice.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("cli", "compare", "data", "engine", "evaluate", "losses", "metrics", "networks", "push")
+_SUBMODULES = ("cli", "compare", "data", "engine", "evaluate", "explain", "losses", "metrics", "networks", "push")
 __all__ = list(_SUBMODULES)
 
 

@@ -32,7 +32,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from scripts.attribution import class_map
+from scripts.explain.attribution import class_map
 from scripts.data import build_datalist, preprocessing_transforms
 from scripts.cv import config_list
 from scripts.data.synthetic import DEFAULT_SHAPE, generate_pairs
@@ -77,7 +77,7 @@ def check_pairs(
         pairs: ``(HGG item, LGG item)`` datalist items with masks (:func:`pair_items`).
         preprocessing: ``preprocessing_transforms(with_mask=True, ...)`` as in training.
         class_names: names in label order; must contain ``"HGG"`` and ``"LGG"``.
-        class_map_method, combination, brain_only: see :func:`scripts.attribution.class_map`.
+        class_map_method, combination, brain_only: see :func:`scripts.explain.attribution.class_map`.
         device: where the forward passes run.
     """
     hgg = list(class_names).index("HGG")

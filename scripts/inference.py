@@ -31,27 +31,27 @@ from monai.networks import eval_mode
 from monai.transforms import Compose
 
 from scripts.cli import ERRORS_JSON
-from scripts.data import DataError, detect_layout, find_case_files, load_datalist
+from scripts.data import DataError, detect_layout, find_case_files
 from scripts.data.layouts import FINDERS, _nifti_stem, find_csv
 from scripts.data.validate import case_problems
-from scripts.evidence import (
+from scripts.explain.evidence import (
     CaseEvidence,
-    class_evidence_maps,
     explain_case,
     prediction_record,
     to_original_space,
     top_columns,
     unit_scaled,
-    upsample_maps,
     write_nifti,
 )
-from scripts.metrics import brain_mask, class_attention_map
+from scripts.explain.maps import class_attention_map, class_evidence_maps
+from scripts.explain.report import case_report
+from scripts.explain.report_html import case_html
+from scripts.explain.sources import SourceImages, load_push_for
+from scripts.metrics import brain_mask
 from scripts.networks import UMProtoShare
-from scripts.push import PUSH_JSON, PushResult, load_push
-from scripts.report import SourceView, case_report
-from scripts.report_html import case_html
+from scripts.push import PUSH_JSON
 
-__all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "SourceImages", "find_cases"]
+__all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "find_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,64 +164,6 @@ def find_cases(
     return InferenceCases(items, errors)
 
 
-class SourceImages:
-    """Source cases of the push record, read through the training datalist and preprocessed on demand.
-
-    Args:
-        push: the push record (None: no source can be shown).
-        preprocessing: the inference preprocessing (the training one, uncached).
-        datalist_file: the training datalist (``runs/datalist.json``); missing → maps shown alone.
-    """
-
-    def __init__(self, push: PushResult | None, preprocessing: Compose, datalist_file: str | PathLike | None) -> None:
-        self.push = push
-        self.preprocessing = preprocessing
-        self.items: dict[str, dict] = {}
-        self.note = ""
-        self._images: dict[str, np.ndarray] = {}
-        if datalist_file is None or not Path(datalist_file).is_file():
-            self.note = f"source image not shown: no datalist at {datalist_file}"
-            return
-        try:
-            self.items = {item["case_id"]: item for item in load_datalist(datalist_file)["training"]}
-        except DataError as error:
-            logger.warning("source images not shown: %s", error)
-            self.note = f"source image not shown: {error.reason}"
-
-    def _image(self, case_id: str, grid: Sequence[int]) -> tuple[np.ndarray | None, str]:
-        if case_id not in self.items:
-            return None, self.note or f"source image not shown: {case_id} not in the datalist"
-        if case_id not in self._images:
-            item = {"case_id": case_id, "image": self.items[case_id]["image"]}
-            self._images[case_id] = np.asarray(self.preprocessing(item)["image"].detach().cpu())
-        image = self._images[case_id]
-        if list(image.shape[1:]) != list(grid):
-            return None, f"source image not shown: its grid {list(image.shape[1:])} is not the push grid {list(grid)}"
-        return image, ""
-
-    def view(self, column: int) -> SourceView | None:
-        """The source of classifier column ``column``, or None without a push record."""
-        if self.push is None:
-            return None
-        record = self.push.records[column]
-        grid = record["input_shape"]
-        attention = upsample_maps(self.push.maps[column][None], grid)[0].numpy()
-        image, note = self._image(record["case_id"], grid)
-        return SourceView(record["case_id"], record["class_name"], attention, record["peak_voxel"], image, note)
-
-
-def _load_push(push_dir: str | PathLike | None, network: UMProtoShare) -> PushResult | None:
-    if push_dir is None or not (Path(push_dir) / PUSH_JSON).is_file():
-        logger.warning("no %s in %s: prototype sources are not shown", PUSH_JSON, push_dir)
-        return None
-    push = load_push(push_dir)
-    if [(r["scale"], r["k"]) for r in push.records] != [tuple(c) for c in network.prototype_columns]:
-        raise ValueError(
-            f"{Path(push_dir) / PUSH_JSON} does not describe this model's prototypes {network.prototype_columns}."
-        )
-    return push
-
-
 CLASS_MAP_KEY = "class"
 MAPS_JSON = "maps.json"
 """Sidecar of the NIfTI maps in a case folder: what each shows, its raw maximum and its peak."""
@@ -273,15 +215,15 @@ def _maps_sidecar(written: dict[str, dict[str, Any]], predicted: str, combinatio
 class EvidenceWriter:
     """Evaluator handler writing each case's answer into ``<output_dir>/<case_id>/``.
 
-    ``prediction.json`` (:func:`~scripts.evidence.prediction_record` plus the files, the known grade and
+    ``prediction.json`` (:func:`~scripts.explain.evidence.prediction_record` plus the files, the known grade and
     each top prototype's map file and peak voxel in the input image); NIfTI maps on the input files'
     grid, each divided by its maximum (header window 0–1): ``evidence_<class>.nii.gz`` (the predicted
     class's map, scales combined by ``scale_combination``), ``evidence_<class>_brain.nii.gz`` (the same,
     zero outside the brain), ``evidence_<class>_scale<s>.nii.gz`` (its per-scale terms, Eq. 27) and
     ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale`` prototypes of each scale with the largest
     contribution to the predicted class; ``maps.json`` (what each map shows, its raw maximum and peak);
-    ``report.png`` (:func:`~scripts.report.case_report`) and ``report.html``
-    (:func:`~scripts.report_html.case_html`). A case that fails is logged and listed by
+    ``report.png`` (:func:`~scripts.explain.report.case_report`) and ``report.html``
+    (:func:`~scripts.explain.report_html.case_html`). A case that fails is logged and listed by
     :meth:`write_summary`; the others go on.
 
     Args:
@@ -294,7 +236,7 @@ class EvidenceWriter:
         datalist_file: training datalist, to show the source cases' images.
         top_per_scale: prototypes per scale given maps and report rows.
         write_report: write ``report.png`` and ``report.html``.
-        scale_combination: how the class map combines the scales (:data:`scripts.metrics.SCALE_COMBINATIONS`;
+        scale_combination: how the class map combines the scales (:data:`scripts.explain.maps.SCALE_COMBINATIONS`;
             ``evaluate.json`` uses the same).
     """
 
@@ -345,7 +287,7 @@ class EvidenceWriter:
     def sources(self) -> SourceImages:
         """Source lookup, built on first use (after the weights are loaded)."""
         if self._sources is None:
-            push = _load_push(self.push_dir, self.network)
+            push = load_push_for(self.push_dir, self.network)
             self._sources = SourceImages(push, self.preprocessing, self.datalist_file)
         return self._sources
 

@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.utils import look_up_option
 from torch import Tensor, nn
 
+from scripts.explain.maps import resize_to_input
 from scripts.networks import ScaleExplanation, UMProtoShare
 
 __all__ = ["PUSH_JSON", "PUSH_MAPS", "PushResult", "load_push", "peak_voxel", "push_prototypes", "save_push"]
@@ -34,9 +33,6 @@ PUSH_JSON = "push.json"
 """File name of the provenance records written by :func:`save_push`."""
 PUSH_MAPS = "push_maps.pt"
 """File name of the winning attention maps written by :func:`save_push`."""
-
-_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
-"""Spatial dims of an attention map → interpolation mode used to bring it to the input grid."""
 
 
 @dataclass(eq=False)
@@ -162,10 +158,7 @@ def peak_voxel(attention_map: Tensor, input_size: Sequence[int]) -> list[int]:
             f"input_size {list(input_size)} must have one entry per spatial dim of the map "
             f"{tuple(attention_map.shape)}."
         )
-    mode = look_up_option(attention_map.ndim, _INTERPOLATION)
-    resized = F.interpolate(
-        attention_map[None, None].float(), size=[int(n) for n in input_size], mode=mode, align_corners=False
-    )[0, 0]
+    resized = resize_to_input(attention_map[None, None], input_size)[0, 0]
     return [int(i) for i in torch.unravel_index(resized.argmax(), resized.shape)]
 
 

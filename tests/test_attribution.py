@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scripts.attribution import class_map, grad_cam_layers, grad_cam_map, occlusion_map
+from scripts.explain.attribution import class_map, grad_cam_layers, grad_cam_map, occlusion_map
 from scripts.networks import BackboneCNN, UMProtoShare
 
 CUBE = (slice(6, 16), slice(4, 14), slice(10, 20))

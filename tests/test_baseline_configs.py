@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
-from scripts.attribution import class_map
+from scripts.explain.attribution import class_map
 from scripts.engine import StageHandler
 from scripts.networks import BASELINES, BackboneCNN, UMProtoShare, group_of
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.attribution import class_map
+from scripts.explain.attribution import class_map
 from scripts.losses import ScaleTerms, Stage1Loss
 from scripts.networks import BASELINES, BackboneCNN, UMProtoShare, build_baseline
 from scripts.push import push_prototypes

@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from test_engine_micro import MICRO, micro_workflow
 
-from scripts.attribution import class_map
+from scripts.explain.attribution import class_map
 from scripts.data import preprocessing_transforms, split_fold
 from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_table, replace_missing
 from scripts.metrics import activation_precision

@@ -9,9 +9,8 @@ import torch
 from test_evidence_fixtures import GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
 
 from scripts.data import preprocessing_transforms
-from scripts.evidence import (
+from scripts.explain.evidence import (
     CaseEvidence,
-    class_evidence_maps,
     explain_case,
     prediction_record,
     prototype_contributions,
@@ -21,7 +20,7 @@ from scripts.evidence import (
     top_columns,
     write_nifti,
 )
-from scripts.metrics import class_attention_map
+from scripts.explain.maps import class_attention_map, class_evidence_maps
 
 
 def test_eq31_contributions_hand_computed():

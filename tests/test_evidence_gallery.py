@@ -12,7 +12,7 @@ from test_engine_micro import micro_workflow
 from test_evidence_fixtures import GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, push_on, write_case
 
 from scripts.data import preprocessing_transforms
-from scripts.gallery import GALLERY_JSON, PrototypeGallery, write_gallery
+from scripts.explain.gallery import GALLERY_JSON, PrototypeGallery, write_gallery
 from scripts.push import PushResult
 
 

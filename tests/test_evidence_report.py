@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.evidence import (
+from scripts.explain.evidence import (
     DRIVING_THRESHOLD,
     LOW_PROBABILITY,
     LOW_SIMILARITY_SPREAD,
@@ -22,8 +22,8 @@ from scripts.evidence import (
     driving_sequence,
     unit_scaled,
 )
-from scripts.report import COLOUR_BAR_LABEL, MAP_FLOOR, OUTSIDE, SourceView, case_figure, map_peak
-from scripts.report_html import case_html
+from scripts.explain.report import COLOUR_BAR_LABEL, MAP_FLOOR, OUTSIDE, SourceView, case_figure, map_peak
+from scripts.explain.report_html import case_html
 
 SHAPE = (12, 10, 8)
 

@@ -18,7 +18,7 @@ from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE,
 
 from scripts.data import DataError, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
-from scripts.evidence import DRIVING_THRESHOLD
+from scripts.explain.evidence import DRIVING_THRESHOLD
 from scripts.inference import find_cases
 from scripts.push import save_push
 

@@ -7,19 +7,18 @@ import math
 import pytest
 import torch
 
+from scripts.explain.maps import class_attention_map, owned_prototype_map
 from scripts.metrics import (
     activation_precision,
     activation_precision_per_case,
     balanced_accuracy,
     brain_mask,
-    class_attention_map,
     classification_metrics,
     deletion_curve,
     deletion_masks,
     deletion_thresholds,
     incremental_deletion_score,
     localisation_summary,
-    owned_prototype_map,
     similarity_spread,
 )
 

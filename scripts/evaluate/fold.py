@@ -3,7 +3,7 @@
 Plain PyTorch; :class:`FoldEvaluator` is the thin callable that ``configs/evaluate.json`` runs. One fold:
 
 1. one pass over the fold (no augmentation): probabilities, the ground-truth class's attention map
-   (:func:`scripts.attribution.class_map`) and its AP against the whole-tumour mask (Eq. 25);
+   (:func:`scripts.explain.attribution.class_map`) and its AP against the whole-tumour mask (Eq. 25);
 2. IDS: 51 deleted copies per case (:func:`scripts.metrics.deletion_curve`), ``ids_batch_size`` copies
    per forward pass (17 puts one case's 51 copies in 3 full batches), so 51 forward items per case;
 3. optionally BAC with each non-empty proper subset of the sequences missing (:mod:`.missing`).
@@ -27,7 +27,7 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from scripts.attribution import class_map
+from scripts.explain.attribution import class_map
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError
 from scripts.data.layouts import SEQUENCES
@@ -132,10 +132,10 @@ def predict_fold(
         loader: batches with ``image`` (B, C, H, W, D), ``label`` (B,), ``case_id`` and, for AP, ``mask``
             (B, 1, H, W, D).
         device: where the forward passes run.
-        class_map_method: see :func:`scripts.attribution.class_map` (None: the family's default).
+        class_map_method: see :func:`scripts.explain.attribution.class_map` (None: the family's default).
         map_dir: also save each map and mask as NIfTI here; the images must be MetaTensors with the
             preprocessed affine (an uncached dataset).
-        scale_combination, brain_only: see :func:`scripts.attribution.class_map`.
+        scale_combination, brain_only: see :func:`scripts.explain.attribution.class_map`.
     """
     network.eval()
     model = unwrap(network)
@@ -220,9 +220,9 @@ class FoldEvaluator:
             cache keeps plain tensors).
         fold: fold index (for the log and ``metrics.json``).
         device: where the forward passes run.
-        class_map_method: see :func:`scripts.attribution.class_map`; None: the model family's default.
+        class_map_method: see :func:`scripts.explain.attribution.class_map`; None: the model family's default.
         scale_combination: how a shared prototype model's scales are added into its class map
-            (:data:`scripts.metrics.SCALE_COMBINATIONS`).
+            (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
         brain_only: class maps restricted to the brain (every method alike); bool or "true"/"false".
         batch_size: cases per batch of the first pass (class maps; Grad-CAM needs gradients).
         num_workers: loader workers of the first pass.

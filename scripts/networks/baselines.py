@@ -24,7 +24,7 @@ addon_activation="sigmoid"``.
 Stage-1 loss (:class:`~scripts.losses.Stage1Loss`, always ``prototype_sharing="class_specific"``):
 ProtoPNet ``use_map=False, use_oc=False``; XProtoNet ``use_map=True, use_oc=False``; MProtoNet
 ``use_map=True, use_oc=True``; MAProtoNet ``use_map=True, use_oc=True,
-mapping_loss_kind="multi_scale"``. Class maps (:func:`scripts.attribution.class_map`): CNN
+mapping_loss_kind="multi_scale"``. Class maps (:func:`scripts.explain.attribution.class_map`): CNN
 ``"grad_cam"`` and ``"occlusion"``; the others ``"prototype_maps"`` (Eq. 26; ProtoPNet's per-voxel
 similarity maps).
 
@@ -66,7 +66,7 @@ class Baseline(NamedTuple):
     stage1_loss: dict[str, Any] | None
     """Stage1Loss fields that differ from its defaults; None for the CNN (L_cls only)."""
     class_map_methods: tuple[str, ...]
-    """Methods of :func:`scripts.attribution.class_map`, the first being the default."""
+    """Methods of :func:`scripts.explain.attribution.class_map`, the first being the default."""
 
 
 _PROTOTYPE_FAMILY = {"fusion": "none", "prototype_sharing": "class_specific", "addon_activation": "sigmoid"}

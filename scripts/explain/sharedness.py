@@ -2,7 +2,7 @@
 
 Command::
 
-    python -m scripts.sharedness --config_file configs/inference.json --ckpt_path MODEL.pt \
+    python -m scripts.explain.sharedness --config_file configs/inference.json --ckpt_path MODEL.pt \
         --lgg CASE_DIR --hgg CASE_DIR [--output_dir DIR] [--push_dir DIR] [--<config id> VALUE ...]
 
 ``--config_file`` may be an override stack (``"['configs/inference.json','configs/quickstart.json']"``);
@@ -26,11 +26,11 @@ from torch import Tensor
 
 from scripts.data import find_case_files
 from scripts.data.validate import check_case
-from scripts.evidence import SEQUENCE_NAMES, CaseEvidence, explain_case, prototype_contributions
-from scripts.inference import SourceImages
+from scripts.explain.evidence import SEQUENCE_NAMES, CaseEvidence, explain_case, prototype_contributions
+from scripts.explain.sources import SourceImages
 from scripts.networks import UMProtoShare
 from scripts.push import PUSH_JSON, load_push
-from scripts.report import sharedness_figure
+from scripts.explain.report import sharedness_figure
 
 __all__ = ["case_sharedness", "most_shared", "sharedness_report", "sharedness_scores"]
 

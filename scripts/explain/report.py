@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from scripts.evidence import DRIVING_DOMINANCE, DRIVING_THRESHOLD, SEQUENCE_NAMES, unit_scaled
+from scripts.explain.evidence import DRIVING_DOMINANCE, DRIVING_THRESHOLD, SEQUENCE_NAMES, unit_scaled
 from scripts.metrics import brain_mask
 
 __all__ = [
@@ -134,7 +134,7 @@ def source_panel(ax: Axes, source: SourceView | None, sequence: int) -> None:
 
 
 def driving_line(entry: Mapping[str, Any]) -> str:
-    """"driven by <sequence>" when :func:`scripts.evidence.driving_sequence` found one, else why not."""
+    """"driven by <sequence>" when :func:`scripts.explain.evidence.driving_sequence` found one, else why not."""
     if entry["driving_sequence"] is not None:
         return f"driven by {entry['driving_sequence']}"
     return f"no single sequence dominates\n  (needs ΔS ≤ −{DRIVING_THRESHOLD}, {DRIVING_DOMINANCE:g}× any other)"
@@ -195,7 +195,7 @@ def case_figure(
     Args:
         case_id: shown in the title.
         image: the preprocessed case, (C_in, H, W, D).
-        prediction: ``prediction.json``'s content (:func:`scripts.evidence.prediction_record` and more).
+        prediction: ``prediction.json``'s content (:func:`scripts.explain.evidence.prediction_record` and more).
         class_map: the predicted class's evidence map on the case's grid, (H, W, D).
         maps: column → the prototype's attention map on the case's grid, (H, W, D).
         sources: column → its source case (None when no push record).
@@ -280,7 +280,7 @@ def sharedness_figure(
 
     Args:
         path: the PNG to write.
-        report: :func:`scripts.sharedness.sharedness_report` entries (with ``sequence_evidence`` per case).
+        report: :func:`scripts.explain.sharedness.sharedness_report` entries (with ``sequence_evidence`` per case).
         images: case name → preprocessed case (C_in, H, W, D).
         maps: case name → column → the prototype's map on that case's grid (H, W, D).
         sources: column → its source case.

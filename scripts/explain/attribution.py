@@ -2,10 +2,10 @@
 
 :func:`class_map` dispatches on the model's configuration:
 
-- ``UMProtoShare`` with ``prototype_sharing="shared"``: Eq. 27–28 (:func:`scripts.metrics.class_attention_map`
+- ``UMProtoShare`` with ``prototype_sharing="shared"``: Eq. 27–28 (:func:`scripts.explain.maps.class_attention_map`
   on the maps M_s, ζ of Eq. 7 from the classifier).
 - ``UMProtoShare`` with ``prototype_sharing="class_specific"`` (A1, XProtoNet, MProtoNet, MAProtoNet,
-  ProtoPNet): Eq. 26 (:func:`scripts.metrics.owned_prototype_map`) on each prototype scale's maps,
+  ProtoPNet): Eq. 26 (:func:`scripts.explain.maps.owned_prototype_map`) on each prototype scale's maps,
   summed over scales as in Eq. 28 (one scale for every configured model). The maps are each model's
   ``ScaleExplanation.maps``: Eq. 13 maps (A1), occurrence maps (XProtoNet, MProtoNet, MAProtoNet), or
   ProtoPNet's per-voxel similarity maps.
@@ -40,7 +40,8 @@ from monai.visualize import GradCAM, OcclusionSensitivity
 from torch import Tensor, nn
 
 from scripts.losses import soft_class_coefficients
-from scripts.metrics import brain_mask, class_attention_map, min_max_normalize, owned_prototype_map
+from scripts.explain.maps import class_attention_map, owned_prototype_map
+from scripts.metrics import brain_mask, min_max_normalize
 from scripts.networks import BackboneCNN, UMProtoShare
 
 __all__ = [
@@ -97,7 +98,7 @@ def prototype_class_map(
         model: a UMProtoShare (any configuration); run in eval mode without gradient.
         images: (B, C_in, H, W, D).
         target: class c of each case (normally the ground truth), (B,).
-        combination: how a shared model's scales are added (:data:`scripts.metrics.SCALE_COMBINATIONS`).
+        combination: how a shared model's scales are added (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
 
     Returns:
         (B, H, W, D).
@@ -215,7 +216,7 @@ def class_map(
         method: one of :data:`CLASS_MAP_METHODS` allowed for the model: ``prototype_maps`` (default)
             or ``occlusion`` for a UMProtoShare; ``grad_cam`` (default) or ``occlusion`` for a CNN.
         combination: how ``prototype_maps`` adds a shared model's scales
-            (:data:`scripts.metrics.SCALE_COMBINATIONS`).
+            (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
         brain_only: set the map to its minimum outside the brain (:func:`scripts.metrics.brain_mask` of
             each image), for every method alike.
 

@@ -1,4 +1,4 @@
-"""Prototype evidence for one case: contributions (Eq. 31), class maps (Eq. 27–28), per-sequence evidence.
+"""Prototype evidence for one case: contributions (Eq. 31), per-sequence evidence, what a reader is told.
 
 Pure tensor functions plus :func:`explain_case`, which runs a UM-ProtoShare once on a preprocessed
 image and gathers what a reader is shown; :func:`to_original_space` undoes the preprocessing
@@ -18,13 +18,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from torch import Tensor
 
+from scripts.explain.maps import resize_to_input
 from scripts.losses import soft_class_coefficients
-from scripts.metrics import class_attention_map
 from scripts.networks import UMProtoShare
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "LOW_SIMILARITY_SPREAD",
     "SEQUENCE_NAMES",
     "CaseEvidence",
-    "class_evidence_maps",
     "confidence_warnings",
     "driving_sequence",
     "explain_case",
@@ -45,7 +43,6 @@ __all__ = [
     "to_original_space",
     "top_columns",
     "unit_scaled",
-    "upsample_maps",
     "write_nifti",
 ]
 
@@ -162,37 +159,6 @@ def unit_scaled(volume: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
     return (data / peak if peak > 0 else np.zeros_like(data)), peak
 
 
-def upsample_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Maps (K, h, w, d) to (K, *size), trilinear with ``align_corners=False`` (as the class maps)."""
-    size = [int(n) for n in size]
-    if maps.ndim != 4 or len(size) != 3:
-        raise ValueError(f"expected maps (K, h, w, d) and a 3-D size, got {tuple(maps.shape)} and {size}.")
-    return F.interpolate(maps[None].float(), size=size, mode="trilinear", align_corners=False)[0]
-
-
-def class_evidence_maps(
-    maps_per_scale: Sequence[Tensor], zeta: Tensor, target_class: int, size: Sequence[int]
-) -> Tensor:
-    """Class attention map of class c per scale (Eq. 27) on the input grid; their sum is Eq. 28.
-
-    Args:
-        maps_per_scale: per prototype scale, M_s (1, K_s, h_s, w_s, d_s).
-        zeta: ζ, (C, K_total), columns ordered by scale then k.
-        target_class: c.
-        size: (H, W, D) of the input grid.
-
-    Returns:
-        (number of scales, H, W, D): row s is the mean map of the prototypes with ζ_{c,p} > 0 at that
-        scale, upsampled (zeros where the scale has none).
-    """
-    widths = [maps.shape[1] for maps in maps_per_scale]
-    target = torch.tensor([int(target_class)], device=zeta.device)
-    parts = torch.split(zeta, widths, dim=1)
-    return torch.cat(
-        [class_attention_map([maps], part, target, size) for maps, part in zip(maps_per_scale, parts)]
-    )
-
-
 def top_columns(contributions: Tensor, columns: Sequence[tuple[int, int]], per_scale: int) -> list[int]:
     """Classifier columns of the ``per_scale`` prototypes of each scale with the largest contribution.
 
@@ -238,7 +204,7 @@ class CaseEvidence:
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
-        return upsample_maps(self.maps_per_scale[self.scales.index(scale)][[k]], size)[0]
+        return resize_to_input(self.maps_per_scale[self.scales.index(scale)][None, [k]], size)[0, 0]
 
 
 def explain_case(model: UMProtoShare, image: Tensor) -> CaseEvidence:

@@ -2,7 +2,7 @@
 
 Everything is inside the file (slices as embedded PNG data, a few lines of plain JavaScript, no
 external reference), so it opens offline in any browser and can be mailed or archived as it is.
-The slices are those of :func:`scripts.report.case_report`: the preprocessed case on the network
+The slices are those of :func:`scripts.explain.report.case_report`: the preprocessed case on the network
 grid, each map divided by its maximum and drawn inside the brain only where it reaches ``MAP_FLOOR``.
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from scripts.evidence import SEQUENCE_NAMES, unit_scaled
+from scripts.explain.evidence import SEQUENCE_NAMES, unit_scaled
 from scripts.metrics import brain_mask
-from scripts.report import COLOUR_BAR_LABEL, MAP_COLOURS, MAP_FLOOR, driving_line, map_peak
+from scripts.explain.report import COLOUR_BAR_LABEL, MAP_COLOURS, MAP_FLOOR, driving_line, map_peak
 
 __all__ = ["case_html", "grey_slices", "overlay_slices"]
 

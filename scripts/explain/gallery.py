@@ -11,9 +11,10 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 from monai.transforms import Compose
 
-from scripts.evidence import to_original_space, upsample_maps, write_nifti
+from scripts.explain.evidence import to_original_space, write_nifti
+from scripts.explain.maps import resize_to_input
 from scripts.push import PushResult
-from scripts.report import SourceView, prototype_strip
+from scripts.explain.report import SourceView, prototype_strip
 
 __all__ = ["GALLERY_JSON", "PrototypeGallery", "write_gallery"]
 
@@ -58,7 +59,7 @@ def write_gallery(push: PushResult, items: Sequence[dict], preprocessing: Compos
                 f"case {case_id!r}: preprocessing gives the grid {list(image.shape[1:])}, the push record "
                 f"{record['input_shape']} (column {record['column']})."
             )
-        on_grid = upsample_maps(push.maps[record["column"]][None], record["input_shape"])
+        on_grid = resize_to_input(push.maps[record["column"]][None, None], record["input_shape"])[0]
         stem = f"s{record['scale']}_k{record['k']}"
         write_nifti(to_original_space(on_grid, image, preprocessing)[0], by_id[case_id]["image"][0],
                     directory / f"{stem}_map.nii.gz")

@@ -1,0 +1,32 @@
+"""Read-outs: everything that turns a network's output into what a reader sees.
+
+Layered like the rest of the bundle (each module imports only those before it):
+
+- ``maps``: the one resize to the input grid, class attention maps (Eq. 26–28); PyTorch only, also
+  used by :mod:`scripts.metrics` and :mod:`scripts.push`;
+- ``attribution`` (a model's class map for AP/IDS: prototype maps, Grad-CAM, occlusion) and
+  ``evidence`` (one case: contributions Eq. 31, per-sequence evidence, NIfTI in the input's space);
+- ``report`` (PNG pages) and ``report_html`` (the self-contained HTML page), ``sources`` (where a
+  prototype came from);
+- ``gallery`` (the prototype gallery written after training) and ``sharedness`` (Appendix G, a command).
+
+Submodules are imported on first use (``scripts.explain.maps`` ...), so importing the package costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_SUBMODULES = ("attribution", "evidence", "gallery", "maps", "report", "report_html", "sharedness", "sources")
+__all__ = list(_SUBMODULES)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name not in _SUBMODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module(f".{name}", __name__)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -10,23 +10,5 @@ Layered like the rest of the bundle (each module imports only those before it):
   prototype came from);
 - ``gallery`` (the prototype gallery written after training) and ``sharedness`` (Appendix G, a command).
 
-Submodules are imported on first use (``scripts.explain.maps`` ...), so importing the package costs nothing.
+Import the submodule you need (``import scripts.explain.maps``); the package itself imports nothing.
 """
-
-from __future__ import annotations
-
-import importlib
-from types import ModuleType
-
-_SUBMODULES = ("attribution", "evidence", "gallery", "maps", "report", "report_html", "sharedness", "sources")
-__all__ = list(_SUBMODULES)
-
-
-def __getattr__(name: str) -> ModuleType:
-    if name not in _SUBMODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return importlib.import_module(f".{name}", __name__)
-
-
-def __dir__() -> list[str]:
-    return __all__

@@ -121,3 +121,13 @@ def test_gpu_script_refuses_without_cuda(capsys):
         gpu.main()
     assert exit_info.value.code == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_objectives_passes_the_thread_count_to_each_run(tmp_path, monkeypatch):
+    from benchmarks import objectives
+
+    commands = []
+    monkeypatch.setattr(objectives.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    objectives.run_variant(["configs/train.json"], "mean", 0, tmp_path / "a", num_threads=1)
+    objectives.run_variant(["configs/train.json"], "mean", 0, tmp_path / "b")
+    assert commands[0][-2:] == ["--num_threads", "1"] and "--num_threads" not in commands[1]

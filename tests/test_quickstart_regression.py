@@ -12,7 +12,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 from monai.bundle import ConfigWorkflow
 
 from scripts.counterfactual import check_pairs, pair_items
@@ -40,7 +39,6 @@ def quickstart(tmp_path_factory):
     root = tmp_path_factory.mktemp("quickstart")
     data = root / "data"
     generate_dataset(data, cases=48, shape=SHAPE, seed=0, hgg_fraction=0.5, ambiguous_fraction=0.0)
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
     workflow = ConfigWorkflow(
         config_file=["configs/train.json", "configs/quickstart.json"], workflow_type="train", run_id="training",
         logging_file=False, dataset_dir=str(data), datalist_file=str(root / "datalist.json"),

@@ -14,7 +14,14 @@ from .iteration import (
     unwrap,
 )
 from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
-from .setup import compiled, configure_backends, ensure_synthetic_dataset, place, training_datalist
+from .setup import (
+    compiled,
+    configure_backends,
+    configure_determinism,
+    ensure_synthetic_dataset,
+    place,
+    training_datalist,
+)
 from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "balanced_accuracy_from_logits",
     "compiled",
     "configure_backends",
+    "configure_determinism",
     "distributed_forward",
     "ensure_synthetic_dataset",
     "epoch_seed",

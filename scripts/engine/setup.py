@@ -1,4 +1,5 @@
-"""Run set-up used by the configs: datalist, synthetic data on first use, torch back-end switches, placement."""
+"""Run set-up used by the configs: datalist, synthetic data on first use, seeds and threads, torch back-end switches,
+placement."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
+import monai
 import torch
 from torch import nn
 
 from scripts.data import ensure_datalist, generate_dataset
 
-__all__ = ["compiled", "configure_backends", "ensure_synthetic_dataset", "place", "training_datalist"]
+__all__ = [
+    "compiled",
+    "configure_backends",
+    "configure_determinism",
+    "ensure_synthetic_dataset",
+    "place",
+    "training_datalist",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +75,25 @@ def ensure_synthetic_dataset(
         logger.info("generating %d synthetic cases of %s voxels in %s", cases, tuple(shape), directory)
         generate_dataset(directory, cases, shape, seed, hgg_fraction, ambiguous_fraction)
     return str(directory)
+
+
+def configure_determinism(seed: int | None, num_threads: int | None = None) -> None:
+    """Seed torch, NumPy and Python (MONAI ``set_determinism``) and fix torch's CPU thread count.
+
+    A seeded CPU run is bit for bit repeatable for one torch build, CPU instruction set
+    (``torch.backends.cpu.get_cpu_capability()``) and thread count: ATen's parallel reductions and oneDNN's
+    convolution weight gradients split their sums by thread, so a fixed ``num_threads`` (rather than the
+    machine's core count or ``OMP_NUM_THREADS``) makes runs on different machines take the same floating-point
+    path. ``None`` keeps torch's default (``OMP_NUM_THREADS``, else one thread per core).
+    """
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    monai.utils.set_determinism(seed=seed)
+    logger.info(
+        "seed %s, torch %s on %d CPU threads (%s), CPU capability %s",
+        seed, torch.__version__, torch.get_num_threads(), "fixed" if num_threads is not None else "torch's default",
+        torch.backends.cpu.get_cpu_capability(),
+    )
 
 
 def configure_backends(cudnn_benchmark: bool = False, deterministic: bool = False) -> None:

@@ -4,15 +4,7 @@ from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_for
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
 from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
 from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
-from .iteration import (
-    ExplainForward,
-    StagedIteration,
-    autocast,
-    plain_tensor,
-    scale_terms,
-    train_last_layer_epoch,
-    unwrap,
-)
+from .iteration import StagedIteration, autocast, plain_tensor, train_last_layer_epoch
 from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
 from .setup import compiled, configure_backends, ensure_synthetic_dataset, place, training_datalist
 from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
@@ -24,7 +16,6 @@ __all__ = [
     "EpochCheckpoint",
     "EpochLog",
     "EpochSeeder",
-    "ExplainForward",
     "FinalModelWriter",
     "HeldOutReport",
     "LossProgressBar",
@@ -46,9 +37,7 @@ __all__ = [
     "parameter_groups",
     "place",
     "plain_tensor",
-    "scale_terms",
     "train_last_layer_epoch",
     "training_datalist",
-    "unwrap",
     "write_epoch_tensorboard",
 ]

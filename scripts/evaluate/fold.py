@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from scripts.attribution import class_map
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
-from scripts.engine.iteration import plain_tensor, unwrap
+from scripts.engine.iteration import plain_tensor
 from scripts.metrics import (
     LOCALISATION_KEYS,
     activation_precision,
@@ -41,7 +41,7 @@ from scripts.metrics import (
     localisation_summary,
     similarity_spread,
 )
-from scripts.networks import UMProtoShare
+from scripts.networks import UMProtoShare, unwrap
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json

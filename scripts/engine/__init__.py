@@ -2,6 +2,7 @@
 
 from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_forward
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
+from .events import StageEvents, attach_stage_events
 from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
 from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
 from .iteration import StagedIteration, autocast, plain_tensor, train_last_layer_epoch
@@ -23,10 +24,12 @@ __all__ = [
     "RNGState",
     "Schedule",
     "ShardedEpochMetric",
+    "StageEvents",
     "StageHandler",
     "StageValidationHandler",
     "StagedIteration",
     "atomic_save",
+    "attach_stage_events",
     "autocast",
     "balanced_accuracy_from_logits",
     "compiled",

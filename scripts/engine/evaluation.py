@@ -14,6 +14,7 @@ from monai.handlers import ValidationHandler
 
 from scripts.metrics import balanced_accuracy
 
+from .events import StageEvents, attach_stage_events
 from .stages import Schedule
 
 __all__ = ["HeldOutReport", "StageValidationHandler", "balanced_accuracy_from_logits"]
@@ -45,8 +46,9 @@ class StageValidationHandler(ValidationHandler):
         self.schedule = schedule
 
     def attach(self, engine: Engine) -> None:
-        """Register on EPOCH_COMPLETED of every ``interval``-th stage-1 epoch."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED(self._due), self)
+        """Register on STAGES_COMPLETED (after push and stage 3) of every ``interval``-th stage-1 epoch."""
+        attach_stage_events(engine)
+        engine.add_event_handler(StageEvents.STAGES_COMPLETED(self._due), self)
 
     def _due(self, engine: Engine, epoch: int) -> bool:
         done = epoch - self.schedule.warmup_epochs

@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from torch import Tensor, nn
 
 from scripts.explain.maps import resize_to_input
-from scripts.networks import ScaleExplanation, UMProtoShare
+from scripts.networks import ScaleExplanation, UMProtoShare, unwrap
 
 __all__ = ["PUSH_JSON", "PUSH_MAPS", "PushResult", "load_push", "peak_voxel", "push_prototypes", "save_push"]
 
@@ -162,15 +162,6 @@ def peak_voxel(attention_map: Tensor, input_size: Sequence[int]) -> list[int]:
     return [int(i) for i in torch.unravel_index(resized.argmax(), resized.shape)]
 
 
-def _unwrap(model: nn.Module) -> UMProtoShare:
-    """The UM-ProtoShare inside a (Distributed)DataParallel wrapper, or the model itself."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    if not isinstance(model, UMProtoShare):
-        raise TypeError(f"push needs a UMProtoShare (optionally DDP-wrapped), got {type(model).__name__}.")
-    return model
-
-
 def _batch_fields(batch: Mapping[str, Any], class_names: Sequence[str]) -> tuple[Tensor, list[int], list[str]]:
     """Images (B, C_in, H, W, D), labels and case ids of a loader batch, checked."""
     missing = [key for key in ("image", "label", "case_id") if key not in batch]
@@ -277,7 +268,9 @@ def push_prototypes(
     Returns:
         The provenance of every prototype, in classifier column order.
     """
-    net = _unwrap(model)
+    net = unwrap(model)
+    if not isinstance(net, UMProtoShare):
+        raise TypeError(f"push needs a UMProtoShare (optionally DDP-wrapped), got {type(net).__name__}.")
     class_names = [str(name) for name in class_names]
     if len(class_names) != net.num_classes:
         raise ValueError(f"class_names {class_names} must name the model's {net.num_classes} classes.")

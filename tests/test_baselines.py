@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
 from torch import nn
 
 from scripts.explain.attribution import class_map
-from scripts.losses import ScaleTerms, Stage1Loss
+from scripts.losses import Stage1Loss
 from scripts.networks import BASELINES, BackboneCNN, UMProtoShare, build_baseline
 from scripts.push import push_prototypes
 
@@ -27,28 +26,6 @@ def tiny(name: str, seed: int = 0) -> nn.Module:
     if name != "cnn":
         sizes["mapping_dim"] = 12
     return build_baseline(name, **sizes)
-
-
-def scale_terms(model: UMProtoShare, explanation) -> list[ScaleTerms]:
-    """Stage1Loss inputs of an explained batch (what the training loop assembles)."""
-    terms = []
-    for entry in explanation.per_scale:
-        head = model.head(entry.scale)
-        terms.append(
-            ScaleTerms(
-                features=entry.features,
-                hidden=entry.hidden,
-                w2=None if head.mapping is None else head.mapping.out_conv.weight,
-                soft_maps=entry.soft_maps,
-                similarities=entry.similarities,
-                prototypes=head.prototypes,
-                map_fn=None if head.mapping is None else head.soft_maps,
-                columns=model.columns(entry.scale),
-                fusion_inputs=entry.fusion_inputs,
-                refuse_fn=functools.partial(model.refuse, entry.scale),
-            )
-        )
-    return terms
 
 
 def cases(labels: list[int], seed: int = 1) -> list[dict]:
@@ -77,7 +54,7 @@ def test_prototype_baseline_builds_trains_pushes_and_maps(name):
     images, labels = torch.randn(2, *SHAPE), torch.tensor([0, 1])
     explanation = model.explain(images)
     loss, terms = loss_function(
-        scale_terms(model, explanation), explanation.logits, labels, model.classifier.weight, model.ownership
+        model.loss_inputs(explanation), explanation.logits, labels, model.classifier.weight, model.ownership
     )
     expected_terms = {"cls", "clst", "sep", "div"}
     expected_terms |= {"map"} if loss_function.use_map else set()

@@ -19,8 +19,9 @@ import torch.distributed as dist
 from monai.bundle import ConfigParser
 from test_engine_micro import MICRO
 
-from scripts.engine import ExplainForward, Schedule, distributed_forward
+from scripts.engine import Schedule, distributed_forward
 from scripts.metrics import balanced_accuracy
+from scripts.networks import ExplainForward
 from tests.helpers import assert_identical, run_process_group
 from tests.test_push import SHAPE, tiny
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from monai.engines.utils import default_prepare_batch
 
-from scripts.engine import ExplainForward, Schedule, StagedIteration, scale_terms, train_last_layer_epoch, unwrap
+from scripts.engine import Schedule, StagedIteration, train_last_layer_epoch
 from scripts.losses import LastLayerLoss, Stage1Loss
-from scripts.networks import BackboneCNN, UMProtoShare, group_of
+from scripts.networks import BackboneCNN, ExplainForward, UMProtoShare, group_of, unwrap
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 4, "embed_dim": 8}
 SCHEDULE = Schedule(warmup_epochs=1, stage1_epochs=2, push_every=1, stage3_epochs=1)
@@ -99,10 +99,10 @@ def test_last_layer_epoch_rejects_an_empty_loader(parts):
         train_last_layer_epoch(network, [], optimizer, LastLayerLoss(), torch.device("cpu"))
 
 
-def test_scale_terms_wire_each_heads_own_parts(parts):
+def test_loss_inputs_wire_each_heads_own_parts(parts):
     network, _, _ = parts
     explanation = network.explain(_batch()["image"])
-    terms = scale_terms(network, explanation)
+    terms = network.loss_inputs(explanation)
     assert len(terms) == len(network.scales) == 3
     for term, entry, scale in zip(terms, explanation.per_scale, network.scales):
         head = network.head(scale)

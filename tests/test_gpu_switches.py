@@ -16,9 +16,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.engines.utils import default_prepare_batch
 
-from scripts.engine import ExplainForward, Schedule, StagedIteration, compiled, place, plain_tensor
+from scripts.engine import Schedule, StagedIteration, compiled, place, plain_tensor
 from scripts.losses import Stage1Loss
-from scripts.networks import BackboneCNN, UMProtoShare
+from scripts.networks import BackboneCNN, ExplainForward, UMProtoShare
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 4, "embed_dim": 8}
 SCHEDULE = Schedule(warmup_epochs=1, stage1_epochs=1, push_every=1, stage3_epochs=1)

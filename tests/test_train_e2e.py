@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -31,9 +32,20 @@ def _equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _LogRecords(logging.Handler):
+    """Collects the messages of every INFO-or-above record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def run(data_synthetic_root, tmp_path_factory):
-    """One micro run with snapshots of the network at each epoch's start, end of iterations and end."""
+    """One micro run with snapshots of the network at each epoch's start, end of iterations and end, and its log."""
     workdir = tmp_path_factory.mktemp("e2e") / "run"
     workflow = micro_workflow(workdir, data_synthetic_root)
     workflow.initialize()
@@ -54,10 +66,20 @@ def run(data_synthetic_root, tmp_path_factory):
     def at_end(engine):  # attached after the config's handlers: after push and stage 3
         snapshots[("end", engine.state.epoch)] = _state(network)
 
-    workflow.run()
+    root, log = logging.getLogger(), _LogRecords()
+    level = root.level
+    root.setLevel(logging.INFO)
+    root.addHandler(log)
+    try:
+        workflow.run()
+    finally:
+        root.removeHandler(log)
+        root.setLevel(level)
     workflow.finalize()
     fold_dir = workdir / "out" / "fold0"
-    return SimpleNamespace(parser=parser, trainer=trainer, network=network, snapshots=snapshots, fold_dir=fold_dir)
+    return SimpleNamespace(
+        parser=parser, trainer=trainer, network=network, snapshots=snapshots, fold_dir=fold_dir, log=log.messages
+    )
 
 
 def test_warmup_backbone_starts_stage1(run):
@@ -124,6 +146,12 @@ def test_fold_outputs_and_final_weights(run):
     fresh = parser.get_parsed_content("network_def")
     fresh.load_state_dict(torch.load(fold_dir / "model.pt", weights_only=True))
     assert _equal(_state(fresh), _state(run.network))
+
+
+def test_the_test_fold_is_logged_as_held_out_never_as_a_best_metric(run):
+    assert any(message.startswith("fold 0, held-out test fold (never used for selection): bac=") for message in run.log)
+    assert not [message for message in run.log if "best metric of test" in message]
+    assert "test_bac" in run.parser.get_parsed_content("test#evaluator").state.metrics
 
 
 def test_loss_terms_lr_and_stage_are_logged_per_epoch(run):

@@ -2,17 +2,10 @@
 
 from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_forward
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
+from .events import StageEvents, attach_stage_events
 from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
 from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
-from .iteration import (
-    ExplainForward,
-    StagedIteration,
-    autocast,
-    plain_tensor,
-    scale_terms,
-    train_last_layer_epoch,
-    unwrap,
-)
+from .iteration import StagedIteration, autocast, plain_tensor, train_last_layer_epoch
 from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
 from .setup import (
     compiled,
@@ -31,7 +24,6 @@ __all__ = [
     "EpochCheckpoint",
     "EpochLog",
     "EpochSeeder",
-    "ExplainForward",
     "FinalModelWriter",
     "HeldOutReport",
     "LossProgressBar",
@@ -39,10 +31,12 @@ __all__ = [
     "RNGState",
     "Schedule",
     "ShardedEpochMetric",
+    "StageEvents",
     "StageHandler",
     "StageValidationHandler",
     "StagedIteration",
     "atomic_save",
+    "attach_stage_events",
     "autocast",
     "balanced_accuracy_from_logits",
     "compiled",
@@ -54,9 +48,7 @@ __all__ = [
     "parameter_groups",
     "place",
     "plain_tensor",
-    "scale_terms",
     "train_last_layer_epoch",
     "training_datalist",
-    "unwrap",
     "write_epoch_tensorboard",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from .events import StageEvents, attach_stage_events
+
 __all__ = ["EpochLog", "LossProgressBar", "write_epoch_tensorboard"]
 
 
@@ -17,9 +19,10 @@ class EpochLog:
 
     EPOCH_STARTED clears ``engine.state.metrics`` (every entry is recomputed each epoch). Per iteration
     it accumulates the ``terms`` and ``diagnostics`` of :class:`~scripts.engine.iteration.StagedIteration`'s
-    output, weighted by batch size, and times the data loading and the step. EPOCH_COMPLETED writes
+    output, weighted by batch size, and times the data loading and the step.
+    :attr:`~scripts.engine.events.StageEvents.EPOCH_TRAINED` (before push, which reads them) writes
     ``<stage>/<term>`` (e.g. ``stage1/clst``), ``<stage>/loss``, ``lr``, ``time/data`` and
-    ``time/<stage>`` (seconds). Attach it before the handlers that add their own entries (push, stage 3).
+    ``time/<stage>`` (seconds).
     """
 
     def __init__(self) -> None:
@@ -36,7 +39,8 @@ class EpochLog:
         engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._stop, "data")
         engine.add_event_handler(Events.ITERATION_STARTED, self._start, "step")
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.accumulate)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+        attach_stage_events(engine)
+        engine.add_event_handler(StageEvents.EPOCH_TRAINED, self.write)
 
     def reset(self, engine: Engine) -> None:
         """Start a new epoch's sums; clear last epoch's metrics."""

@@ -24,6 +24,7 @@ from scripts.networks import BackboneCNN, UMProtoShare
 from scripts.push import PushResult, push_prototypes, save_push
 
 from .diagnostics import collapse_warnings
+from .events import StageEvents, attach_stage_events
 from .iteration import train_last_layer_epoch
 from .stages import Schedule
 
@@ -36,7 +37,8 @@ class StageHandler:
     """Sets each epoch's trainable groups, starts UM-ProtoShare from the warm-up, steps the stage-1 LR.
 
     EPOCH_STARTED: ``set_trainable`` of the stage's groups on the network the stage trains (the CNN in
-    warm-up, UM-ProtoShare in stage 1); ``engine.state.stage`` = the stage name. EPOCH_COMPLETED: after
+    warm-up, UM-ProtoShare in stage 1); ``engine.state.stage`` = the stage name.
+    :attr:`~scripts.engine.events.StageEvents.EPOCH_TRAINED` (before push and checkpoint): after
     the last warm-up epoch, UM-ProtoShare's encoder, decoder, fusion and add-ons are loaded from the
     CNN (:meth:`UMProtoShare.load_backbone`); after each stage-1 epoch the scheduler steps once.
     """
@@ -50,9 +52,10 @@ class StageHandler:
         self.lr_scheduler = lr_scheduler
 
     def attach(self, engine: Engine) -> None:
-        """Register on EPOCH_STARTED and EPOCH_COMPLETED."""
+        """Register on EPOCH_STARTED and EPOCH_TRAINED."""
+        attach_stage_events(engine)
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(StageEvents.EPOCH_TRAINED, self.epoch_completed)
 
     def epoch_started(self, engine: Engine) -> None:
         """Freeze all but the stage's groups; record the stage on ``engine.state.stage``."""
@@ -74,7 +77,8 @@ class StageHandler:
 class PushAndLastLayer:
     """Push (Stage 2) then ``stage3_epochs`` classifier epochs (Stage 3), after each push epoch's iterations.
 
-    Attach it before the checkpoint writer so that every checkpoint includes its work. The push runs
+    It runs on :attr:`~scripts.engine.events.StageEvents.PUSH`, after the epoch's means and before
+    validation and the checkpoint, so that every checkpoint includes its work. The push runs
     on every rank (``push_prototypes`` is DDP-aware); files are written only with ``write_files``:
     ``<output_dir>/push/epoch_<e>/push.json`` and ``push_maps.pt``. The last push's provenance is copied
     into ``record``, the fold's :class:`~scripts.push.PushResult` that the checkpoint and the final
@@ -132,8 +136,9 @@ class PushAndLastLayer:
         self.record = PushResult(class_names=self.class_names) if record is None else record
 
     def attach(self, engine: Engine) -> None:
-        """Run on EPOCH_COMPLETED of the schedule's push epochs."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED(lambda _, epoch: self.schedule.is_push_epoch(epoch)), self)
+        """Run on PUSH of the schedule's push epochs."""
+        attach_stage_events(engine)
+        engine.add_event_handler(StageEvents.PUSH(lambda _, epoch: self.schedule.is_push_epoch(epoch)), self)
 
     def __call__(self, engine: Engine) -> None:
         """Push, record, then train the classifier alone for ``stage3_epochs`` epochs."""

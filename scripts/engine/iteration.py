@@ -8,7 +8,6 @@ wrappers of them; the plain networks are still used for parameter groups and los
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -19,28 +18,13 @@ from monai.engines.utils import default_prepare_batch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from scripts.losses import LastLayerLoss, ScaleTerms, Stage1Loss
-from scripts.networks import BackboneCNN, Explanation, UMProtoShare
+from scripts.losses import LastLayerLoss, Stage1Loss
+from scripts.networks import BackboneCNN, ExplainForward, UMProtoShare
 
 from .diagnostics import stage1_diagnostics
 from .stages import Schedule
 
-__all__ = [
-    "ExplainForward",
-    "StagedIteration",
-    "autocast",
-    "plain_tensor",
-    "scale_terms",
-    "train_last_layer_epoch",
-    "unwrap",
-]
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside (Distributed)DataParallel and :class:`ExplainForward` wrappers."""
-    while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel, ExplainForward)):
-        module = module.module if not isinstance(module, ExplainForward) else module.network
-    return module
+__all__ = ["StagedIteration", "autocast", "plain_tensor", "train_last_layer_epoch"]
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -54,45 +38,6 @@ def plain_tensor(images: Tensor, channels_last_3d: bool = False) -> Tensor:
     """Images (B, C, H, W, D) as a plain tensor (no MetaTensor bookkeeping), optionally channels-last."""
     images = images.as_tensor() if isinstance(images, MetaTensor) else images
     return images.contiguous(memory_format=torch.channels_last_3d) if channels_last_3d else images
-
-
-class ExplainForward(nn.Module):
-    """``forward`` = ``network.explain``: the stage-1 forward as a module (so DDP can wrap it)."""
-
-    def __init__(self, network: UMProtoShare) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: Tensor) -> Explanation:
-        """:class:`~scripts.networks.Explanation` of images (B, C_in, H, W, D)."""
-        return self.network.explain(images)
-
-
-def scale_terms(network: UMProtoShare, explanation: Explanation) -> list[ScaleTerms]:
-    """The per-scale inputs of :class:`~scripts.losses.Stage1Loss` from one explained batch.
-
-    A head without mapping module (ProtoPNet) gives no ``w2`` and no ``map_fn``; ``fusion_inputs`` and
-    ``refuse_fn`` feed the multi-scale mapping loss (MAProtoNet).
-    """
-    terms = []
-    for entry in explanation.per_scale:
-        head = network.head(entry.scale)
-        mapped = head.mapping is not None
-        terms.append(
-            ScaleTerms(
-                features=entry.features,
-                hidden=entry.hidden,
-                w2=head.mapping.out_conv.weight if mapped else None,
-                soft_maps=entry.soft_maps,
-                similarities=entry.similarities,
-                prototypes=head.prototypes,
-                map_fn=head.soft_maps if mapped else None,
-                columns=network.columns(entry.scale),
-                fusion_inputs=entry.fusion_inputs,
-                refuse_fn=functools.partial(network.refuse, entry.scale),
-            )
-        )
-    return terms
 
 
 class StagedIteration:
@@ -164,7 +109,7 @@ class StagedIteration:
                 explanation = self.stage1_forward(images)
                 net = self.network
                 loss, terms = self.stage1_loss(
-                    scale_terms(net, explanation), explanation.logits, labels, net.classifier.weight, net.ownership
+                    net.loss_inputs(explanation), explanation.logits, labels, net.classifier.weight, net.ownership
                 )
                 diagnostics = stage1_diagnostics(
                     explanation.similarities, explanation.logits, net.classifier.weight, self.stage1_loss.lambdas, terms

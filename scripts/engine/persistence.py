@@ -18,6 +18,8 @@ from torch import nn
 
 from scripts.push import PushResult, save_push
 
+from .events import StageEvents, attach_stage_events
+
 __all__ = ["EpochCheckpoint", "FinalModelWriter", "RNGState", "atomic_save"]
 
 logger = logging.getLogger(__name__)
@@ -66,9 +68,9 @@ class RNGState:
 class EpochCheckpoint:
     """Full checkpoint after every epoch; resume from it when the run starts.
 
-    EPOCH_COMPLETED (with ``save``): ``{name: obj.state_dict()}`` of ``objects`` plus the trainer and
-    ``engine.state.stage`` to ``path``, atomically. Attach it after every handler whose work the
-    checkpoint must include. STARTED (with ``resume``), if ``path`` exists: everything is restored
+    :attr:`~scripts.engine.events.StageEvents.CHECKPOINT` (with ``save``), the last of an epoch's
+    stage events, so after push and stage 3: ``{name: obj.state_dict()}`` of ``objects`` plus the
+    trainer and ``engine.state.stage`` to ``path``, atomically. STARTED (with ``resume``), if ``path`` exists: everything is restored
     (``weights_only=True``) and ignite continues after the saved epoch. The configured ``max_epochs``
     is kept (a checkpoint written by a shorter run continues to the longer schedule).
 
@@ -98,11 +100,12 @@ class EpochCheckpoint:
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
-        """Register the loader on STARTED and the writer on EPOCH_COMPLETED."""
+        """Register the loader on STARTED and the writer on CHECKPOINT."""
+        attach_stage_events(engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         if self.save_enabled:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+            engine.add_event_handler(StageEvents.CHECKPOINT, self.save)
 
     def save(self, engine: Engine) -> None:
         """Write every object's state, the trainer's and the stage."""

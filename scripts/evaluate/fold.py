@@ -33,7 +33,7 @@ from scripts.data import DataError
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
-from scripts.engine.iteration import plain_tensor, unwrap
+from scripts.engine.iteration import plain_tensor
 from scripts.metrics import (
     LOCALISATION_KEYS,
     activation_precision,
@@ -44,7 +44,7 @@ from scripts.metrics import (
     localisation_summary,
     similarity_spread,
 )
-from scripts.networks import UMProtoShare
+from scripts.networks import UMProtoShare, unwrap
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json

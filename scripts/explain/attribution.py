@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from scripts.losses import soft_class_coefficients
 from scripts.explain.maps import class_attention_map, owned_prototype_map
 from scripts.metrics import brain_mask, min_max_normalize
-from scripts.networks import BackboneCNN, UMProtoShare
+from scripts.networks import BackboneCNN, UMProtoShare, unwrap
 
 __all__ = [
     "CLASS_MAP_METHODS",
@@ -66,12 +66,6 @@ OCCLUSION_WINDOW = 11
 """Occlusion window on every spatial axis (Appendix F.2)."""
 OCCLUSION_STRIDE = 5
 """Occlusion stride on every spatial axis (Appendix F.2)."""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def _check_inputs(images: Tensor, target: Tensor | Sequence[int]) -> Tensor:
@@ -223,7 +217,7 @@ def class_map(
     Returns:
         (B, H, W, D); larger is more important.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     family = next((cls for cls in _METHODS_BY_FAMILY if isinstance(model, cls)), None)
     if family is None:
         raise TypeError(f"class_map needs a UMProtoShare or a BackboneCNN, got {type(model).__name__}.")

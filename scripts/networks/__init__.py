@@ -24,6 +24,7 @@ from .head import (
 from .inflate import inflate_resnet_state_dict, load_imagenet_weights
 from .model import BACKBONE_GROUPS, CLASSIFIER_INITS, PROTOTYPE_SHARING, Explanation, ScaleExplanation, UMProtoShare
 from .voxel_similarity import best_voxel_features, topk_mean_similarity, voxel_similarity_maps
+from .wrappers import ExplainForward, unwrap
 
 __all__ = [
     "BACKBONE_GROUPS",
@@ -46,6 +47,7 @@ __all__ = [
     "ConcatFusion",
     "Decoder",
     "DecoderBlock",
+    "ExplainForward",
     "Explanation",
     "GatedFusion",
     "GroupedNetwork",
@@ -69,5 +71,6 @@ __all__ = [
     "prototype_similarity",
     "soft_mask",
     "topk_mean_similarity",
+    "unwrap",
     "voxel_similarity_maps",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import NamedTuple
@@ -9,6 +10,8 @@ from typing import NamedTuple
 import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
+
+from scripts.losses import ScaleTerms
 
 from .backbone import Backbone
 from .groups import GroupedNetwork, group_of
@@ -252,6 +255,32 @@ class UMProtoShare(GroupedNetwork):
         ]
         similarities = torch.cat([scale.similarities for scale in per_scale], dim=1)
         return Explanation(per_scale, similarities, self.classifier(similarities))
+
+    def loss_inputs(self, explanation: Explanation) -> list[ScaleTerms]:
+        """The per-scale inputs of :class:`~scripts.losses.Stage1Loss` from one :meth:`explain` output.
+
+        A head without mapping module (ProtoPNet) gives no ``w2`` and no ``map_fn``; ``fusion_inputs`` and
+        ``refuse_fn`` feed the multi-scale mapping loss (MAProtoNet).
+        """
+        terms = []
+        for entry in explanation.per_scale:
+            head = self.head(entry.scale)
+            mapped = head.mapping is not None
+            terms.append(
+                ScaleTerms(
+                    features=entry.features,
+                    hidden=entry.hidden,
+                    w2=head.mapping.out_conv.weight if mapped else None,
+                    soft_maps=entry.soft_maps,
+                    similarities=entry.similarities,
+                    prototypes=head.prototypes,
+                    map_fn=head.soft_maps if mapped else None,
+                    columns=self.columns(entry.scale),
+                    fusion_inputs=entry.fusion_inputs,
+                    refuse_fn=functools.partial(self.refuse, entry.scale),
+                )
+            )
+        return terms
 
     def refuse(self, scale: int, inputs: list[Tensor]) -> Tensor:
         """F_s (B, C, *S) of ``scale`` from its (resized) ``ScaleExplanation.fusion_inputs`` (multi-scale L_map)."""

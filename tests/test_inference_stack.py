@@ -73,7 +73,7 @@ def test_stacked_inference_writes_every_scale_on_the_input_grid(served):
         assert prediction["logits"][name] == pytest.approx(float(logits[c]), abs=1e-5)
         total = sum(p["contribution"][name] for p in prediction["prototypes"])
         assert total == pytest.approx(float(logits[c]), abs=1e-5)
-    assert sorted(prediction["evidence_maps"]) == ["eq28", "scale1", "scale2", "scale3"]
+    assert sorted(prediction["evidence_maps"]) == ["class", "class_brain", "scale1", "scale2", "scale3"]
     assert len(prediction["prototypes"]) == 30 and sum("map_file" in p for p in prediction["prototypes"]) == 6
     for name in prediction["evidence_maps"].values():
         written = nib.load(str(root / "out" / "new" / name))

@@ -35,7 +35,6 @@ from scripts.data import DataError, detect_layout, find_case_files
 from scripts.data.layouts import FINDERS, _nifti_stem, find_csv
 from scripts.data.validate import case_problems
 from scripts.explain.evidence import (
-    CaseEvidence,
     explain_case,
     prediction_record,
     to_original_space,
@@ -293,14 +292,13 @@ class EvidenceWriter:
 
     def _write_maps(
         self, folder: Path, files: Sequence[str], image: MetaTensor, maps: dict[str, torch.Tensor], predicted: str
-    ) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    ) -> dict[str, dict[str, Any]]:
         """Write ``maps`` (key → map on the network's input grid; :func:`_map_file` names the files) on the
         input files' grid, each divided by its maximum (so it displays on [0, 1]); the class map
         (``"class"``) also inside the brain only (``"class_brain"``).
 
         Returns:
-            Per written file: what it shows, its raw maximum, and its peak voxel (index, mm, in the brain);
-            and the brain mask on the input grid.
+            Per key: its file, its raw maximum, and its peak voxel (index, mm, whether in the brain).
         """
         original = to_original_space(torch.stack(list(maps.values())), image, self.preprocessing)
         affine = np.asarray(original.affine, dtype=np.float64)
@@ -324,7 +322,7 @@ class EvidenceWriter:
                     "peak_world_mm": [round(float(v), 2) for v in (affine @ np.array([*peak, 1.0]))[:3]],
                     "peak_in_brain": bool(brain[tuple(peak)]),
                 }
-        return written, brain
+        return written
 
     def write_case(self, case_id: str, image: MetaTensor) -> dict[str, Any]:
         """Explain one preprocessed case (C_in, H, W, D) and write its folder; returns ``prediction.json``'s content."""
@@ -348,7 +346,7 @@ class EvidenceWriter:
         stems |= {f"scale{s}": volume for s, volume in zip(evidence.scales, per_scale)}
         stems |= {f"prototype_s{columns[c][0]}_k{columns[c][1]}": volume for c, volume in chosen.items()}
         folder = self.output_dir / case_id
-        written, _ = self._write_maps(folder, case["image"], image, stems, predicted)
+        written = self._write_maps(folder, case["image"], image, stems, predicted)
         sidecar = _maps_sidecar(written, predicted, self.scale_combination)
         (folder / MAPS_JSON).write_text(json.dumps(sidecar, indent=2) + "\n")
         details = {}

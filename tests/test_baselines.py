@@ -10,7 +10,7 @@ from torch import nn
 
 from scripts.explain.attribution import class_map
 from scripts.losses import Stage1Loss
-from scripts.networks import BASELINES, BackboneCNN, UMProtoShare, build_baseline
+from scripts.networks import BASELINES, BackboneCNN, build_baseline
 from scripts.push import push_prototypes
 
 PROTOTYPE_BASELINES = ["protopnet", "xprotonet", "mprotonet", "maprotonet"]

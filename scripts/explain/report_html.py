@@ -12,7 +12,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,8 @@ def _png(pixels: np.ndarray) -> str:
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
-    """An (H, W) slice as image rows, as ``imshow(origin="lower")`` draws it: j upwards, i to the right."""
-    return np.ascontiguousarray(plane.T[::-1])
+    """An (H, W[, 4]) slice as image rows, as ``imshow(origin="lower")`` draws it: j upwards, i to the right."""
+    return np.ascontiguousarray(np.swapaxes(plane, 0, 1)[::-1])
 
 
 def grey_slices(volume: np.ndarray) -> list[str]:
@@ -56,7 +56,7 @@ def overlay_slices(attention: np.ndarray, brain: np.ndarray) -> list[str | None]
     slices: list[str | None] = []
     for z in range(attention.shape[2]):
         plane = colours[:, :, z]
-        slices.append(_png(np.ascontiguousarray(plane.transpose(1, 0, 2)[::-1])) if plane[..., 3].any() else None)
+        slices.append(_png(_display(plane)) if plane[..., 3].any() else None)
     return slices
 
 

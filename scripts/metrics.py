@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_roc_auc
 
+from scripts.data.foreground import foreground_mask
 from scripts.explain.maps import resize_to_input
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[float]
@@ -145,10 +146,7 @@ def activation_precision(attribution: torch.Tensor, mask: torch.Tensor) -> float
 
 
 def brain_mask(image: torch.Tensor) -> torch.Tensor:
-    """Voxels of the head: where any channel lies above that channel's minimum (the background value).
-
-    Skull-stripped inputs have a constant background (0 before z-scoring, its z-score after), so the
-    brain is every voxel that differs from it in at least one sequence.
+    """Voxels of the head of one case: :func:`scripts.data.foreground.foreground_mask` of (C, H, W, D).
 
     Args:
         image: (C, H, W, D).
@@ -159,8 +157,7 @@ def brain_mask(image: torch.Tensor) -> torch.Tensor:
     image = torch.as_tensor(image).float()
     if image.ndim != 4:
         raise ValueError(f"image must be (C, H, W, D), got shape {tuple(image.shape)}.")
-    floor = image.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
-    return (image > floor + 1e-6).any(dim=0)
+    return foreground_mask(image[None])[0, 0]
 
 
 LOCALISATION_KEYS = ("region_share", "tumour_share_volume", "tumour_share_brain", "peak_in_tumour")

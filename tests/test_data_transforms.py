@@ -24,7 +24,9 @@ from monai.transforms import (
 )
 
 from scripts.data import (
+    FlattenBackgroundd,
     RandChannelwised,
+    RecordForegroundd,
     augmentation_transforms,
     build_datalist,
     generate_dataset,
@@ -158,7 +160,9 @@ def test_preprocessing_has_no_random_step():
 
 def test_augmentation_has_the_eight_nnunet_operations_with_spec_parameters():
     ops = augmentation_transforms().transforms
-    rotate, zoom, noise, blur, bright, contrast, low_res, gamma_inv, gamma, *flips = ops
+    rotate, zoom, record, noise, blur, bright, contrast, low_res, gamma_inv, gamma, flatten, *flips = ops
+    # the background is made constant again between the spatial and intensity ops and the flips
+    assert isinstance(record, RecordForegroundd) and isinstance(flatten, FlattenBackgroundd)
     assert isinstance(rotate, RandAffined) and rotate.prob == 0.2
     assert np.allclose(rotate.rand_affine.rand_affine_grid.rotate_range, [math.pi / 6] * 3)  # +-30 degrees
     assert isinstance(zoom, RandZoomd) and zoom.prob == 0.2

@@ -170,7 +170,7 @@ def test_stage_wrappers_survive_stage3_steps_between_stage1_steps(one_rank_group
             stage1(images).logits.sum().backward()
         else:
             with torch.no_grad():
-                similarities = model.similarities(model.fused_features(images))
+                similarities = model.similarities(images)
             stage3(similarities).sum().backward()
         groups = ("encoder", "decoder", "prototypes", "classifier")
         trained = {group for group in groups if model.group_parameters(group)[0].grad is not None}

@@ -108,3 +108,41 @@ def test_stage_handler_sets_groups_hands_over_backbone_and_steps_lr_per_epoch():
     assert torch.equal(network.backbone.encoder.conv1.weight, cnn.backbone.encoder.conv1.weight)
     network.train()
     assert not network.backbone.decoder.training and network.backbone.encoder.training
+
+
+def test_map_shift_starts_at_the_start_coverage_and_falls_linearly_to_zero():
+    schedule = Schedule(warmup_epochs=3, stage1_epochs=6, push_every=3, map_anneal_epochs=4, map_init_coverage=0.02)
+    full = float(torch.special.ndtri(torch.tensor(0.5)) - torch.special.ndtri(torch.tensor(0.02)))
+    assert full == pytest.approx(2.0537, abs=1e-4)  # Φ⁻¹(0.5) − Φ⁻¹(0.02) = 0 + 2.0537
+    shifts = [schedule.map_shift(e) for e in range(1, 10)]
+    assert shifts[:3] == [0.0, 0.0, 0.0]  # warm-up
+    assert shifts[3:] == pytest.approx([full, 0.75 * full, 0.5 * full, 0.25 * full, 0.0, 0.0])
+    # the shifted BN output N(β, 1) + shift lies above 0 (the soft mask's centre) on the start share
+    assert float(torch.special.ndtr(torch.tensor(float(torch.special.ndtri(torch.tensor(0.02))) + full))) == pytest.approx(0.5)
+    assert Schedule(warmup_epochs=3, stage1_epochs=6).map_shift(4) == 0.0  # the paper: no annealing
+    with pytest.raises(ValueError, match="map_anneal_epochs"):
+        Schedule(stage1_epochs=4, map_anneal_epochs=4)
+    with pytest.raises(ValueError, match="map_start_coverage"):
+        Schedule(map_start_coverage=1.0)
+
+
+def test_stage_handler_shifts_the_maps_of_stage1_epochs_and_the_shift_widens_them():
+    network = UMProtoShare(**TINY, prototypes_per_scale=(2, 2, 2), map_init_coverage=0.02)
+    cnn = BackboneCNN(encoder_layers=[1, 1], encoder_width=4, embed_dim=8, scales=(1, 2, 3))
+    schedule = Schedule(warmup_epochs=1, stage1_epochs=3, push_every=3, map_anneal_epochs=2, map_init_coverage=0.02)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    handler = StageHandler(network, cnn, schedule, torch.optim.lr_scheduler.StepLR(optimizer, 1))
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    shifts = {}
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: shifts.update({e.state.epoch: network.head(1).map_shift}))
+    engine.run([0], max_epochs=schedule.max_epochs)
+    assert shifts == pytest.approx({1: 0.0, 2: schedule.map_full_shift, 3: schedule.map_full_shift / 2, 4: 0.0})
+    x = torch.randn(2, 4, 16, 16, 16)
+    network.train()  # batch statistics: z is N(β, 1) over the batch's voxels
+    covered = {}
+    for shift in (0.0, schedule.map_full_shift):
+        network.set_map_shift(shift)
+        with torch.no_grad():
+            covered[shift] = float((network.explain(x).per_scale[0].soft_maps > 0.5).float().mean())
+    assert covered[0.0] == pytest.approx(0.02, abs=0.02) and covered[schedule.map_full_shift] == pytest.approx(0.5, abs=0.05)

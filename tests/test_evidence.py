@@ -59,7 +59,7 @@ def test_sequence_evidence_reuses_a_given_reference_similarity(tmp_path):
     image = torch.as_tensor(preprocessing_transforms(**GEOMETRY)(item)["image"])
     model = constructed_model()
     with torch.no_grad():
-        reference = model.similarities(model.fused_features(image[None]))
+        reference = model.similarities(image[None])
     torch.testing.assert_close(sequence_evidence(model, image, reference), sequence_evidence(model, image))
     # the given S(x) is what is subtracted: shifting it shifts every change the other way
     torch.testing.assert_close(sequence_evidence(model, image, reference + 0.25), sequence_evidence(model, image) - 0.25)

@@ -29,6 +29,7 @@ CONSTRUCTED = {
     "fusion": "none",
     "embed_dim": 8,
     "mapping_dim": 8,
+    "map_support": "brain",
 }
 """Architecture of the constructed model (config ids of inference.json)."""
 GEOMETRY = {"roi_size": [48, 48, 48], "target_spacing": 2.0}

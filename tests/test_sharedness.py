@@ -77,7 +77,7 @@ def test_function_api_on_two_preprocessed_cases(trained):
     images = {name: torch.as_tensor(preprocessing(c)["image"]) for name, c in zip(("LGG", "HGG"), cases)}
     report, evidence = case_sharedness(model, images, ["LGG", "HGG"], push.records)
     with torch.no_grad():
-        similarities = {n: model.similarities(model.fused_features(i[None]))[0] for n, i in images.items()}
+        similarities = {n: model.similarities(i[None])[0] for n, i in images.items()}
     phi = torch.minimum(similarities["LGG"], similarities["HGG"])
     assert report[0]["column"] == int(phi.argmax())
     assert report[0]["source"]["case_id"] == push.records[report[0]["column"]]["case_id"]

@@ -13,6 +13,10 @@ from typing import Any
 
 _EXPORTS = {
     "DataError": "errors",
+    "foreground_mask": "foreground",
+    "foreground_on_grid": "foreground",
+    "FlattenBackgroundd": "transforms",
+    "RecordForegroundd": "transforms",
     "SEQUENCES": "layouts",
     "LAYOUTS": "layouts",
     "detect_layout": "layouts",

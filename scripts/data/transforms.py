@@ -45,6 +45,8 @@ from monai.transforms import (
     Spacingd,
 )
 
+from .foreground import foreground_mask
+
 WHOLE_TUMOUR_LABELS = (1, 2, 4)
 """BraTS labels merged into the whole-tumour mask: 1 necrosis/non-enhancing, 2 oedema, 4 enhancing."""
 CACHED_KEYS = ("case_id", "image", "mask", "label")
@@ -105,6 +107,53 @@ def preprocessing_transforms(
         SelectItemsd([*keys, *keep_keys], allow_missing_keys=True),
     ]
     return Compose(transforms)
+
+
+FOREGROUND_KEY = "foreground"
+"""Item key under which :class:`RecordForegroundd` keeps the brain mask for :class:`FlattenBackgroundd`."""
+
+
+class RecordForegroundd(MapTransform):
+    """Store the brain mask of ``image`` (C, H, W, D) under ``foreground_key``, (1, H, W, D) bool.
+
+    Placed after the spatial augmentations (which keep the constant background constant: border
+    padding, interpolation of a constant) and before the intensity ones (noise, blur), which do not.
+    """
+
+    def __init__(self, keys: KeysCollection, foreground_key: str = FOREGROUND_KEY) -> None:
+        super().__init__(keys)
+        self.foreground_key = foreground_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        key = self.first_key(d)
+        d[self.foreground_key] = foreground_mask(torch.as_tensor(d[key])[None])[0]
+        return d
+
+
+class FlattenBackgroundd(MapTransform):
+    """Set every voxel outside the stored brain mask to its channel's minimum, then drop the mask.
+
+    After noise, blur or low-resolution simulation the background is no longer constant; a
+    skull-stripped scan's is, and the network's brain mask (``map_support="brain"``) relies on it. The
+    minimum over the whole augmented channel lies at or below every brain voxel, so the brain found in
+    the augmented image is the stored one (a brain voxel equal to the minimum, possible only under
+    noise, drops out). The monotone intensity transforms (brightness, contrast, gamma) keep a constant
+    background constant by themselves; this makes it hold for all of them.
+    """
+
+    def __init__(self, keys: KeysCollection, foreground_key: str = FOREGROUND_KEY) -> None:
+        super().__init__(keys)
+        self.foreground_key = foreground_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        brain = torch.as_tensor(d.pop(self.foreground_key)).bool()
+        for key in self.key_iterator(d):
+            image = d[key]
+            floor = image.flatten(1).amin(dim=1).view(-1, *([1] * (image.ndim - 1)))
+            d[key] = torch.where(brain, image, floor.to(image.dtype))
+        return d
 
 
 class RandChannelwised(RandomizableTransform, MapTransform):
@@ -186,7 +235,9 @@ def augmentation_transforms(
     (range preserved), one factor per channel; (vi) low-resolution simulation (nearest down,
     trilinear up), each channel with ``low_resolution_prob_per_channel`` as nnU-Net; (vii) gamma
     on the inverted then the plain image, per channel, mean and std retained; (viii) a flip on each
-    axis. Out-of-volume voxels take the border value (the background after z-scoring).
+    axis. Out-of-volume voxels take the border value (the background after z-scoring). The background
+    is set back to one constant per channel before the flips (:class:`FlattenBackgroundd`), so the
+    brain mask of an augmented image is that of the image after (i).
     """
     key = image_key
     rotate = math.radians(rotate_degrees)
@@ -198,6 +249,7 @@ def augmentation_transforms(
                 key, prob=scale_prob, min_zoom=scale_range[0], max_zoom=scale_range[1], mode="trilinear",
                 padding_mode="edge", keep_size=True,
             ),
+            RecordForegroundd(key),
             RandGaussianNoised(key, prob=noise_prob, mean=0.0, std=noise_std, sample_std=True),
             RandChannelwised(
                 key, RandGaussianSmooth(blur_sigma, blur_sigma, blur_sigma, prob=1.0), prob=blur_prob,
@@ -214,6 +266,7 @@ def augmentation_transforms(
             ),
             RandChannelwised(key, gamma[0], prob=gamma_inverted_prob),
             RandChannelwised(key, gamma[1], prob=gamma_prob),
+            FlattenBackgroundd(key),
             *(RandFlipd(key, prob=flip_prob, spatial_axis=axis) for axis in range(3)),
         ]
     )

@@ -37,7 +37,8 @@ class StageHandler:
     """Sets each epoch's trainable groups, starts UM-ProtoShare from the warm-up, steps the stage-1 LR.
 
     EPOCH_STARTED: ``set_trainable`` of the stage's groups on the network the stage trains (the CNN in
-    warm-up, UM-ProtoShare in stage 1); ``engine.state.stage`` = the stage name.
+    warm-up, UM-ProtoShare in stage 1); in stage 1 the maps' shift of :meth:`Schedule.map_shift`;
+    ``engine.state.stage`` = the stage name.
     :attr:`~scripts.engine.events.StageEvents.EPOCH_TRAINED` (before push and checkpoint): after
     the last warm-up epoch, UM-ProtoShare's encoder, decoder, fusion and add-ons are loaded from the
     CNN (:meth:`UMProtoShare.load_backbone`); after each stage-1 epoch the scheduler steps once.
@@ -62,6 +63,8 @@ class StageHandler:
         stage = self.schedule.stage_of(engine.state.epoch)
         target = self.warmup_network if stage == "warmup" else self.network
         target.set_trainable(self.schedule.trainable_groups(stage))
+        if stage == "stage1":
+            self.network.set_map_shift(self.schedule.map_shift(engine.state.epoch))
         engine.state.stage = stage
 
     def epoch_completed(self, engine: Engine) -> None:

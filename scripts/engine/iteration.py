@@ -157,7 +157,7 @@ def train_last_layer_epoch(
         optimizer.zero_grad(set_to_none=True)
         with autocast(images.device, amp):
             with torch.no_grad():
-                similarities = network.similarities(network.fused_features(images))
+                similarities = network.similarities(images)
             loss, terms = loss_function(classifier(similarities), labels, network.classifier.weight, network.ownership)
         loss.backward()
         optimizer.step()

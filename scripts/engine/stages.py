@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import torch
 from monai.utils import look_up_option
 from torch import nn
 
@@ -43,6 +44,12 @@ class Schedule:
         push_every: push after every ``push_every``-th stage-1 epoch.
         stage3_epochs: classifier epochs after each push.
         freeze_gates: also freeze the fusion group (gates) in stage 1.
+        map_anneal_epochs: T; the first T stage-1 epochs widen the prototype maps, from
+            ``map_start_coverage`` of the voxels down to the network's own start, linearly
+            (:meth:`map_shift`); 0 trains the maps as they start (the paper).
+        map_start_coverage: share of voxels each map covers in the first stage-1 epoch.
+        map_init_coverage: the network's initial coverage (``map_init_coverage`` of
+            :class:`~scripts.networks.UMProtoShare`); None (PyTorch's BN init) counts as 0.5.
     """
 
     def __init__(
@@ -52,6 +59,9 @@ class Schedule:
         push_every: int = 10,
         stage3_epochs: int = 10,
         freeze_gates: bool = False,
+        map_anneal_epochs: int = 0,
+        map_start_coverage: float = 0.5,
+        map_init_coverage: float | None = None,
     ) -> None:
         negative = min(warmup_epochs, stage1_epochs, stage3_epochs) < 0
         if negative or push_every < 1 or warmup_epochs + stage1_epochs < 1:
@@ -64,6 +74,17 @@ class Schedule:
         self.push_every = int(push_every)
         self.stage3_epochs = int(stage3_epochs)
         self.freeze_gates = bool(freeze_gates)
+        for name, coverage in (("map_start_coverage", map_start_coverage), ("map_init_coverage", map_init_coverage)):
+            if coverage is not None and not 0.0 < coverage < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {coverage}.")
+        if not 0 <= map_anneal_epochs < max(stage1_epochs, 1):
+            raise ValueError(
+                f"map_anneal_epochs must lie in 0..stage1_epochs - 1 (the last stage-1 epoch trains the maps "
+                f"unshifted), got {map_anneal_epochs} with stage1_epochs={stage1_epochs}."
+            )
+        self.map_anneal_epochs = int(map_anneal_epochs)
+        start, init = (torch.tensor(0.5 if c is None else float(c)) for c in (map_start_coverage, map_init_coverage))
+        self.map_full_shift = float(torch.special.ndtri(start) - torch.special.ndtri(init))
 
     @property
     def max_epochs(self) -> int:
@@ -86,6 +107,19 @@ class Schedule:
     def push_epochs(self) -> list[int]:
         """Every ignite epoch that ends with a push, ascending."""
         return [e for e in range(self.warmup_epochs + 1, self.max_epochs + 1) if self.is_push_epoch(e)]
+
+    def map_shift(self, epoch: int) -> float:
+        """Shift of the maps' pre-activation z in ``epoch``: Φ⁻¹(start coverage) − Φ⁻¹(initial coverage)
+        in the first stage-1 epoch, falling linearly to 0 after ``map_anneal_epochs`` stage-1 epochs.
+
+        z is batch-normalised, about N(β, 1) over voxels with β = Φ⁻¹(initial coverage) at the start, so
+        the shifted maps start above the soft mask's centre (z > 0) on about the start coverage's share of
+        voxels: a broad map gets gradient everywhere and narrows onto what separates the classes.
+        """
+        if self.stage_of(epoch) != "stage1" or self.map_anneal_epochs == 0:
+            return 0.0
+        done = epoch - self.warmup_epochs - 1
+        return self.map_full_shift * max(0.0, 1.0 - done / self.map_anneal_epochs)
 
     def trainable_groups(self, stage: str) -> tuple[str, ...]:
         """The groups ``stage`` trains (``"fusion"`` left out of stage 1 with ``freeze_gates``)."""

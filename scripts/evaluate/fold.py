@@ -148,7 +148,7 @@ def predict_fold(
         target = torch.as_tensor(batch["label"]).long().reshape(-1)
         with torch.no_grad():
             if prototypes:
-                similarities.append(model.similarities(model.fused_features(images)).float())
+                similarities.append(model.similarities(images).float())
                 logits = model.classifier(similarities[-1])
             else:
                 logits = network(images)

@@ -114,7 +114,7 @@ def sequence_evidence(model: UMProtoShare, image: Tensor, reference: Tensor | No
         copies = sequence_mean_inputs(image)
         if reference is None:
             copies = torch.cat([image[None], copies])
-        similarities = model.similarities(model.fused_features(copies))
+        similarities = model.similarities(copies)
         if reference is None:
             reference, similarities = similarities[:1], similarities[1:]
     return similarities - reference

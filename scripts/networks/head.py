@@ -266,6 +266,9 @@ class PrototypeHead(nn.Module):
             self.mapping = MappingModule(spatial_dims, in_channels, num_prototypes, mapping_dim, map_init_coverage)
         self.prototypes = nn.Parameter(torch.rand(num_prototypes, embed_dim))
         self.similarity_clamp = bool(similarity_clamp)
+        self.map_shift = 0.0
+        """Added to the mapping module's BN output z before the map activation; 0 but while training
+        anneals the maps' coverage (:meth:`~scripts.engine.Schedule.map_shift`)."""
         self.soft_mask_weight = float(soft_mask_weight)
         self.soft_mask_threshold = float(soft_mask_threshold)
 
@@ -284,7 +287,9 @@ class PrototypeHead(nn.Module):
         return self.activate(mapping.pre_activation(mapping.hidden(features)))[1]
 
     def activate(self, pre_activation: Tensor) -> tuple[Tensor, Tensor]:
-        """(M⁰, M¹) from the mapping module's BN output z (B, K_s, *S), per ``map_activation``."""
+        """(M⁰, M¹) from the mapping module's BN output z (B, K_s, *S) plus ``map_shift``, per ``map_activation``."""
+        if self.map_shift != 0.0:
+            pre_activation = pre_activation + self.map_shift
         if self.map_activation == "minmax_soft_mask":
             raw_maps = torch.relu(pre_activation)
             return raw_maps, minmax_soft_mask(raw_maps, self.soft_mask_weight, self.soft_mask_threshold)
@@ -293,10 +298,18 @@ class PrototypeHead(nn.Module):
             return raw_maps, soft_mask(raw_maps, self.soft_mask_weight, self.soft_mask_threshold)
         return raw_maps, raw_maps
 
-    def run(self, features: Tensor) -> HeadOutput:
-        """All intermediate tensors from F_s (B, C_s, *S): maps → descriptors → S (or ProtoPNet's voxel path)."""
+    def run(self, features: Tensor, support: Optional[Tensor] = None) -> HeadOutput:
+        """All intermediate tensors from F_s (B, C_s, *S): maps → descriptors → S (or ProtoPNet's voxel path).
+
+        ``support`` (B, 1, *S), 0/1 on this scale's grid, or None for the whole volume: each map is
+        multiplied by it after the map activation (before Eq. 13's normalisation), so the maps, the
+        descriptors (Eq. 14) and S draw nothing from outside it and are exactly zero there. M⁰ and M¹
+        stay as the mapping module produced them (L_map's input).
+        """
         embeddings = self.addon(features[:, self.addon_start :])
         if self.mapping is None:
+            if support is not None:
+                raise ValueError("map support needs a mapping module; similarity_kind='voxel_topk' has none.")
             maps = voxel_similarity_maps(embeddings, self.prototypes)
             similarities = topk_mean_similarity(maps)
             if self.similarity_clamp:
@@ -306,11 +319,12 @@ class PrototypeHead(nn.Module):
         else:
             hidden = self.mapping.hidden(features)
             raw_maps, soft_maps = self.activate(self.mapping.pre_activation(hidden))
-            maps = l1_normalise(soft_maps) if self.map_activation == "soft_mask" else soft_maps
+            maps = soft_maps if support is None else soft_maps * support
+            maps = l1_normalise(maps) if self.map_activation == "soft_mask" else maps
             descriptors = prototype_descriptors(embeddings, maps)
             similarities = prototype_similarity(descriptors, self.prototypes, self.similarity_clamp)
             return HeadOutput(hidden, raw_maps, soft_maps, maps, embeddings, descriptors, similarities, similarities)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """S_s (B, K_s) from F_s (B, C_s, *S)."""
-        return self.run(features).similarities
+    def forward(self, features: Tensor, support: Optional[Tensor] = None) -> Tensor:
+        """S_s (B, K_s) from F_s (B, C_s, *S) and the optional map support (B, 1, *S) of :meth:`run`."""
+        return self.run(features, support).similarities

@@ -5,19 +5,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from os import PathLike
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
+from scripts.data.foreground import foreground_mask, foreground_on_grid
 from scripts.losses import ScaleTerms
 
 from .backbone import Backbone
 from .groups import GroupedNetwork, group_of
 from .head import PrototypeHead
 
-__all__ = ["BACKBONE_GROUPS", "CLASSIFIER_INITS", "PROTOTYPE_SHARING", "Explanation", "ScaleExplanation", "UMProtoShare"]
+__all__ = ["BACKBONE_GROUPS", "CLASSIFIER_INITS", "MAP_SUPPORTS", "PROTOTYPE_SHARING", "Explanation", "ScaleExplanation", "UMProtoShare"]
 
 PROTOTYPE_SHARING = ("shared", "class_specific")
 """``shared``: class-agnostic prototypes (UM-ProtoShare, A2–E); ``class_specific``: hard ownership (A1)."""
@@ -25,6 +26,10 @@ PROTOTYPE_SHARING = ("shared", "class_specific")
 CLASSIFIER_INITS = ("default", "balanced")
 """Start of a shared model's classifier: PyTorch's default init, or +1 / −0.5 with each scale's
 prototypes dealt to the classes in turn (:meth:`UMProtoShare.balanced_assignment`)."""
+
+MAP_SUPPORTS = ("volume", "brain")
+"""Where prototype maps may lie: ``volume`` (the paper: the whole input grid) or ``brain`` (the input's
+foreground, :func:`~scripts.data.foreground.foreground_mask`, on each scale's grid; zero elsewhere)."""
 
 BACKBONE_GROUPS = ("encoder", "decoder", "fusion", "addon")
 """Parameter groups initialised from the backbone warm-up CNN by :meth:`UMProtoShare.load_backbone`."""
@@ -93,6 +98,9 @@ class UMProtoShare(GroupedNetwork):
         map_init_coverage: initial share of the voxels each prototype map covers (the mapping
             module's output BN shift, :class:`~scripts.networks.head.MappingModule`); None keeps
             PyTorch's init, under which every map starts on about half the volume.
+        map_support: one of :data:`MAP_SUPPORTS`. ``brain``: every prototype map is multiplied by the
+            input's brain mask on its scale's grid before Eq. 13, so no map draws evidence from, or
+            peaks, outside the brain; ``volume``: the paper's maps over the whole grid.
         embed_dim: E.
         mapping_dim: hidden channels of the mapping module.
         addon_activation: "relu" or "sigmoid".
@@ -136,8 +144,12 @@ class UMProtoShare(GroupedNetwork):
         feature_fusion: str = "none",
         classifier_init: str = "default",
         map_init_coverage: float | None = None,
+        map_support: str = "volume",
     ) -> None:
         super().__init__()
+        self.map_support = look_up_option(map_support, MAP_SUPPORTS)
+        if self.map_support == "brain" and similarity_kind == "voxel_topk":
+            raise ValueError("map_support='brain' needs maps from a mapping module; similarity_kind='voxel_topk' has none.")
         if len(prototypes_per_scale) != 3 or min(prototypes_per_scale) < 0 or sum(prototypes_per_scale) < 1:
             raise ValueError(
                 f"prototypes_per_scale must give three non-negative counts (K_1, K_2, K_3) with at least one "
@@ -195,6 +207,11 @@ class UMProtoShare(GroupedNetwork):
                 self.classifier.weight.copy_(1.5 * start.T - 0.5)
         self.register_buffer("ownership", ownership, persistent=False)
 
+    def set_map_shift(self, shift: float) -> None:
+        """Shift every head's map pre-activation z by ``shift`` (> 0 widens the maps; 0 is the model itself)."""
+        for head in self.heads.values():
+            head.map_shift = float(shift)
+
     def balanced_assignment(self) -> Tensor:
         """(K_total, C) one-hot: prototype k of each scale goes to class k mod C (the "balanced" start)."""
         owners = [torch.arange(self.prototypes_per_scale[s - 1]) % self.num_classes for s in self.scales]
@@ -232,16 +249,26 @@ class UMProtoShare(GroupedNetwork):
         """F_s (B, C_s, H_s, W_s, D_s) for each prototype scale in ``scales``, from x (B, C_in, H, W, D)."""
         return self.backbone(x)
 
-    def similarities(self, features: list[Tensor]) -> Tensor:
-        """S(x, P) (B, K_total) from the fused features of ``fused_features``."""
+    def map_supports(self, x: Tensor, features: list[Tensor]) -> list[Optional[Tensor]]:
+        """Per prototype scale, where its maps may lie: the brain of x on F_s's grid (B, 1, H_s, W_s, D_s),
+        or None for the whole volume (``map_support="volume"``)."""
+        if self.map_support == "volume":
+            return [None for _ in features]
+        brain = foreground_mask(x)
+        return [foreground_on_grid(brain, list(f.shape[2:])).to(f.dtype) for f in features]
+
+    def similarities(self, x: Tensor) -> Tensor:
+        """S(x, P) (B, K_total) from x (B, C_in, H, W, D)."""
+        features = self.fused_features(x)
+        supports = self.map_supports(x, features)
         similarities: list[Tensor] = []
         for i, head in enumerate(self.heads.values()):
-            similarities.append(head(features[i]))
+            similarities.append(head(features[i], supports[i]))
         return torch.cat(similarities, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, C) from x (B, C_in, H, W, D)."""
-        return self.classifier(self.similarities(self.fused_features(x)))
+        return self.classifier(self.similarities(x))
 
     def explain(self, x: Tensor) -> Explanation:
         """Every intermediate of the forward pass (same code path), per prototype scale, with S and logits."""
@@ -249,9 +276,12 @@ class UMProtoShare(GroupedNetwork):
         features = self.backbone.fuse(taps, decoded)
         gates = self.backbone.gates(taps, decoded)
         inputs = self.backbone.fusion_inputs(taps, decoded)
+        supports = self.map_supports(x, features)
         per_scale = [
-            ScaleExplanation(scale=s, features=f, gate=gate, **head.run(f)._asdict(), fusion_inputs=fused_from)
-            for s, f, gate, head, fused_from in zip(self.scales, features, gates, self.heads.values(), inputs)
+            ScaleExplanation(scale=s, features=f, gate=gate, **head.run(f, support)._asdict(), fusion_inputs=fused_from)
+            for s, f, gate, head, fused_from, support in zip(
+                self.scales, features, gates, self.heads.values(), inputs, supports
+            )
         ]
         similarities = torch.cat([scale.similarities for scale in per_scale], dim=1)
         return Explanation(per_scale, similarities, self.classifier(similarities))

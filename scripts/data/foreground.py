@@ -1,0 +1,61 @@
+"""The brain (foreground) of a skull-stripped input, computed from the input itself, without labels.
+
+Skull-stripped inputs have a constant background in every sequence (0 before z-scoring, its z-score
+after), below every brain voxel, so the brain is every voxel that lies above its channel's minimum in
+at least one sequence. The network masks its prototype maps with it (``map_support="brain"``), the
+read-outs restrict class maps to it, and training augmentation keeps the background constant so that
+the definition holds on augmented inputs too (:class:`~scripts.data.transforms.FlattenBackgroundd`).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FOREGROUND_TOLERANCE", "foreground_mask", "foreground_on_grid"]
+
+FOREGROUND_TOLERANCE = 1e-6
+"""A voxel is foreground where some channel exceeds that channel's minimum by more than this."""
+
+
+def foreground_mask(images: torch.Tensor, tolerance: float = FOREGROUND_TOLERANCE) -> torch.Tensor:
+    """Brain mask of a batch: where any channel lies above that channel's minimum in its case.
+
+    Args:
+        images: (B, C, *S), any float dtype.
+        tolerance: how far above its channel's minimum a voxel must lie.
+
+    Returns:
+        bool (B, 1, *S).
+    """
+    if images.ndim < 3:
+        raise ValueError(f"images must be (B, C, *spatial), got {images.ndim} dimensions.")
+    floor = images.flatten(2).amin(dim=2)
+    for _ in range(images.ndim - 2):
+        floor = floor.unsqueeze(-1)
+    return (images > floor + tolerance).any(dim=1, keepdim=True)
+
+
+def foreground_on_grid(mask: torch.Tensor, size: List[int]) -> torch.Tensor:
+    """A foreground mask brought to a coarser grid: a cell is foreground when any voxel it pools is.
+
+    Adaptive max pooling (2-D or 3-D), so every scale's grid (stride 2, 4, 8, odd sizes included) keeps every cell
+    that touches the brain and no cell that does not.
+
+    Args:
+        mask: (B, 1, *S) bool or float.
+        size: the target spatial size (len(S) entries).
+
+    Returns:
+        float (B, 1, *size), values 0 or 1.
+    """
+    mask = mask.float()
+    if list(mask.shape[2:]) == size:
+        return mask
+    if mask.ndim == 5:
+        return F.adaptive_max_pool3d(mask, size)
+    if mask.ndim == 4:
+        return F.adaptive_max_pool2d(mask, size)
+    raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")

@@ -1,0 +1,115 @@
+"""Prototype maps restricted to the input's brain (``map_support="brain"``) and the augmentation that keeps
+the brain findable: a box-shaped foreground, hand-pooled grids, the paper's whole-volume maps beside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scripts.data.foreground import foreground_mask, foreground_on_grid
+from scripts.data.transforms import FlattenBackgroundd, RecordForegroundd, augmentation_transforms
+from scripts.metrics import brain_mask
+from scripts.networks import UMProtoShare
+
+TINY = {"encoder_layers": (1, 1), "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8, "prototypes_per_scale": (3, 2, 2)}
+BOX = (slice(6, 22), slice(9, 19), slice(5, 17))
+"""The foreground of :func:`_box_input` on a 32 × 32 × 24 grid."""
+
+
+def _box_input(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """(B, 4, 32, 32, 24): a constant background per channel, random values (all above it) in ``BOX``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.tensor([-1.0, -0.5, -2.0, -0.7]).view(1, 4, 1, 1, 1).repeat(batch, 1, 32, 32, 24)
+    x[(slice(None), slice(None), *BOX)] += 0.1 + torch.rand(batch, 4, 16, 10, 12, generator=generator)
+    return x
+
+
+def test_foreground_mask_is_the_box_of_a_constant_background_input():
+    x = _box_input()
+    expected = torch.zeros(32, 32, 24, dtype=torch.bool)
+    expected[BOX] = True
+    mask = foreground_mask(x)
+    assert mask.shape == (2, 1, 32, 32, 24)
+    assert torch.equal(mask[0, 0], expected) and torch.equal(mask[1, 0], expected)
+    assert torch.equal(brain_mask(x[0]), expected)
+
+
+def test_foreground_on_grid_keeps_every_cell_that_touches_the_brain():
+    mask = torch.zeros(1, 1, 8, 8, 6, dtype=torch.bool)
+    mask[0, 0, 3, 4, 5] = True  # one voxel: cell (1, 2, 2) of a stride-2 grid, (0, 1, 1) of a stride-4 grid
+    fine = foreground_on_grid(mask, [4, 4, 3])
+    assert fine.sum() == 1 and fine[0, 0, 1, 2, 2] == 1
+    coarse = foreground_on_grid(mask, [2, 2, 2])  # 6 → 2 pools [0, 3) and [3, 6): voxel 5 lies in the second
+    assert coarse.sum() == 1 and coarse[0, 0, 0, 1, 1] == 1
+
+
+def test_brain_supported_maps_are_exactly_zero_outside_the_box_and_still_sum_to_one():
+    torch.manual_seed(0)
+    model = UMProtoShare(**TINY, map_support="brain").eval()
+    x = _box_input()
+    with torch.no_grad():
+        explanation = model.explain(x)
+        logits = model(x)
+    inside = torch.zeros(1, 1, 32, 32, 24)
+    inside[(0, 0, *BOX)] = 1
+    for entry in explanation.per_scale:
+        support = foreground_on_grid(inside, list(entry.maps.shape[2:])) > 0
+        assert 0 < support.sum() < support.numel()  # the box covers part of every grid
+        outside = entry.maps.masked_select(~support.expand_as(entry.maps))
+        assert torch.equal(outside, torch.zeros_like(outside)), f"scale {entry.scale}"
+        assert torch.allclose(entry.maps.sum(dim=(2, 3, 4)), torch.ones(2, entry.maps.shape[1]), atol=1e-4)
+        # the soft maps (L_map's input) are not masked: the mapping module still sees the whole volume
+        assert (entry.soft_maps.masked_select(~support.expand_as(entry.soft_maps)) > 0).all()
+    assert torch.equal(logits, explanation.logits)
+    assert torch.equal(model.similarities(x), explanation.similarities)
+
+
+def test_volume_support_is_the_paper_network_with_maps_outside_the_brain():
+    torch.manual_seed(0)
+    brain = UMProtoShare(**TINY, map_support="brain").eval()
+    volume = UMProtoShare(**TINY).eval()
+    volume.load_state_dict(brain.state_dict())
+    x = _box_input()
+    with torch.no_grad():
+        maps = volume.explain(x).per_scale[0].maps
+        masked = brain.explain(x).per_scale[0].maps
+    support = foreground_on_grid(foreground_mask(x), list(maps.shape[2:])) > 0
+    assert (maps.masked_select(~support.expand_as(maps)) > 0).all()
+    # inside the brain, the masked maps are the paper's maps renormalised over the brain
+    renormalised = maps * support / (maps * support).sum(dim=(2, 3, 4), keepdim=True)
+    assert torch.allclose(masked, renormalised, atol=1e-5)
+
+
+def test_brain_support_needs_a_mapping_module():
+    with pytest.raises(ValueError, match="voxel_topk"):
+        UMProtoShare(**TINY, map_support="brain", similarity_kind="voxel_topk")
+    with pytest.raises(ValueError, match="skull"):
+        UMProtoShare(**TINY, map_support="skull")
+
+
+def test_flatten_background_restores_a_constant_background_after_noise_and_blur():
+    x = _box_input(batch=1)[0]
+    noisy = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    item = RecordForegroundd("image")({"image": x})
+    item["image"] = noisy
+    out = FlattenBackgroundd("image")(item)
+    assert "foreground" not in out
+    image = out["image"]
+    outside = ~brain_mask(x)
+    for c in range(4):
+        floor = noisy[c].min()
+        assert torch.equal(image[c][outside], floor.expand(int(outside.sum())))
+        assert torch.equal(image[c][~outside], noisy[c][~outside])
+    # the brain found in the flattened image is the recorded one (but for a voxel at the minimum)
+    assert (brain_mask(image) ^ brain_mask(x)).sum() <= 4
+
+
+def test_augmented_training_inputs_keep_the_brain_of_the_spatially_augmented_image():
+    x = _box_input(batch=1)[0]
+    transforms = augmentation_transforms(
+        rotate_prob=0.0, scale_prob=0.0, noise_prob=1.0, blur_prob=1.0, low_resolution_prob=1.0, flip_prob=0.0
+    )
+    transforms.set_random_state(0)
+    image = transforms({"image": x})["image"]
+    assert not torch.equal(image[:, 0, 0, 0], x[:, 0, 0, 0])  # the intensities were augmented
+    assert (brain_mask(image) ^ brain_mask(x)).sum() <= 4

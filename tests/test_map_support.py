@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scripts.data.foreground import foreground_mask, foreground_on_grid
+from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
 from scripts.data.transforms import FlattenBackgroundd, RecordForegroundd, augmentation_transforms
 from scripts.metrics import brain_mask
 from scripts.networks import UMProtoShare
@@ -113,3 +113,26 @@ def test_augmented_training_inputs_keep_the_brain_of_the_spatially_augmented_ima
     image = transforms({"image": x})["image"]
     assert not torch.equal(image[:, 0, 0, 0], x[:, 0, 0, 0])  # the intensities were augmented
     assert (brain_mask(image) ^ brain_mask(x)).sum() <= 4
+
+
+def test_erode_removes_the_border_band_but_not_the_volume_edge():
+    mask = torch.zeros(1, 1, 9, 9, 9)
+    mask[0, 0, 1:8, 1:8, 1:8] = 1  # a 7-cube
+    assert erode(mask, 1).sum() == 5**3 and erode(mask, 2).sum() == 3**3 and erode(mask, 0).sum() == 7**3
+    assert erode(mask, 1)[0, 0, 2:7, 2:7, 2:7].all()
+    assert erode(torch.ones(1, 1, 4, 4, 4), 1).sum() == 64  # the volume's edge is not the brain's
+
+
+def test_support_margin_keeps_the_maps_off_the_brains_border_band():
+    torch.manual_seed(0)
+    model = UMProtoShare(**TINY, map_support="brain", map_support_margin=3).eval()
+    x = _box_input(batch=1)
+    with torch.no_grad():
+        maps = model.explain(x).per_scale[0].maps  # stride 2: 16 x 16 x 12
+    inner = torch.zeros(1, 1, 32, 32, 24)
+    inner[0, 0, 9:19, 12:16, 8:14] = 1  # BOX shrunk by 3 voxels on every side
+    support = foreground_on_grid(inner, list(maps.shape[2:])) > 0
+    assert torch.equal(maps.masked_select(~support.expand_as(maps)), torch.zeros(int((~support).sum()) * 3))
+    assert (maps.masked_select(support.expand_as(maps)) > 0).all()
+    with pytest.raises(ValueError, match="map_support_margin"):
+        UMProtoShare(**TINY, map_support="brain", map_support_margin=-1)

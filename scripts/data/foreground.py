@@ -14,7 +14,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FOREGROUND_TOLERANCE", "foreground_mask", "foreground_on_grid"]
+__all__ = ["FOREGROUND_TOLERANCE", "erode", "foreground_mask", "foreground_on_grid"]
 
 FOREGROUND_TOLERANCE = 1e-6
 """A voxel is foreground where some channel exceeds that channel's minimum by more than this."""
@@ -36,6 +36,23 @@ def foreground_mask(images: torch.Tensor, tolerance: float = FOREGROUND_TOLERANC
     for _ in range(images.ndim - 2):
         floor = floor.unsqueeze(-1)
     return (images > floor + tolerance).any(dim=1, keepdim=True)
+
+
+def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """The mask without every voxel within ``margin`` voxels (Chebyshev distance) of its outside.
+
+    Args:
+        mask: (B, 1, H, W, D) bool or float.
+        margin: voxels removed along the mask's border; 0 returns the mask as float.
+
+    Returns:
+        float (B, 1, H, W, D), values 0 or 1. The volume's own border does not count as outside.
+    """
+    mask = mask.float()
+    if margin <= 0:
+        return mask
+    size = 2 * margin + 1
+    return -F.max_pool3d(-F.pad(mask, [margin] * 6, value=1.0), size, stride=1)
 
 
 def foreground_on_grid(mask: torch.Tensor, size: List[int]) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
-from scripts.data.foreground import foreground_mask, foreground_on_grid
+from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
 from scripts.losses import ScaleTerms
 
 from .backbone import Backbone
@@ -101,6 +101,9 @@ class UMProtoShare(GroupedNetwork):
         map_support: one of :data:`MAP_SUPPORTS`. ``brain``: every prototype map is multiplied by the
             input's brain mask on its scale's grid before Eq. 13, so no map draws evidence from, or
             peaks, outside the brain; ``volume``: the paper's maps over the whole grid.
+        map_support_margin: with ``map_support="brain"``, leave out this many input voxels along the
+            brain's border too (:func:`~scripts.data.foreground.erode`), where the brain/background edge
+            makes features that compact maps latch onto.
         embed_dim: E.
         mapping_dim: hidden channels of the mapping module.
         addon_activation: "relu" or "sigmoid".
@@ -145,9 +148,13 @@ class UMProtoShare(GroupedNetwork):
         classifier_init: str = "default",
         map_init_coverage: float | None = None,
         map_support: str = "volume",
+        map_support_margin: int = 0,
     ) -> None:
         super().__init__()
         self.map_support = look_up_option(map_support, MAP_SUPPORTS)
+        if map_support_margin < 0:
+            raise ValueError(f"map_support_margin must be >= 0 voxels, got {map_support_margin}.")
+        self.map_support_margin = int(map_support_margin)
         if self.map_support == "brain" and similarity_kind == "voxel_topk":
             raise ValueError("map_support='brain' needs maps from a mapping module; similarity_kind='voxel_topk' has none.")
         if len(prototypes_per_scale) != 3 or min(prototypes_per_scale) < 0 or sum(prototypes_per_scale) < 1:
@@ -254,7 +261,7 @@ class UMProtoShare(GroupedNetwork):
         or None for the whole volume (``map_support="volume"``)."""
         if self.map_support == "volume":
             return [None for _ in features]
-        brain = foreground_mask(x)
+        brain = erode(foreground_mask(x), self.map_support_margin)
         return [foreground_on_grid(brain, list(f.shape[2:])).to(f.dtype) for f in features]
 
     def similarities(self, x: Tensor) -> Tensor:

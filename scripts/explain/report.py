@@ -52,7 +52,9 @@ COLOUR_BAR_LABEL = (
     f"map value / the map's maximum (1 = its peak); below {MAP_FLOOR} and outside the brain not drawn"
 )
 OUTSIDE = "#ff3030"
-"""Colour of a peak that lies outside the brain (marker and title)."""
+"""Colour of a peak that lies outside the brain (marker and title), and of nothing else on a page."""
+CAUTION = "#a00000"
+"""Colour of the caution banner's text."""
 AXIAL_LETTERS = {"left": "L", "right": "R", "top": "A", "bottom": "P"}
 """Patient directions at the edges of an axial RAS slice drawn with ``origin="lower"``."""
 EMPTY_NOTE = f"nothing ≥ {MAP_FLOOR} in the brain on this slice"
@@ -234,8 +236,8 @@ def case_figure(
              f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
     if warnings:
         title = "CAUTION: " + "; ".join(warnings) + "\n" + title
-    fig.suptitle(title, fontsize=9, color=OUTSIDE if warnings else "black",
-                 bbox={"facecolor": "#ffe0e0", "edgecolor": OUTSIDE} if warnings else None)
+    fig.suptitle(title, fontsize=9, color=CAUTION if warnings else "black",
+                 bbox={"facecolor": "#ffe0e0", "edgecolor": CAUTION} if warnings else None)
     cells = [grid[0, c] for c in range(len(channels))]
     axes = _sequence_row(fig, cells, case, channels, brain, class_map, f"class map {predicted}")
     combination = prediction.get("scale_combination", "sum")

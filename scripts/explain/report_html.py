@@ -203,13 +203,13 @@ td, th { border: 1px solid #bbb; padding: 2px 6px; text-align: right; }
 
 
 def _panel(c: int, name: str, width: int, height: int) -> str:
-    """One slice panel: grey slice, overlay, crosshair, name, out-of-brain flag, orientation letters."""
+    """One slice panel: grey slice, overlay, name, orientation letters, out-of-brain flag, crosshair (on top)."""
     letters = "".join(f'<span class="letter {v}">{v}</span>' for v in AXIAL_LETTERS.values())
     return (f'<div class="view" style="width: {width}px; height: {height}px">'
             f'<img id="base{c}" alt="{html.escape(name)}"><img id="top{c}" alt="">'
-            f'<div class="cross hline" id="hline{c}"></div><div class="cross vline" id="vline{c}"></div>'
             f'<span class="name">{html.escape(name)}</span>{letters}'
-            f'<span class="flag" id="flag{c}">peak OUTSIDE the brain</span></div>')
+            f'<span class="flag" id="flag{c}">peak OUTSIDE the brain</span>'
+            f'<div class="cross hline" id="hline{c}"></div><div class="cross vline" id="vline{c}"></div></div>')
 
 
 def case_html(

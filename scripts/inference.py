@@ -271,10 +271,13 @@ class EvidenceWriter:
     ``true_class`` from :func:`known_grades` and ``prediction_agrees``, both None when the grade is unknown,
     and each top prototype's map file and peak voxel in the input image); NIfTI maps on the input files'
     grid, each divided by its maximum (header window 0–1): ``evidence_<class>.nii.gz`` (the predicted
-    class's map, scales combined by ``scale_combination``), ``evidence_<class>_brain.nii.gz`` (the same,
-    zero outside the brain), ``evidence_<class>_scale<s>.nii.gz`` (its per-scale terms, Eq. 27) and
+    class's map, :func:`~scripts.explain.attribution.class_map_from_maps` as evaluation computes it:
+    scales combined by ``scale_combination``, or Eq. 26 for a class-specific model),
+    ``evidence_<class>_brain.nii.gz`` (the same, zero outside the brain),
+    ``evidence_<class>_scale<s>.nii.gz`` (its per-scale terms, Eq. 27 or 26) and
     ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale`` prototypes of each scale with the largest
-    contribution to the predicted class; ``maps.json`` (what each map shows, its raw maximum and peak);
+    contribution to the predicted class; ``maps.json`` (what each map shows, its raw maximum and peak: one
+    :class:`~scripts.explain.input_grid.InputMap` per map, which both reports read too);
     ``report.png`` (:func:`~scripts.explain.report.case_report`) and ``report.html``
     (:func:`~scripts.explain.report_html.case_html`). A case that fails is logged and listed by
     :meth:`write_summary`; the others go on.

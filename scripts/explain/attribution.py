@@ -1,6 +1,7 @@
 """Class attention maps M(x) of every model family for AP and IDS (SPEC §6, Appendix F.2). No ignite.
 
-:func:`class_map` dispatches on the model's configuration:
+:func:`class_map` dispatches on the model's configuration (for prototype models through
+:func:`class_map_from_maps`, which inference calls too, so a served map is the map that was evaluated):
 
 - ``UMProtoShare`` with ``prototype_sharing="shared"``: Eq. 27–28 (:func:`scripts.explain.maps.class_attention_map`
   on the maps M_s, ζ of Eq. 7 from the classifier).

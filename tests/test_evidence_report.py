@@ -24,7 +24,7 @@ from scripts.explain.evidence import (
 )
 from scripts.explain.input_grid import InputCase, InputMap, map_peak
 from scripts.explain.report import COLOUR_BAR_LABEL, MAP_FLOOR, OUTSIDE, SourceView, case_figure
-from scripts.explain.report_html import case_html, start_slice
+from scripts.explain.report_html import case_html, in_plane_box, start_slice
 
 SHAPE = (12, 10, 8)
 
@@ -129,6 +129,14 @@ def test_start_slice_is_the_peak_slice_else_the_fullest_never_blank():
     attention[1, 1, 3] = 0.9
     assert start_slice(attention, brain, 3) == 3
     assert start_slice(np.zeros((4, 4, 5)), brain, 0) == 1  # drawn nowhere: the first slice with the most brain
+
+
+def test_the_page_shows_the_brain_and_every_peak_in_plane_and_every_slice():
+    brain = np.zeros((20, 20, 3), dtype=bool)
+    brain[5:8, 6:9, 1] = True
+    assert in_plane_box(brain, []) == (slice(1, 12), slice(2, 13), slice(0, 3))
+    assert in_plane_box(brain, [[0, 19, 0]]) == (slice(0, 12), slice(2, 20), slice(0, 3))
+    assert in_plane_box(np.zeros_like(brain), []) == (slice(0, 20), slice(0, 20), slice(0, 3))
 
 
 def test_report_page_banner_brain_only_overlays_flagged_peaks_letters_and_grade():

@@ -3,7 +3,7 @@
 Everything is inside the file (slices as embedded PNG data, a few lines of plain JavaScript, no
 external reference), so it opens offline in any browser and can be mailed or archived as it is.
 The slices are those of :func:`scripts.explain.report.case_report`: the case on its input files' grid
-turned to RAS, each map divided by its maximum and drawn inside the brain only where it reaches
+turned to RAS (and cut in-plane to the brain and every peak, :func:`in_plane_box`), each map divided by its maximum and drawn inside the brain only where it reaches
 ``MAP_FLOOR``; peaks and in-brain flags are the ones ``maps.json`` and ``prediction.json`` carry.
 
 The page shows, for the overlay chosen: a crosshair at its peak, a red flag on every panel when that
@@ -22,7 +22,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,12 @@ from scripts.explain.report import (
     grade_line,
 )
 
-__all__ = ["CROSSHAIR", "PANEL_WIDTH", "case_html", "grey_slices", "overlay_slices", "start_slice"]
+__all__ = ["CROSSHAIR", "PANEL_WIDTH", "case_html", "grey_slices", "in_plane_box", "overlay_slices", "start_slice"]
 
 PANEL_WIDTH = 256
 """Width of each slice panel in CSS pixels; the height follows the slice's extent in mm."""
+BOX_MARGIN = 4
+"""Voxels shown around the brain's bounding box (and every peak) in each axial panel."""
 CROSSHAIR = "#ff00ff"
 """Colour of the crosshair at the chosen map's peak (not in the map's colours nor in grey)."""
 
@@ -86,6 +88,18 @@ def overlay_slices(attention: np.ndarray, brain: np.ndarray) -> list[str | None]
         plane = colours[:, :, z]
         slices.append(_png(_display(plane)) if plane[..., 3].any() else None)
     return slices
+
+
+def in_plane_box(brain: np.ndarray, peaks: Sequence[Sequence[int]], margin: int = BOX_MARGIN) -> tuple[slice, ...]:
+    """The axial extent the page shows: the brain's (H, W, D) bounding box in the first two axes, grown to
+    hold every peak [i, j, k] and by ``margin`` voxels on each side (within the volume); all slices."""
+    points = [np.argwhere(brain.any(axis=2)), np.array([p[:2] for p in peaks]).reshape(-1, 2)]
+    points = np.concatenate(points)
+    if not len(points):
+        return slice(0, brain.shape[0]), slice(0, brain.shape[1]), slice(0, brain.shape[2])
+    low = np.maximum(points.min(0) - margin, 0)
+    high = np.minimum(points.max(0) + margin + 1, brain.shape[:2])
+    return slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])), slice(0, brain.shape[2])
 
 
 def start_slice(attention: np.ndarray, brain: np.ndarray, peak_z: int) -> int:
@@ -230,22 +244,24 @@ def case_html(
         class_map: the predicted class's evidence map on that grid, with its peak.
         maps: classifier column → a top prototype's map on that grid, with its peak.
     """
-    brain = case.display(case.brain)
     columns = {entry["column"]: entry for entry in record["prototypes"]}
     named = {"class": (f"class map {record['predicted_class']}", class_map)}
     named |= {f"s{columns[c]['scale']}_k{columns[c]['k']}": (f"prototype s{columns[c]['scale']} k{columns[c]['k']}", m)
               for c, m in maps.items()}
+    peaks = {key: case.display_index(attention.peak.voxel) for key, (_, attention) in named.items()}
+    box = in_plane_box(case.display(case.brain), list(peaks.values()))
+    brain = case.display(case.brain)[box]
     overlays = []
     for key, (label, attention) in named.items():
-        volume = case.display(attention.volume)
-        peak = case.display_index(attention.peak.voxel)
+        volume = case.display(attention.volume)[box]
+        peak = [peaks[key][0] - box[0].start, peaks[key][1] - box[1].start, peaks[key][2]]
         overlays.append({"id": key, "label": label, "peak": peak, "in_brain": attention.peak.in_brain,
                          "start": start_slice(volume, brain, peak[2]), "slices": overlay_slices(volume, brain)})
     shape = list(brain.shape)
     spacing = case.display_spacing()
     height = max(1, round(PANEL_WIDTH * shape[1] * spacing[1] / (shape[0] * spacing[0])))
     data = {"depth": shape[2], "shape": shape, "width": PANEL_WIDTH, "height": height, "floor": MAP_FLOOR,
-            "base": [grey_slices(case.display(c)) for c in case.channels], "overlays": overlays}
+            "base": [grey_slices(case.display(c)[box]) for c in case.channels], "overlays": overlays}
     names = [SEQUENCE_NAMES[c] if c < len(SEQUENCE_NAMES) else f"channel {c}" for c in range(len(case.channels))]
     views = "".join(_panel(c, n, PANEL_WIDTH, height) for c, n in enumerate(names))
     options = '<option value="">none</option>' + "".join(
@@ -277,8 +293,9 @@ def case_html(
  style="width: 520px"> S <span id="zlabel"></span></p>
 <p id="note" class="note" style="display: none"></p>
 <div class="views">{views}</div>
-<p>Axial slices on the input files' grid, turned to RAS: the patient's right on the right (R), anterior
-at the top (A); the slider runs from inferior (I) to superior (S). The crosshair marks the chosen map's
+<p>Axial slices on the input files' grid, turned to RAS and cut to the brain (and every peak): the
+patient's right on the right (R), anterior at the top (A); the slider runs from inferior (I) to
+superior (S). The crosshair marks the chosen map's
 peak (the voxel <code>maps.json</code> gives); it is flagged when that voxel lies outside the brain.
 Link to a view: <code>report.html#overlay=s1_k0&amp;z=20</code>.</p>
 <div class="bar"></div><p style="font-size: 12px">0 → 1: {html.escape(COLOUR_BAR_LABEL)}</p>

@@ -22,8 +22,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import nibabel as nib
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
@@ -132,7 +130,7 @@ def _mapping_grades(folder: Path) -> dict[str, str]:
 def known_grades(
     cases: Sequence[dict],
     input_dir: str | PathLike | None = None,
-    dataset_dir: str | PathLike | None = None,
+    grades_from: str | PathLike | None = None,
     datalist_file: str | PathLike | None = None,
     class_names: Sequence[str] = ("LGG", "HGG"),
 ) -> dict[str, str]:
@@ -140,18 +138,18 @@ def known_grades(
 
     In this order (the first that knows a case wins): the case's own ``label_name`` (a cohort layout or
     CSV given as ``input_dir``); ``name_mapping.csv`` beside a single case folder given as ``input_dir``
-    (BraTS 2020); the dataset at ``dataset_dir`` (any layout of :func:`scripts.data.detect_layout`);
+    (BraTS 2020); the cohort at ``grades_from`` (any layout of :func:`scripts.data.detect_layout`);
     the datalist entry with the very same four image files. A source that cannot be read is logged
     and skipped; grades outside ``class_names`` are ignored.
     """
     by_id: dict[str, str] = {}
-    if dataset_dir is not None and Path(dataset_dir).exists():
+    if grades_from is not None and Path(grades_from).exists():
         try:
-            layout, root = detect_layout(dataset_dir, class_names)
+            layout, root = detect_layout(grades_from, class_names)
             by_id = (_mapping_grades(root) if layout == "brats2020" else
                      {c["case_id"]: c["label_name"] for c in FINDERS[layout](root, class_names)[0]})
         except DataError as error:
-            logger.info("no grades from --dataset_dir: %s", error)
+            logger.warning("no grades from --grades_from: %s", error)
     if input_dir is not None:
         path = Path(os.path.abspath(Path(input_dir).expanduser()))
         if path.is_dir() and any(_nifti_stem(p) is not None for p in path.iterdir() if p.is_file()):
@@ -182,7 +180,7 @@ def find_cases(
     class_names: Sequence[str] = ("LGG", "HGG"),
     case_id: str | None = None,
     check_voxels: bool = True,
-    dataset_dir: str | PathLike | None = None,
+    grades_from: str | PathLike | None = None,
     datalist_file: str | PathLike | None = None,
 ) -> InferenceCases:
     """Find the cases to grade, check their files (readable, 3-D, one grid, finite voxels) and look up
@@ -194,7 +192,7 @@ def find_cases(
         class_names: class names, to read the grades of a training layout.
         case_id: name of the ``input_files`` case (default: the T1 file name without ``_t1``).
         check_voxels: read every voxel (truncated files, NaN/inf).
-        dataset_dir: a cohort (any training layout) whose grades apply to cases of the same id.
+        grades_from: a cohort (any training layout) whose grades apply to cases of the same id.
         datalist_file: a datalist whose grades apply to cases with the same image files.
 
     Raises:
@@ -216,7 +214,7 @@ def find_cases(
     problems = case_problems(found, check_voxels)
     errors = errors + [p for p in problems if p is not None]
     good = [c for c, problem in zip(found, problems) if problem is None]
-    grades = known_grades(good, input_dir, dataset_dir, datalist_file, class_names)
+    grades = known_grades(good, input_dir, grades_from, datalist_file, class_names)
     items = [{"case_id": c["case_id"], "image": list(c["image"]), "label_name": grades.get(c["case_id"])} for c in good]
     if not items and not errors:
         raise DataError(None, str(input_dir), "no case found (expected NIfTI files *_t1, *_t1ce, *_t2, *_flair)")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
@@ -23,6 +22,7 @@ from scripts.data import preprocessing_transforms
 from scripts.explain.attribution import class_map
 from scripts.explain.evidence import to_original_space
 from scripts.explain.report import OUTSIDE
+from scripts.inference import find_cases
 from scripts.networks import UMProtoShare
 
 SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}
@@ -147,3 +147,20 @@ def test_no_true_grade_when_nothing_gives_one(tmp_path):
     prediction = json.loads((tmp_path / "out" / "c4" / "prediction.json").read_text())
     assert prediction["true_class"] is None and prediction["prediction_agrees"] is None
     assert 'id="grade"' not in (tmp_path / "out" / "c4" / "report.html").read_text(encoding="utf-8")
+
+
+def test_true_grade_from_a_cohort_or_the_datalist_entry_with_the_same_files(tmp_path):
+    case = write_case(tmp_path / "cases" / "c5", "c5", seed=11)
+    folder = Path(case["image"][0]).parent
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "name_mapping.csv").write_text("Grade,BraTS_2020_subject_ID\nHGG,c5\n")
+    assert find_cases(folder, grades_from=cohort, check_voxels=False).items[0]["label_name"] == "HGG"
+    datalist = tmp_path / "datalist.json"
+    other = write_case(tmp_path / "elsewhere" / "c5", "c5", seed=12)  # the same id, other files
+    entries = [{"case_id": "c5", "image": case["image"], "label": 0, "fold": 0},
+               {"case_id": "c5", "image": other["image"], "label": 1, "fold": 1}]
+    datalist.write_text(json.dumps({"class_names": ["LGG", "HGG"], "num_folds": 2, "training": entries[:1]}))
+    assert find_cases(folder, datalist_file=datalist, check_voxels=False).items[0]["label_name"] == "LGG"
+    datalist.write_text(json.dumps({"class_names": ["LGG", "HGG"], "num_folds": 2, "training": entries[1:]}))
+    assert find_cases(folder, datalist_file=datalist, check_voxels=False).items[0]["label_name"] is None

@@ -22,8 +22,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import nibabel as nib
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
@@ -32,8 +30,10 @@ from monai.transforms import Compose
 
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError, detect_layout, find_case_files
-from scripts.data.layouts import FINDERS, _nifti_stem, find_csv
+from scripts.data.datalist import load_datalist
+from scripts.data.layouts import FINDERS, NAME_MAPPING, _nifti_stem, _read_csv, find_csv
 from scripts.data.validate import case_problems
+from scripts.explain.attribution import class_map_from_maps, scale_class_maps
 from scripts.explain.evidence import (
     explain_case,
     prediction_record,
@@ -42,15 +42,14 @@ from scripts.explain.evidence import (
     unit_scaled,
     write_nifti,
 )
-from scripts.explain.maps import class_attention_map, class_evidence_maps
+from scripts.explain.input_grid import InputCase, InputMap
 from scripts.explain.report import case_report
 from scripts.explain.report_html import case_html
 from scripts.explain.sources import SourceImages, load_push_for
-from scripts.metrics import brain_mask
 from scripts.networks import UMProtoShare
 from scripts.push import PUSH_JSON
 
-__all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "find_cases"]
+__all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "find_cases", "known_grades"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +116,75 @@ def _folder_cases(path: Path, class_names: Sequence[str]) -> tuple[list[dict], l
     return cases, errors
 
 
+def _mapping_grades(folder: Path) -> dict[str, str]:
+    """Case id → grade from ``folder/name_mapping.csv`` (BraTS 2020); empty when there is none."""
+    mapping = folder / NAME_MAPPING
+    if not mapping.is_file():
+        return {}
+    rows, columns = _read_csv(mapping)
+    if not {"BraTS_2020_subject_ID", "Grade"} <= set(columns):
+        raise DataError(None, str(mapping), f"columns BraTS_2020_subject_ID and Grade needed (found {columns})")
+    return {row["BraTS_2020_subject_ID"].strip(): row["Grade"].strip() for row in rows}
+
+
+def known_grades(
+    cases: Sequence[dict],
+    input_dir: str | PathLike | None = None,
+    grades_from: str | PathLike | None = None,
+    datalist_file: str | PathLike | None = None,
+    class_names: Sequence[str] = ("LGG", "HGG"),
+) -> dict[str, str]:
+    """The true grade of each case where one is known, by case id.
+
+    In this order (the first that knows a case wins): the case's own ``label_name`` (a cohort layout or
+    CSV given as ``input_dir``); ``name_mapping.csv`` beside a single case folder given as ``input_dir``
+    (BraTS 2020); the cohort at ``grades_from`` (any layout of :func:`scripts.data.detect_layout`);
+    the datalist entry with the very same four image files. A source that cannot be read is logged
+    and skipped; grades outside ``class_names`` are ignored.
+    """
+    by_id: dict[str, str] = {}
+    if grades_from is not None and Path(grades_from).exists():
+        try:
+            layout, root = detect_layout(grades_from, class_names)
+            by_id = (_mapping_grades(root) if layout == "brats2020" else
+                     {c["case_id"]: c["label_name"] for c in FINDERS[layout](root, class_names)[0]})
+        except DataError as error:
+            logger.warning("no grades from --grades_from: %s", error)
+    if input_dir is not None:
+        path = Path(os.path.abspath(Path(input_dir).expanduser()))
+        if path.is_dir() and any(_nifti_stem(p) is not None for p in path.iterdir() if p.is_file()):
+            try:
+                by_id = {**by_id, **_mapping_grades(path.parent)}
+            except DataError as error:
+                logger.warning("no grades: %s", error)
+    by_files: dict[tuple[str, ...], str] = {}
+    if datalist_file is not None and Path(datalist_file).is_file():
+        try:
+            datalist = load_datalist(datalist_file)
+        except (ValueError, KeyError, OSError) as error:
+            logger.warning("no grades from the datalist %s: %s", datalist_file, error)
+        else:
+            names = datalist["class_names"]
+            by_files = {tuple(e["image"]): names[int(e["label"])] for e in datalist["training"] if "label" in e}
+    grades = {}
+    for case in cases:
+        grade = case.get("label_name") or by_id.get(case["case_id"]) or by_files.get(tuple(case["image"]))
+        if grade in class_names:
+            grades[case["case_id"]] = grade
+    return grades
+
+
 def find_cases(
     input_dir: str | PathLike | None = None,
     input_files: Sequence[str | PathLike] | None = None,
     class_names: Sequence[str] = ("LGG", "HGG"),
     case_id: str | None = None,
     check_voxels: bool = True,
+    grades_from: str | PathLike | None = None,
+    datalist_file: str | PathLike | None = None,
 ) -> InferenceCases:
-    """Find the cases to grade and check their files (readable, 3-D, one grid, finite voxels).
+    """Find the cases to grade, check their files (readable, 3-D, one grid, finite voxels) and look up
+    their true grades (:func:`known_grades`; ``label_name``, None where unknown).
 
     Args:
         input_dir: a case folder, a folder of case folders, or a CSV file.
@@ -132,6 +192,8 @@ def find_cases(
         class_names: class names, to read the grades of a training layout.
         case_id: name of the ``input_files`` case (default: the T1 file name without ``_t1``).
         check_voxels: read every voxel (truncated files, NaN/inf).
+        grades_from: a cohort (any training layout) whose grades apply to cases of the same id.
+        datalist_file: a datalist whose grades apply to cases with the same image files.
 
     Raises:
         ValueError: neither or both inputs given, or no case found at all.
@@ -151,11 +213,9 @@ def find_cases(
             raise DataError(case_id_, case["image"][0], "case id cannot name an output folder")
     problems = case_problems(found, check_voxels)
     errors = errors + [p for p in problems if p is not None]
-    items = [
-        {"case_id": c["case_id"], "image": list(c["image"]), "label_name": c.get("label_name")}
-        for c, problem in zip(found, problems)
-        if problem is None
-    ]
+    good = [c for c, problem in zip(found, problems) if problem is None]
+    grades = known_grades(good, input_dir, grades_from, datalist_file, class_names)
+    items = [{"case_id": c["case_id"], "image": list(c["image"]), "label_name": grades.get(c["case_id"])} for c in good]
     if not items and not errors:
         raise DataError(None, str(input_dir), "no case found (expected NIfTI files *_t1, *_t1ce, *_t2, *_flair)")
     for error in errors:
@@ -170,15 +230,6 @@ REPORT_PNG = "report.png"
 REPORT_HTML = "report.html"
 
 
-def _channels(files: Sequence[str]) -> torch.Tensor:
-    """The input files' voxels as channels (C, X, Y, Z): one per 3-D file, the last axis of a 4-D one."""
-    volumes = []
-    for file in files:
-        data = np.asarray(nib.load(file).dataobj, dtype=np.float32)
-        volumes += list(np.moveaxis(data, -1, 0)) if data.ndim == 4 else [data]
-    return torch.as_tensor(np.stack(volumes))
-
-
 def _map_file(key: str, predicted: str) -> str:
     """File name of a map: ``evidence_<class>[_brain|_scale<s>].nii.gz`` for the class map and its
     variants, ``prototype_s<s>_k<k>.nii.gz`` for a prototype's."""
@@ -188,7 +239,7 @@ def _map_file(key: str, predicted: str) -> str:
     return f"evidence_{predicted}{suffix}.nii.gz"
 
 
-def _maps_sidecar(written: dict[str, dict[str, Any]], predicted: str, combination: str) -> dict[str, Any]:
+def _maps_sidecar(written: dict[str, InputMap], predicted: str, combination: str) -> dict[str, Any]:
     """Content of :data:`MAPS_JSON`: how to read the values, then one entry per file."""
     meaning = {
         CLASS_MAP_KEY: f"class evidence map of {predicted}: its scales' maps combined by {combination!r}",
@@ -202,7 +253,7 @@ def _maps_sidecar(written: dict[str, dict[str, Any]], predicted: str, combinatio
             what = f"attention map of {key.removeprefix('prototype_')} (Eq. 13)"
         else:
             what = meaning[key]
-        maps[entry["file"]] = {"shows": what, **{k: v for k, v in entry.items() if k != "file"}}
+        maps[entry.file] = {"shows": what, **{k: v for k, v in entry.entry().items() if k != "file"}}
     return {
         "values": "each map divided by its own maximum: 1 at its peak, 0 where it does not attend; "
         "raw_max is that maximum (multiply to get the network's values). Header cal_min/cal_max = 0/1.",
@@ -214,13 +265,17 @@ def _maps_sidecar(written: dict[str, dict[str, Any]], predicted: str, combinatio
 class EvidenceWriter:
     """Evaluator handler writing each case's answer into ``<output_dir>/<case_id>/``.
 
-    ``prediction.json`` (:func:`~scripts.explain.evidence.prediction_record` plus the files, the known grade and
-    each top prototype's map file and peak voxel in the input image); NIfTI maps on the input files'
+    ``prediction.json`` (:func:`~scripts.explain.evidence.prediction_record` plus the files, the true grade
+    ``true_class`` from :func:`known_grades` and ``prediction_agrees``, both None when the grade is unknown,
+    and each top prototype's map file and peak voxel in the input image); NIfTI maps on the input files'
     grid, each divided by its maximum (header window 0–1): ``evidence_<class>.nii.gz`` (the predicted
-    class's map, scales combined by ``scale_combination``), ``evidence_<class>_brain.nii.gz`` (the same,
-    zero outside the brain), ``evidence_<class>_scale<s>.nii.gz`` (its per-scale terms, Eq. 27) and
+    class's map, :func:`~scripts.explain.attribution.class_map_from_maps` as evaluation computes it:
+    scales combined by ``scale_combination``, or Eq. 26 for a class-specific model),
+    ``evidence_<class>_brain.nii.gz`` (the same, zero outside the brain),
+    ``evidence_<class>_scale<s>.nii.gz`` (its per-scale terms, Eq. 27 or 26) and
     ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale`` prototypes of each scale with the largest
-    contribution to the predicted class; ``maps.json`` (what each map shows, its raw maximum and peak);
+    contribution to the predicted class; ``maps.json`` (what each map shows, its raw maximum and peak: one
+    :class:`~scripts.explain.input_grid.InputMap` per map, which both reports read too);
     ``report.png`` (:func:`~scripts.explain.report.case_report`) and ``report.html``
     (:func:`~scripts.explain.report_html.case_html`). A case that fails is logged and listed by
     :meth:`write_summary`; the others go on.
@@ -291,37 +346,29 @@ class EvidenceWriter:
         return self._sources
 
     def _write_maps(
-        self, folder: Path, files: Sequence[str], image: MetaTensor, maps: dict[str, torch.Tensor], predicted: str
-    ) -> dict[str, dict[str, Any]]:
+        self, folder: Path, case: InputCase, reference: str, image: MetaTensor, maps: dict[str, torch.Tensor],
+        predicted: str,
+    ) -> dict[str, InputMap]:
         """Write ``maps`` (key → map on the network's input grid; :func:`_map_file` names the files) on the
         input files' grid, each divided by its maximum (so it displays on [0, 1]); the class map
         (``"class"``) also inside the brain only (``"class_brain"``).
 
         Returns:
-            Per key: its file, its raw maximum, and its peak voxel (index, mm, whether in the brain).
+            Per key: the map as written, with its raw maximum and its peak (the one computation of it).
         """
         original = to_original_space(torch.stack(list(maps.values())), image, self.preprocessing)
-        affine = np.asarray(original.affine, dtype=np.float64)
-        brain = brain_mask(_channels(files)).numpy()
-        written: dict[str, dict[str, Any]] = {}
+        written: dict[str, InputMap] = {}
         for stem, volume in zip(maps, original):
             volumes = {stem: unit_scaled(volume)}
             if stem == CLASS_MAP_KEY:
                 scaled, peak_value = volumes[stem]
-                inside, share = unit_scaled(scaled * brain)
+                inside, share = unit_scaled(scaled * case.brain)
                 volumes[f"{stem}_brain"] = inside, share * peak_value
             for name, (scaled, peak_value) in volumes.items():
                 file = _map_file(name, predicted)
                 description = f"{file.split('.')[0]}: map / its max (raw max {peak_value:.3g})"
-                write_nifti(scaled, files[0], folder / file, description, (0.0, 1.0))
-                peak = [int(i) for i in np.unravel_index(int(scaled.argmax()), scaled.shape)]
-                written[name] = {
-                    "file": file,
-                    "raw_max": peak_value,
-                    "peak_voxel": peak,
-                    "peak_world_mm": [round(float(v), 2) for v in (affine @ np.array([*peak, 1.0]))[:3]],
-                    "peak_in_brain": bool(brain[tuple(peak)]),
-                }
+                write_nifti(scaled, reference, folder / file, description, (0.0, 1.0))
+                written[name] = InputMap(file, scaled, peak_value, case.peak(scaled))
         return written
 
     def write_case(self, case_id: str, image: MetaTensor) -> dict[str, Any]:
@@ -334,48 +381,47 @@ class EvidenceWriter:
         columns = self.network.prototype_columns
         predicted = self.class_names[evidence.predicted]
         grid = list(image.shape[1:])
-        per_scale = class_evidence_maps([m[None] for m in evidence.maps_per_scale], evidence.zeta,
-                                        evidence.predicted, grid)
-        class_map = class_attention_map([m[None] for m in evidence.maps_per_scale], evidence.zeta,
-                                        torch.tensor([evidence.predicted]), grid, self.scale_combination)[0]
+        per_scale = {s: m[None].to(device) for s, m in zip(evidence.scales, evidence.maps_per_scale)}
+        with torch.no_grad():
+            scale_maps = scale_class_maps(self.network, per_scale, [evidence.predicted], grid)
+            class_map = class_map_from_maps(self.network, per_scale, [evidence.predicted], grid, self.scale_combination)
         chosen = {
             c: evidence.prototype_map(*columns[c], grid)
             for c in top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale)
         }
-        stems = {CLASS_MAP_KEY: class_map}
-        stems |= {f"scale{s}": volume for s, volume in zip(evidence.scales, per_scale)}
+        stems = {CLASS_MAP_KEY: class_map[0].cpu()}
+        stems |= {f"scale{s}": volume[0].cpu() for s, volume in zip(evidence.scales, scale_maps)}
         stems |= {f"prototype_s{columns[c][0]}_k{columns[c][1]}": volume for c, volume in chosen.items()}
         folder = self.output_dir / case_id
-        written = self._write_maps(folder, case["image"], image, stems, predicted)
+        on_input = InputCase.from_files(case["image"])
+        written = self._write_maps(folder, on_input, case["image"][0], image, stems, predicted)
         sidecar = _maps_sidecar(written, predicted, self.scale_combination)
         (folder / MAPS_JSON).write_text(json.dumps(sidecar, indent=2) + "\n")
-        details = {}
-        for c in chosen:
-            entry = written[f"prototype_s{columns[c][0]}_k{columns[c][1]}"]
-            details[c] = {"map_file": entry["file"], **{k: entry[k] for k in ("peak_voxel", "peak_world_mm",
-                                                                                 "peak_in_brain")}}
+        prototype_maps = {c: written[f"prototype_s{columns[c][0]}_k{columns[c][1]}"] for c in chosen}
+        details = {c: {"map_file": m.file, **{k: v for k, v in m.entry().items() if k.startswith("peak_")}}
+                   for c, m in prototype_maps.items()}
         push = sources.push
+        true_class = case.get("label_name")
         record = {
             "case_id": case_id,
             "files": dict(zip(("t1", "t1ce", "t2", "flair"), case["image"])),
-            "true_class": case.get("label_name"),
             **prediction_record(evidence, columns, self.class_names, None if push is None else push.records, details),
-            "evidence_maps": {key: written[key]["file"] for key in written if not key.startswith("prototype_")},
+            "true_class": true_class,
+            "prediction_agrees": None if true_class is None else true_class == predicted,
+            "evidence_maps": {key: written[key].file for key in written if not key.startswith("prototype_")},
             "scale_combination": self.scale_combination,
             "push_record": None if push is None else str(Path(self.push_dir) / PUSH_JSON),
         }
         (folder / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
         if self.write_report:
-            pixels = image.as_tensor().cpu().numpy()
-            maps = {c: volume.numpy() for c, volume in chosen.items()}
             views = {c: sources.view(c) for c in chosen}
-            case_report(folder / REPORT_PNG, case_id, pixels, record, class_map.numpy(), maps, views,
-                        case.get("label_name"))
-            case_html(folder / REPORT_HTML, case_id, pixels, record, class_map.numpy(), maps)
+            case_report(folder / REPORT_PNG, case_id, on_input, record, written[CLASS_MAP_KEY], prototype_maps, views)
+            case_html(folder / REPORT_HTML, case_id, on_input, record, written[CLASS_MAP_KEY], prototype_maps)
         probability = record["probabilities"][predicted]
         self.done.append({"case_id": case_id, "predicted_class": predicted, "probability": probability,
                           "warnings": record["warnings"]})
-        logger.info("%s: %s (p = %.3f) -> %s", case_id, predicted, probability, folder)
+        logger.info("%s: %s (p = %.3f%s) -> %s", case_id, predicted, probability,
+                    "" if true_class is None else f", true {true_class}", folder)
         for warning in record["warnings"]:
             logger.warning("%s: %s", case_id, warning)
         return record

@@ -9,6 +9,7 @@ import torch
 from test_evidence_fixtures import GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
 
 from scripts.data import preprocessing_transforms
+from scripts.explain.attribution import class_map_from_maps, scale_class_maps
 from scripts.explain.evidence import (
     CaseEvidence,
     explain_case,
@@ -20,7 +21,7 @@ from scripts.explain.evidence import (
     top_columns,
     write_nifti,
 )
-from scripts.explain.maps import class_attention_map, class_evidence_maps
+from scripts.networks import UMProtoShare
 
 
 def test_eq31_contributions_hand_computed():
@@ -65,16 +66,19 @@ def test_sequence_evidence_reuses_a_given_reference_similarity(tmp_path):
     torch.testing.assert_close(sequence_evidence(model, image, reference + 0.25), sequence_evidence(model, image) - 0.25)
 
 
-def test_eq28_per_scale_maps_hand_computed_and_sum_to_class_map():
+def test_eq27_per_scale_maps_hand_computed_and_sum_to_class_map():
+    model = UMProtoShare(encoder_layers=[1, 1], encoder_width=4, prototypes_per_scale=[2, 1, 0], fusion="none",
+                         embed_dim=8, mapping_dim=8)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, 0.7]]))
     scale1 = torch.zeros(1, 2, 2, 1, 1)
     scale1[0, 0, 0] = 1.0  # prototype (1, 0) on voxel 0
     scale1[0, 1, 1] = 1.0  # prototype (1, 1) on voxel 1
     scale2 = torch.full((1, 1, 2, 1, 1), 0.5)
-    zeta = torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, 0.7]])
-    maps = class_evidence_maps([scale1, scale2], zeta, target_class=0, size=(2, 1, 1))
+    maps = torch.stack(scale_class_maps(model, {1: scale1, 2: scale2}, [0], (2, 1, 1)))[:, 0]
     # class 0 is supported by (1, 0) only at scale 1 and by (2, 0) at scale 2
     torch.testing.assert_close(maps[:, :, 0, 0], torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
-    total = class_attention_map([scale1, scale2], zeta, torch.tensor([0]), (2, 1, 1))
+    total = class_map_from_maps(model, {1: scale1, 2: scale2}, [0], (2, 1, 1))
     torch.testing.assert_close(maps.sum(0), total[0])
 
 

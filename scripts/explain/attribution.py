@@ -1,6 +1,7 @@
 """Class attention maps M(x) of every model family for AP and IDS (SPEC §6, Appendix F.2). No ignite.
 
-:func:`class_map` dispatches on the model's configuration:
+:func:`class_map` dispatches on the model's configuration (for prototype models through
+:func:`class_map_from_maps`, which inference calls too, so a served map is the map that was evaluated):
 
 - ``UMProtoShare`` with ``prototype_sharing="shared"``: Eq. 27–28 (:func:`scripts.explain.maps.class_attention_map`
   on the maps M_s, ζ of Eq. 7 from the classifier).
@@ -31,7 +32,7 @@ result is min-max normalised per case like Grad-CAM. An axis shorter than the wi
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.utils import eval_mode
@@ -49,11 +50,13 @@ __all__ = [
     "OCCLUSION_STRIDE",
     "OCCLUSION_WINDOW",
     "class_map",
+    "class_map_from_maps",
     "grad_cam_layers",
     "grad_cam_map",
     "normalise_per_case",
     "occlusion_map",
     "prototype_class_map",
+    "scale_class_maps",
 ]
 
 CLASS_MAP_METHODS = ("prototype_maps", "grad_cam", "occlusion")
@@ -83,10 +86,63 @@ def normalise_per_case(maps: Tensor) -> Tensor:
     return torch.stack([min_max_normalize(case) for case in maps])
 
 
+def scale_class_maps(
+    model: UMProtoShare, maps_per_scale: Mapping[int, Tensor], target: Tensor | Sequence[int], size: Sequence[int]
+) -> list[Tensor]:
+    """Each prototype scale's class attention map on the input grid: Eq. 27 (ζ > 0 of a shared model) or
+    Eq. 26 (the prototypes the class owns, class-specific models); zeros where the scale has none.
+
+    Args:
+        model: the UMProtoShare whose maps these are (its classifier and ownership decide the prototypes).
+        maps_per_scale: prototype scale → its maps (B, K_s, h_s, w_s, d_s), as in ``model.explain``.
+        target: class c of each case, (B,).
+        size: (H, W, D) of the input grid.
+
+    Returns:
+        Per scale, ascending, (B, H, W, D).
+    """
+    target = torch.as_tensor(target).long().reshape(-1)
+    if model.ownership is not None:
+        return [owned_prototype_map(maps, model.ownership[model.columns(s)], target, size)
+                for s, maps in sorted(maps_per_scale.items())]
+    zeta = soft_class_coefficients(model.classifier.weight)
+    return [class_attention_map([maps], zeta[:, model.columns(s)], target, size)
+            for s, maps in sorted(maps_per_scale.items())]
+
+
+def class_map_from_maps(
+    model: UMProtoShare,
+    maps_per_scale: Mapping[int, Tensor],
+    target: Tensor | Sequence[int],
+    size: Sequence[int],
+    combination: str = "sum",
+) -> Tensor:
+    """The class attention map of a prototype model from its prototype maps: the one computation that
+    evaluation (:func:`prototype_class_map`) and inference (``scripts.inference``) share.
+
+    A shared model combines its scales as ``combination`` says (Eq. 27–28,
+    :func:`scripts.explain.maps.class_attention_map`); a class-specific one sums its scales' Eq. 26 maps
+    (one scale for every configured model).
+
+    Args:
+        model, maps_per_scale, target, size: see :func:`scale_class_maps`.
+        combination: :data:`scripts.explain.maps.SCALE_COMBINATIONS` (shared models only).
+
+    Returns:
+        (B, H, W, D).
+    """
+    if model.ownership is not None:
+        return torch.stack(scale_class_maps(model, maps_per_scale, target, size)).sum(dim=0)
+    scales = sorted(maps_per_scale)
+    target = torch.as_tensor(target).long().reshape(-1)
+    return class_attention_map([maps_per_scale[s] for s in scales], soft_class_coefficients(model.classifier.weight),
+                               target, size, combination)
+
+
 def prototype_class_map(
     model: UMProtoShare, images: Tensor, target: Tensor | Sequence[int], combination: str = "sum"
 ) -> Tensor:
-    """Class attention map of a prototype model from its explanation (Eq. 26, or Eq. 27–28 when shared).
+    """Class attention map of a prototype model from its explanation (:func:`class_map_from_maps`).
 
     Args:
         model: a UMProtoShare (any configuration); run in eval mode without gradient.
@@ -100,15 +156,8 @@ def prototype_class_map(
     target = _check_inputs(images, target)
     with eval_mode(model):
         explanation = model.explain(images)
-    size = list(images.shape[2:])
-    maps = [entry.maps for entry in explanation.per_scale]
-    if model.ownership is None:
-        return class_attention_map(maps, soft_class_coefficients(model.classifier.weight), target, size, combination)
-    per_scale = [
-        owned_prototype_map(entry.maps, model.ownership[model.columns(entry.scale)], target, size)
-        for entry in explanation.per_scale
-    ]
-    return torch.stack(per_scale).sum(dim=0)
+    maps = {entry.scale: entry.maps for entry in explanation.per_scale}
+    return class_map_from_maps(model, maps, target, list(images.shape[2:]), combination)
 
 
 def grad_cam_layers(model: BackboneCNN) -> list[str]:

@@ -17,7 +17,6 @@ __all__ = [
     "PRODUCT_FLOOR",
     "SCALE_COMBINATIONS",
     "class_attention_map",
-    "class_evidence_maps",
     "owned_prototype_map",
     "resize_to_input",
 ]
@@ -157,26 +156,3 @@ def owned_prototype_map(
         raise ValueError(f"ownership must be (K = {maps.shape[1]}, C), got {tuple(ownership.shape)}.")
     owned = _select_rows(ownership.T, target_class, maps.shape[0]) > 0
     return resize_to_input(_mean_selected(maps, owned), out_size)[:, 0]
-
-
-def class_evidence_maps(
-    maps_per_scale: Sequence[Tensor], zeta: Tensor, target_class: int, size: Sequence[int]
-) -> Tensor:
-    """Class attention map of class c per scale (Eq. 27) on the input grid; their sum is Eq. 28.
-
-    Args:
-        maps_per_scale: per prototype scale, M_s (1, K_s, h_s, w_s, d_s).
-        zeta: ζ, (C, K_total), columns ordered by scale then k.
-        target_class: c.
-        size: (H, W, D) of the input grid.
-
-    Returns:
-        (number of scales, H, W, D): row s is the mean map of the prototypes with ζ_{c,p} > 0 at that
-        scale, upsampled (zeros where the scale has none).
-    """
-    widths = [maps.shape[1] for maps in maps_per_scale]
-    target = torch.tensor([int(target_class)], device=zeta.device)
-    parts = torch.split(zeta, widths, dim=1)
-    return torch.cat(
-        [class_attention_map([maps], part, target, size) for maps, part in zip(maps_per_scale, parts)]
-    )

@@ -2,8 +2,11 @@
 
 Drawn on bare matplotlib ``Figure`` objects (no pyplot), so importing this never switches a backend.
 
-Volumes are (C_in, H, W, D) arrays on the network grid (RAS, so axis 2 runs inferior → superior); maps
-are (H, W, D). Slices are axial, shown with the patient's right on the right (neurological view).
+The case page (:func:`case_figure`) draws the case on its input files' grid, turned to RAS for display
+(:class:`~scripts.explain.input_grid.InputCase`), with the maps and peaks that ``maps.json`` and
+``prediction.json`` carry (:class:`~scripts.explain.input_grid.InputMap`); source cases, gallery strips
+and sharedness rows are on the network grid (RAS too). Slices are axial, shown with the patient's right
+on the right and anterior at the top (neurological view), letters on every panel.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
 from scripts.explain.evidence import DRIVING_DOMINANCE, DRIVING_THRESHOLD, SEQUENCE_NAMES, unit_scaled
+from scripts.explain.input_grid import InputCase, InputMap, map_peak
 from scripts.metrics import brain_mask
 
 __all__ = [
@@ -33,7 +37,7 @@ __all__ = [
     "case_report",
     "contribution_lines",
     "driving_line",
-    "map_peak",
+    "grade_line",
     "overlay_panel",
     "prototype_strip",
     "sharedness_figure",
@@ -48,7 +52,12 @@ COLOUR_BAR_LABEL = (
     f"map value / the map's maximum (1 = its peak); below {MAP_FLOOR} and outside the brain not drawn"
 )
 OUTSIDE = "#ff3030"
-"""Colour of a peak that lies outside the brain (marker and title)."""
+"""Colour of a peak that lies outside the brain (marker and title), and of nothing else on a page."""
+CAUTION = "#a00000"
+"""Colour of the caution banner's text."""
+AXIAL_LETTERS = {"left": "L", "right": "R", "top": "A", "bottom": "P"}
+"""Patient directions at the edges of an axial RAS slice drawn with ``origin="lower"``."""
+EMPTY_NOTE = f"nothing ≥ {MAP_FLOOR} in the brain on this slice"
 
 
 @dataclass
@@ -77,10 +86,13 @@ def _brain(image: np.ndarray | None) -> np.ndarray | None:
     return None if image is None else brain_mask(np.asarray(image)).numpy()
 
 
-def map_peak(attention: np.ndarray, brain: np.ndarray | None) -> tuple[list[int], bool]:
-    """Peak voxel [i, j, l] of a map (its first maximum) and whether it lies in the brain (True without a mask)."""
-    peak = [int(i) for i in np.unravel_index(int(np.argmax(attention)), attention.shape)]
-    return peak, True if brain is None else bool(brain[tuple(peak)])
+def grade_line(prediction: Mapping[str, Any]) -> str:
+    """"true grade X (prediction agrees | DISAGREES)" when ``prediction["true_class"]`` is known, else ""."""
+    true_class = prediction.get("true_class")
+    if not true_class:
+        return ""
+    agrees = true_class == prediction["predicted_class"]
+    return f"true grade {true_class} ({'prediction agrees' if agrees else 'prediction DISAGREES'})"
 
 
 def overlay_panel(
@@ -108,6 +120,13 @@ def overlay_panel(
     if peak is not None:
         ax.plot([peak[0]], [peak[1]], marker="x" if not peak_in_brain else "+", color=colour, markersize=8,
                 markeredgewidth=1.5)
+    if not (~hidden).any():
+        ax.text(0.5, 0.02, EMPTY_NOTE, transform=ax.transAxes, ha="center", va="bottom", fontsize=5, color="white",
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+    for edge, letter in AXIAL_LETTERS.items():
+        x, y = {"left": (0.02, 0.5), "right": (0.98, 0.5), "top": (0.5, 0.98), "bottom": (0.5, 0.02)}[edge]
+        ax.text(x, y, letter, transform=ax.transAxes, ha={"left": "left", "right": "right"}.get(edge, "center"),
+                va={"top": "top", "bottom": "bottom"}.get(edge, "center"), fontsize=6, color="yellow")
     ax.set_title(title + ("" if peak_in_brain else "\npeak OUTSIDE the brain"), fontsize=7,
                  color="black" if peak_in_brain else OUTSIDE)
     ax.set_xticks([])
@@ -153,17 +172,18 @@ def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _sequence_row(fig: Figure, cells: Sequence[Any], image: np.ndarray, attention: np.ndarray,
-                  brain: np.ndarray, label: str) -> list[Axes]:
-    """The case's sequences at the axial slice through the map's peak, the map over each."""
-    peak, inside = map_peak(attention, brain)
+def _sequence_row(fig: Figure, cells: Sequence[Any], case: InputCase, channels: Sequence[np.ndarray],
+                  brain: np.ndarray, attention: InputMap, label: str) -> list[Axes]:
+    """The case's sequences (``channels``, ``brain``: displayed) at the axial slice through the map's peak."""
+    peak = case.display_index(attention.peak.voxel)
+    volume = case.display(attention.volume)
     z = peak[2]
     axes = []
     for c, cell in enumerate(cells):
         name = SEQUENCE_NAMES[c] if c < len(SEQUENCE_NAMES) else f"channel {c}"
         ax = fig.add_subplot(cell)
-        overlay_panel(ax, _axial(image[c], z), _axial(attention, z), f"{label}: {name}, z={z}", peak[:2],
-                      _axial(brain, z), inside)
+        overlay_panel(ax, _axial(channels[c], z), _axial(volume, z), f"{label}: {name}, z={z}", peak[:2],
+                      _axial(brain, z), attention.peak.in_brain)
         axes.append(ax)
     return axes
 
@@ -176,13 +196,12 @@ def _text(fig: Figure, cell: Any, lines: Sequence[str]) -> None:
 
 def case_figure(
     case_id: str,
-    image: np.ndarray,
+    case: InputCase,
     prediction: Mapping[str, Any],
-    class_map: np.ndarray,
-    maps: Mapping[int, np.ndarray],
+    class_map: InputMap,
+    maps: Mapping[int, InputMap],
     sources: Mapping[int, SourceView | None],
-    true_class: str | None = None,
-) -> Path:
+) -> Figure:
     """The page of :func:`case_report`: the class evidence map, then a row per top prototype (those in
     ``maps``), by scale then contribution; a red banner first when ``prediction["warnings"]`` is not empty.
 
@@ -190,48 +209,48 @@ def case_figure(
     the source case at the prototype's own peak (on the sequence that drives the match, else FLAIR),
     and "S × w = contribution" per class with the per-sequence similarity change. Maps are divided by
     their maximum and drawn inside the brain only, on one colour bar; a peak outside the brain is
-    flagged in red.
+    flagged in red. The title gives the true grade and whether the prediction agrees when
+    ``prediction["true_class"]`` is known.
 
     Args:
         case_id: shown in the title.
-        image: the preprocessed case, (C_in, H, W, D).
+        case: the case on its input files' grid.
         prediction: ``prediction.json``'s content (:func:`scripts.explain.evidence.prediction_record` and more).
-        class_map: the predicted class's evidence map on the case's grid, (H, W, D).
-        maps: column → the prototype's attention map on the case's grid, (H, W, D).
+        class_map: the predicted class's evidence map on that grid, with its peak.
+        maps: column → the prototype's map on that grid, with its peak.
         sources: column → its source case (None when no push record).
-        true_class: the known grade, if any.
     """
     entries = [e for e in prediction["prototypes"] if e["column"] in maps]
     entries.sort(key=lambda e: (e["scale"], list(maps).index(e["column"])))
-    channels = image.shape[0]
-    brain = _brain(image)
+    channels = [case.display(c) for c in case.channels]
+    brain = case.display(case.brain)
     warnings = list(prediction.get("warnings", []))
     rows = len(entries) + 1
-    fig = Figure(figsize=(2.0 * (channels + 1) + 3.0, 2.4 * rows + 0.9 + 0.3 * len(warnings)), dpi=100,
+    fig = Figure(figsize=(2.0 * (len(channels) + 1) + 3.0, 2.4 * rows + 0.9 + 0.3 * len(warnings)), dpi=100,
                  layout="constrained")
-    grid = fig.add_gridspec(rows, channels + 2, width_ratios=[1] * (channels + 1) + [1.5])
+    grid = fig.add_gridspec(rows, len(channels) + 2, width_ratios=[1] * (len(channels) + 1) + [1.5])
     predicted = prediction["predicted_class"]
     logits = ", ".join(f"{n} {v:+.2f}" for n, v in prediction["logits"].items())
-    known = f"  |  true: {true_class}" if true_class else ""
+    known = f"  |  {grade_line(prediction)}" if grade_line(prediction) else ""
     title = (f"{case_id}: predicted {predicted} (p = {prediction['probabilities'][predicted]:.2f}); logits {logits}"
              f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
     if warnings:
         title = "CAUTION: " + "; ".join(warnings) + "\n" + title
-    fig.suptitle(title, fontsize=9, color=OUTSIDE if warnings else "black",
-                 bbox={"facecolor": "#ffe0e0", "edgecolor": OUTSIDE} if warnings else None)
-    axes = _sequence_row(fig, [grid[0, c] for c in range(channels)], image, unit_scaled(class_map)[0], brain,
-                         f"class map {predicted}")
+    fig.suptitle(title, fontsize=9, color=CAUTION if warnings else "black",
+                 bbox={"facecolor": "#ffe0e0", "edgecolor": CAUTION} if warnings else None)
+    cells = [grid[0, c] for c in range(len(channels))]
+    axes = _sequence_row(fig, cells, case, channels, brain, class_map, f"class map {predicted}")
     combination = prediction.get("scale_combination", "sum")
-    _text(fig, grid[0, channels:], [f"class evidence map of {predicted}", f"(scales combined: {combination})",
-                                    *(f"p({n}) = {v:.3f}" for n, v in prediction["probabilities"].items())])
+    _text(fig, grid[0, len(channels):], [f"class evidence map of {predicted}", f"(scales combined: {combination})",
+                                         *(f"p({n}) = {v:.3f}" for n, v in prediction["probabilities"].items())])
     for row, entry in enumerate(entries, start=1):
         column = entry["column"]
-        axes += _sequence_row(fig, [grid[row, c] for c in range(channels)], image, unit_scaled(maps[column])[0],
-                              brain, f"s{entry['scale']} k{entry['k']}")
+        cells = [grid[row, c] for c in range(len(channels))]
+        axes += _sequence_row(fig, cells, case, channels, brain, maps[column], f"s{entry['scale']} k{entry['k']}")
         names = list(entry["sequence_evidence"])
         driving = names.index(entry["driving_sequence"]) if entry["driving_sequence"] else len(names) - 1
-        source_panel(fig.add_subplot(grid[row, channels]), sources.get(column), driving)
-        _text(fig, grid[row, channels + 1], contribution_lines(entry))
+        source_panel(fig.add_subplot(grid[row, len(channels)]), sources.get(column), driving)
+        _text(fig, grid[row, len(channels) + 1], contribution_lines(entry))
     fig.colorbar(ScalarMappable(Normalize(0, 1), MAP_COLOURS), ax=axes, location="bottom", shrink=0.6,
                  aspect=50, label=COLOUR_BAR_LABEL)
     return fig
@@ -296,7 +315,7 @@ def sharedness_figure(
             case = entry["cases"][name]
             attention = unit_scaled(maps[name][column])[0]
             brain = _brain(images[name])
-            peak, inside = map_peak(attention, brain)
+            peak, inside, _ = map_peak(attention, brain)
             sequence = _driving(case["sequence_evidence"])
             title = f"case {name}: {SEQUENCE_NAMES[sequence]}, z={peak[2]}"
             overlay_panel(fig.add_subplot(grid[row, i]), _axial(images[name][sequence], peak[2]),

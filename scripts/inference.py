@@ -46,7 +46,7 @@ from scripts.explain.input_grid import InputCase, InputMap
 from scripts.explain.report import case_report
 from scripts.explain.report_html import case_html
 from scripts.explain.sources import SourceImages, load_push_for
-from scripts.networks import UMProtoShare
+from scripts.networks import UMProtoShare, unwrap
 from scripts.push import PUSH_JSON
 
 __all__ = ["ERRORS_JSON", "EvidenceWriter", "InferenceCases", "find_cases", "known_grades"]
@@ -351,14 +351,18 @@ class EvidenceWriter:
     ) -> dict[str, InputMap]:
         """Write ``maps`` (key → map on the network's input grid; :func:`_map_file` names the files) on the
         input files' grid, each divided by its maximum (so it displays on [0, 1]); the class map
-        (``"class"``) also inside the brain only (``"class_brain"``).
+        (``"class"``) also inside the brain only (``"class_brain"``). A network whose maps are restricted
+        to the brain (``map_support="brain"``) gets every map restricted to the input files' brain too.
 
         Returns:
             Per key: the map as written, with its raw maximum and its peak (the one computation of it).
         """
         original = to_original_space(torch.stack(list(maps.values())), image, self.preprocessing)
+        brain_supported = getattr(unwrap(self.network), "map_support", "volume") == "brain"
         written: dict[str, InputMap] = {}
         for stem, volume in zip(maps, original):
+            if brain_supported:  # the maps lie in the brain on the network's grid; resampling spills over its edge
+                volume = volume * torch.as_tensor(case.brain, dtype=volume.dtype, device=volume.device)
             volumes = {stem: unit_scaled(volume)}
             if stem == CLASS_MAP_KEY:
                 scaled, peak_value = volumes[stem]

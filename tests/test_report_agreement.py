@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
@@ -39,13 +40,31 @@ def _serve(model: torch.nn.Module, input_dir: Path, output_dir: Path, **override
         **{**SETTINGS, **overrides})
 
 
-def _outside_model() -> UMProtoShare:
-    """The constructed model with prototype INVERTED's map σ(−g·(FLAIR − t)): largest where FLAIR is lowest."""
+def _outside_model(map_support: str = "volume") -> UMProtoShare:
+    """The constructed model with prototype INVERTED's map σ(−g·(FLAIR − t)): largest where FLAIR is lowest
+    (the background, with the paper's whole-volume maps)."""
     model = constructed_model()
+    model.map_support = map_support
     with torch.no_grad():
         model.heads.scale1.mapping.out_conv.weight[INVERTED, 0] = -GAIN
         model.heads.scale1.mapping.out_norm.bias[INVERTED] = GAIN * THRESHOLDS[INVERTED]
     return model
+
+
+def test_brain_supported_maps_never_peak_outside_the_brain_in_any_output(tmp_path):
+    case = write_case(tmp_path / "cases" / "c1", "c1", seed=11)
+    out = tmp_path / "out"
+    _serve(_outside_model("brain"), Path(case["image"][0]).parent, out, top_prototypes_per_scale=3, map_support="brain")
+    prediction = json.loads((out / "c1" / "prediction.json").read_text())
+    sidecar = json.loads((out / "c1" / "maps.json").read_text())["maps"]
+    channels = np.stack([nib.load(f).get_fdata() for f in case["image"]])
+    brain = (channels > channels.reshape(4, -1).min(1)[:, None, None, None] + 1e-6).any(0)
+    assert len(sidecar) == 3 + 3  # class map, its brain-only copy, scale 1; three prototypes
+    for name, entry in sidecar.items():
+        assert entry["peak_in_brain"], name
+        volume = nib.load(str(out / "c1" / name)).get_fdata()
+        assert volume.max() == pytest.approx(1.0) and not volume[~brain].any(), name
+    assert all(e["peak_in_brain"] for e in prediction["prototypes"] if "map_file" in e)
 
 
 def _html_payload(page: str) -> dict:
@@ -55,7 +74,7 @@ def _html_payload(page: str) -> dict:
 def test_four_outputs_agree_on_a_peak_outside_the_brain(tmp_path):
     case = write_case(tmp_path / "cases" / "c1", "c1", seed=11)
     out = tmp_path / "out"
-    _serve(_outside_model(), Path(case["image"][0]).parent, out, top_prototypes_per_scale=3)
+    _serve(_outside_model(), Path(case["image"][0]).parent, out, top_prototypes_per_scale=3, map_support="volume")
     folder = out / "c1"
     prediction = json.loads((folder / "prediction.json").read_text())
     sidecar = json.loads((folder / "maps.json").read_text())["maps"]

@@ -21,7 +21,7 @@ surrounds both. An appearance value ``a`` in [0, 1] blends the two looks (HGG ~U
 
 Two families share all of the above and differ in geometry (:data:`FAMILIES`): ``quickstart`` (what the
 quick start trains on) and ``shifted``, kept for checking choices on data they were not tuned on: a
-smaller brain, more elongated and lobulated tumours over a wider, smaller range of sizes, some tumours
+smaller brain, more elongated and finer-lobed tumours of more varied and smaller sizes, some tumours
 centred on the brain's surface (clipped by it) and some cases with two foci.
 """
 

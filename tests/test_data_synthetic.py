@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigParser
 
 from scripts.data import build_datalist, generate_case, generate_dataset
 from scripts.data.synthetic import TUMOUR_SHARE, brats_affine, generate_pairs
@@ -257,3 +258,20 @@ def test_a_folder_of_another_family_is_refused(tmp_path):
         ensure_synthetic_dataset(directory, cases=2, shape=(16, 16, 16))
     with pytest.raises(ValueError, match="shifted"):
         generate_dataset(tmp_path / "bad", cases=1, shape=(16, 16, 16), family="shfted")
+
+
+PATHS = ("synthetic_root", "output_dir", "datalist_file", "cache_dir")
+TINY_RUN = ("roi_size", "encoder_layers", "encoder_width", "embed_dim", "warmup_epochs", "stage1_epochs", "push_every",
+            "stage3_epochs", "batch_size", "num_threads")
+
+
+def test_shifted_quick_start_keeps_its_data_and_outputs_apart_from_the_quick_start():
+    resolved = []
+    for overlays in (["configs/quickstart.json"], ["configs/quickstart.json", "configs/quickstart_shifted.json"]):
+        parser = ConfigParser()
+        parser.read_config(["configs/train.json", *overlays])
+        resolved.append({key: parser.get_parsed_content(key) for key in (*PATHS, *TINY_RUN)})
+    quick, shifted = resolved
+    for key in PATHS:
+        assert Path(quick[key]) != Path(shifted[key]) and Path(quick["synthetic_root"]) not in Path(shifted[key]).parents
+    assert all(quick[key] == shifted[key] for key in TINY_RUN)  # the same tiny network and schedule

@@ -114,7 +114,7 @@ FAMILIES = {
     ),
 }
 """Phantom families by name. ``quickstart`` draws exactly what generator version 2 drew; ``shifted`` has a brain
-filling about 24 % of the grid (quickstart: 38 %), whole tumours drawn at 0.4-10 % of the brain (log-uniform;
+filling about 24 % of the grid (quickstart: about 40 %), whole tumours drawn at 0.4-10 % of the brain (log-uniform;
 quickstart 2-15 % uniform), more elongated and with finer lobes, 35 % of cases centred on the brain's surface
 and 30 % with two foci."""
 

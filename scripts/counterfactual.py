@@ -2,7 +2,8 @@
 
 Two commands (from the bundle root)::
 
-    python -m scripts.counterfactual pairs --out runs/pairs [--pairs 8] [--shape 72,72,54] [--seed 1]
+    python -m scripts.counterfactual pairs --out runs/pairs [--pairs 8] [--shape 72,72,54] [--seed 1] \\
+        [--family quickstart|shifted]
     python -m scripts.counterfactual check --pairs_dir runs/pairs \\
         --config_file "['configs/train.json','configs/quickstart.json']" --model_file runs/quickstart/fold0/model.pt \\
         [--network network_def] [--class_map_method grad_cam] [--out counterfactual.json]
@@ -110,10 +111,12 @@ def check_pairs(
     }
 
 
-def pairs(out: str, pairs: int = 8, shape: str | Sequence[int] = DEFAULT_SHAPE, seed: int = 1) -> None:
-    """Write counterfactual pairs (see the module docstring)."""
-    records = generate_pairs(out, pairs, shape, seed)
-    print(f"{out}: {len(records) // 2} HGG/LGG pairs")
+def pairs(
+    out: str, pairs: int = 8, shape: str | Sequence[int] = DEFAULT_SHAPE, seed: int = 1, family: str = "quickstart"
+) -> None:
+    """Write counterfactual pairs of the phantom ``family`` (see the module docstring)."""
+    records = generate_pairs(out, pairs, shape, seed, family=family)
+    print(f"{out}: {len(records) // 2} {family} HGG/LGG pairs")
 
 
 def check(

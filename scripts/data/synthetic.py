@@ -1,12 +1,13 @@
 """Synthetic BraTS 2020 cohort: brain-like 4-sequence volumes whose tumour's look depends on its grade.
 
 Command: ``python -m scripts.data.synthetic --out DIR --cases N [--shape 64,64,48] [--seed 0]
-[--hgg_fraction 0.8] [--ambiguous_fraction 0.1] [--extension nii.gz|nii]``.
+[--hgg_fraction 0.8] [--ambiguous_fraction 0.1] [--extension nii.gz|nii] [--family quickstart|shifted]``.
 
 ``DIR`` becomes a BraTS 2020 training folder (what ``MICCAI_BraTS2020_TrainingData`` is):
 ``BraTS20_Training_NNN/BraTS20_Training_NNN_{t1,t1ce,t2,flair,seg}.nii.gz``, int16 images, uint8
 label maps (1 necrosis / non-enhancing core, 2 oedema, 4 enhancing), ``name_mapping.csv`` with the
-BraTS 2020 columns, and ``synthetic_info.csv`` (grade, ambiguity and appearance of each case).
+BraTS 2020 columns, and ``synthetic_info.csv`` (family, grade, ambiguity, appearance, foci and edge
+placement of each case).
 
 Geometry follows BraTS: 1 mm voxels, affine ``diag(-1, -1, 1)`` with origin ``(0, Y - 1, 0)`` (the
 LPS-stored header BraTS 2018-2021 files carry), array axis 1 running anterior to posterior.
@@ -17,6 +18,11 @@ whichever grade it is given. Inside, HGG shows a necrotic core (dark T1/T1-CE) i
 (bright T1-CE); LGG a homogeneous non-enhancing core bright on T2/FLAIR; oedema (bright T2/FLAIR)
 surrounds both. An appearance value ``a`` in [0, 1] blends the two looks (HGG ~U(0.75, 1), LGG
 ~U(0, 0.25)); ambiguous cases, of either grade, take ``a`` ~U(0.35, 0.65).
+
+Two families share all of the above and differ in geometry (:data:`FAMILIES`): ``quickstart`` (what the
+quick start trains on) and ``shifted``, kept for checking choices on data they were not tuned on: a
+smaller brain, more elongated and finer-lobed tumours of more varied and smaller sizes, some tumours
+centred on the brain's surface (clipped by it) and some cases with two foci.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import fire
 import nibabel as nib
@@ -60,6 +68,55 @@ BRAIN_RADII = np.array([0.44, 0.47, 0.45])
 """Brain ellipsoid radii as fractions of the grid (the brain fills about 40 % of the grid, as in a BraTS crop)."""
 TUMOUR_SHARE = (0.02, 0.15)
 """Range of the whole tumour's (core + oedema) share of the brain volume, drawn uniformly (BraTS: a few % to ~15%)."""
+
+
+@dataclass(frozen=True)
+class PhantomFamily:
+    """The geometry one family of phantoms draws; tissue, grade looks, ambiguity and acquisition are shared.
+
+    Attributes:
+        brain_radii: brain ellipsoid radii as fractions of the grid.
+        tumour_share: range of a focus's whole-tumour share of the brain volume (halved for each of two foci).
+        log_uniform_share: draw that share log-uniformly (many small tumours) instead of uniformly.
+        core_stretch: range of the per-axis factor on the tumour core's radii (wider: more elongated).
+        lobes: ``(terms, frequency, amplitude)`` of the plane waves that make the tumour's surface irregular.
+        edge_fraction: expected share of cases whose (first) focus is centred on the brain's surface.
+        two_foci_fraction: expected share of cases with a second focus on the far side of the brain.
+    """
+
+    brain_radii: tuple[float, float, float]
+    tumour_share: tuple[float, float]
+    log_uniform_share: bool
+    core_stretch: tuple[float, float]
+    lobes: tuple[int, float, float]
+    edge_fraction: float
+    two_foci_fraction: float
+
+
+FAMILIES = {
+    "quickstart": PhantomFamily(
+        brain_radii=tuple(BRAIN_RADII.tolist()),
+        tumour_share=TUMOUR_SHARE,
+        log_uniform_share=False,
+        core_stretch=(0.85, 1.15),
+        lobes=(3, 2.5, 0.1),
+        edge_fraction=0.0,
+        two_foci_fraction=0.0,
+    ),
+    "shifted": PhantomFamily(
+        brain_radii=(0.37, 0.41, 0.38),
+        tumour_share=(0.004, 0.1),
+        log_uniform_share=True,
+        core_stretch=(0.7, 1.4),
+        lobes=(4, 3.5, 0.09),
+        edge_fraction=0.35,
+        two_foci_fraction=0.3,
+    ),
+}
+"""Phantom families by name. ``quickstart`` draws exactly what generator version 2 drew; ``shifted`` has a brain
+filling about 24 % of the grid (quickstart: about 40 %), whole tumours drawn at 0.4-10 % of the brain (log-uniform;
+quickstart 2-15 % uniform), more elongated and with finer lobes, 35 % of cases centred on the brain's surface
+and 30 % with two foci."""
 
 
 def brats_affine(shape: Sequence[int]) -> np.ndarray:
@@ -121,26 +178,60 @@ def _appearance(u: float, high_grade: bool, ambiguous: bool) -> float:
     return 0.75 + 0.25 * u if high_grade else 0.25 * u
 
 
+def _focus_centre(
+    rng: np.random.Generator, direction: np.ndarray, r_whole: float, edge: bool, paired: bool
+) -> np.ndarray:
+    """Offset of a focus's centre from the brain's centre, in units of the brain's radii `(3,)`.
+
+    A lone focus sits at ``U(0, 0.6) (1 - r)`` of the way out, so that it stays mostly inside; an edge focus
+    at ``1 - U(0.3, 0.8) r``, so that its outer part is cut off by the brain's surface; one of two foci at
+    ``1 - U(1, 1.5) r``, near the surface, so that the two stay apart.
+    """
+    unit = direction / np.linalg.norm(direction)
+    if edge:
+        return unit * (1 - rng.uniform(0.3, 0.8) * r_whole)
+    if paired:
+        return unit * (1 - rng.uniform(1.0, 1.5) * r_whole)
+    return unit * rng.uniform(0.0, 0.6) * (1 - r_whole)
+
+
 def generate_case(
-    rng: np.random.Generator, high_grade: bool, ambiguous: bool = False, shape: Sequence[int] = DEFAULT_SHAPE
+    rng: np.random.Generator,
+    high_grade: bool,
+    ambiguous: bool = False,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    family: str = "quickstart",
+    edge: bool = False,
+    foci: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """One synthetic case: images ``(4, X, Y, Z)`` int16 [T1, T1-CE, T2, FLAIR], labels ``(X, Y, Z)`` uint8, ``a``.
 
     The random draws do not depend on ``high_grade`` or ``ambiguous``: they only decide how the
     tumour core is labelled and what it looks like. Work is done in the brain's bounding box.
+
+    Args:
+        rng: the case's generator.
+        high_grade, ambiguous: the grade and whether its look is blended (see :func:`_appearance`).
+        shape: grid size.
+        family: a key of :data:`FAMILIES` (brain size, tumour sizes and shapes).
+        edge: centre the (first) focus on the brain's surface.
+        foci: 1 or 2 tumour foci (the second on the far side of the brain, same grade and look).
     """
+    spec = look_up_option(family, FAMILIES)
+    if foci not in (1, 2):
+        raise ValueError(f"foci must be 1 or 2, got {foci}")
     shape = tuple(int(n) for n in shape)
     size = np.array(shape, np.float64)
     # Brain: a wobbly ellipsoid, white matter inside a folded grey-matter shell, two ventricles.
     centre = size / 2 + rng.uniform(-0.02, 0.02, 3) * size
-    radii = BRAIN_RADII * size * rng.uniform(0.95, 1.03, 3)
+    radii = np.array(spec.brain_radii) * size * rng.uniform(0.95, 1.03, 3)
     lo, hi, brain_box = _box(centre, radii * 1.12 + 2, shape)
     centre, work = centre - lo, tuple(hi - lo)  # coordinates inside the brain box from here on
-    edge = 1.5 / float(radii.mean())  # soft edges ~1.5 voxels wide
+    edge_width = 1.5 / float(radii.mean())  # soft edges ~1.5 voxels wide
     axes = _axes(work, centre, radii)
     rho = np.sqrt(axes[0] ** 2 + axes[1] ** 2 + axes[2] ** 2) * (1.0 + _wobble(rng, axes, 3, 3.0, 0.03))
-    brain = _ramp(rho - 1.0, edge)
-    white = _ramp(rho - (0.78 + _wobble(rng, axes, 2, 14.0, 0.04)), edge)
+    brain = _ramp(rho - 1.0, edge_width)
+    white = _ramp(rho - (0.78 + _wobble(rng, axes, 2, 14.0, 0.04)), edge_width)
     spread = rng.uniform(0.8, 1.2)
     ventricles = np.zeros(work, np.float32)
     for side in (-1.0, 1.0):
@@ -148,7 +239,7 @@ def generate_case(
         v_radii = np.array([0.09, 0.33, 0.18]) * radii * spread
         v_lo, v_hi, v_box = _box(v_centre, v_radii * 1.2 + 2, work)
         v_axes = _axes(v_hi - v_lo, v_centre - v_lo, v_radii)
-        v_fill = _ramp(np.sqrt(sum(a**2 for a in v_axes)) - 1.0, edge / 0.15)
+        v_fill = _ramp(np.sqrt(sum(a**2 for a in v_axes)) - 1.0, edge_width / 0.15)
         np.maximum(ventricles[v_box], v_fill, out=ventricles[v_box])
     # Per-case tissue contrast jitter, shared by both grades.
     tissue = [t * rng.uniform(0.95, 1.05, 4).astype(np.float32) for t in (WHITE, GREY, CSF)]
@@ -157,32 +248,41 @@ def generate_case(
         base = tissue[1][s] + white * (tissue[0][s] - tissue[1][s])
         images[s] = (base + ventricles * (tissue[2][s] - base)) * brain
 
-    # Tumour: irregular blob in a random place; oedema shell; core with inner part and rim.
-    # Whole tumour (oedema included) of a drawn share of the brain's volume, placed so that it stays
-    # mostly inside the brain; the core is the inner 1/oedema_extent of it.
-    share = rng.uniform(*TUMOUR_SHARE)
-    r_whole = share ** (1 / 3)  # in units of the brain's radii
-    direction = rng.normal(size=3)
-    t_centre = centre + direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.6) * (1 - r_whole) * radii
-    oedema_extent, inner_extent = rng.uniform(1.2, 1.5), rng.uniform(0.4, 0.7)
-    r_core = r_whole / oedema_extent * radii * rng.uniform(0.85, 1.15, 3)
-    a = _appearance(rng.uniform(), high_grade, ambiguous)
-    t_lo, t_hi, box = _box(t_centre, r_core * oedema_extent * 1.3 + 2, work)
-    t_axes = _axes(t_hi - t_lo, t_centre - t_lo, r_core)
-    t_rho = np.sqrt(sum(x**2 for x in t_axes)) * (1.0 + _wobble(rng, t_axes, 3, 2.5, 0.1))
-    in_brain = rho[box] < 1.0
-    whole, core, inner = (in_brain & (t_rho < extent) for extent in (oedema_extent, 1.0, inner_extent))
-    oedema = _ramp(t_rho - oedema_extent, 1.5 / float(r_core.mean())) * brain[box] * (1.0 - ventricles[box])
-    inner_look = (1 - a) * LGG_CORE + a * HGG_NECROSIS
-    rim_look = (1 - a) * LGG_CORE + a * HGG_RIM
-    for s in range(4):
-        region = images[s][box]
-        region *= 1.0 + oedema * (OEDEMA_GAIN[s] - 1.0)
-        region[core] = np.where(inner[core], inner_look[s], rim_look[s])
+    # Tumour foci: irregular blobs; oedema shell; core with inner part and rim. Each whole tumour
+    # (oedema included) has a drawn share of the brain's volume; the core is its inner 1/oedema_extent.
+    # The appearance is drawn once, after the first focus's geometry, and shared by both foci.
     labels = np.zeros(shape, np.uint8)
-    tumour_labels = labels[brain_box][box]
-    tumour_labels[whole] = 2
-    tumour_labels[core] = np.where(inner[core], 1, 4) if high_grade else 1
+    a = direction = None
+    for focus in range(foci):
+        share = spec.tumour_share
+        share = np.exp(rng.uniform(*np.log(share))) if spec.log_uniform_share else rng.uniform(*share)
+        share = share / foci
+        r_whole = share ** (1 / 3)  # in units of the brain's radii
+        if direction is None:
+            direction = rng.normal(size=3)
+        else:  # the second focus on the far side of the brain
+            direction = rng.normal(0.0, 0.3, 3) - direction / np.linalg.norm(direction)
+        offset = _focus_centre(rng, direction, r_whole, edge and not focus, foci > 1)
+        t_centre = centre + offset * radii
+        oedema_extent, inner_extent = rng.uniform(1.2, 1.5), rng.uniform(0.4, 0.7)
+        r_core = r_whole / oedema_extent * radii * rng.uniform(*spec.core_stretch, 3)
+        if a is None:
+            a = _appearance(rng.uniform(), high_grade, ambiguous)
+        t_lo, t_hi, box = _box(t_centre, r_core * oedema_extent * 1.3 + 2, work)
+        t_axes = _axes(t_hi - t_lo, t_centre - t_lo, r_core)
+        t_rho = np.sqrt(sum(x**2 for x in t_axes)) * (1.0 + _wobble(rng, t_axes, *spec.lobes))
+        in_brain = rho[box] < 1.0
+        whole, core, inner = (in_brain & (t_rho < extent) for extent in (oedema_extent, 1.0, inner_extent))
+        oedema = _ramp(t_rho - oedema_extent, 1.5 / float(r_core.mean())) * brain[box] * (1.0 - ventricles[box])
+        inner_look = (1 - a) * LGG_CORE + a * HGG_NECROSIS
+        rim_look = (1 - a) * LGG_CORE + a * HGG_RIM
+        for s in range(4):
+            region = images[s][box]
+            region *= 1.0 + oedema * (OEDEMA_GAIN[s] - 1.0)
+            region[core] = np.where(inner[core], inner_look[s], rim_look[s])
+        tumour_labels = labels[brain_box][box]
+        tumour_labels[whole & (tumour_labels == 0)] = 2  # another focus's core keeps its label
+        tumour_labels[core] = np.where(inner[core], 1, 4) if high_grade else 1
 
     # Acquisition: smooth bias field, intensity scale, noise; zero outside the brain (skull-stripped).
     outside = rho >= 1.0
@@ -204,32 +304,54 @@ def _shape(shape: str | Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
+class Plan(NamedTuple):
+    """What one written case is: its draw, grade, look and tumour layout."""
+
+    draw: int
+    high_grade: bool
+    ambiguous: bool
+    edge: bool = False
+    foci: int = 1
+
+
+def _layouts(rng: np.random.Generator, count: int, spec: PhantomFamily) -> list[tuple[bool, int]]:
+    """``(edge, foci)`` of ``count`` cases, each drawn with the family's fractions."""
+    edge = rng.random(count) < spec.edge_fraction
+    two = rng.random(count) < spec.two_foci_fraction
+    return [(bool(e), 2 if t else 1) for e, t in zip(edge, two)]
+
+
 def _write_cohort(
-    out: Path, plans: Sequence[tuple[int, bool, bool]], shape: tuple[int, int, int], seed: int, extension: str
+    out: Path, plans: Sequence[Plan], shape: tuple[int, int, int], seed: int, extension: str, family: str
 ) -> list[dict]:
-    """Write one case per plan ``(draw, high_grade, ambiguous)`` (case n+1 from ``default_rng([seed, draw])``)."""
+    """Write one case per plan (case n+1 from ``default_rng([seed, plan.draw])``)."""
     out.mkdir(parents=True, exist_ok=True)
     affine = brats_affine(shape)
     records = []
-    for n, (draw, high, ambiguous) in enumerate(plans):
+    for n, plan in enumerate(plans):
         case_id = f"BraTS20_Training_{n + 1:03d}"
-        images, labels, a = generate_case(np.random.default_rng([seed, draw]), high, ambiguous, shape)
+        images, labels, a = generate_case(
+            np.random.default_rng([seed, plan.draw]), plan.high_grade, plan.ambiguous, shape, family, plan.edge,
+            plan.foci,
+        )
         case_dir = out / case_id
         case_dir.mkdir(exist_ok=True)
         for name, volume in (*zip(SEQUENCES, images), ("seg", labels)):
             image = nib.Nifti1Image(volume, affine)
             image.header.set_xyzt_units("mm", "sec")
             nib.save(image, case_dir / f"{case_id}_{name}.{extension}")
-        records.append({"case_id": case_id, "grade": "HGG" if high else "LGG", "ambiguous": ambiguous,
-                        "appearance": round(a, 4), "draw": draw})
-    with open(out / "name_mapping.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(NAME_MAPPING_COLUMNS)
-        writer.writerows([r["grade"], "NA", "NA", "NA", "NA", r["case_id"]] for r in records)
+        records.append({"case_id": case_id, "family": family, "grade": "HGG" if plan.high_grade else "LGG",
+                        "ambiguous": plan.ambiguous, "appearance": round(a, 4), "draw": plan.draw,
+                        "foci": plan.foci, "edge": plan.edge})
     with open(out / "synthetic_info.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["case_id"])
         writer.writeheader()
         writer.writerows(records)
+    # name_mapping.csv last: its presence says the cohort is complete.
+    with open(out / "name_mapping.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(NAME_MAPPING_COLUMNS)
+        writer.writerows([r["grade"], "NA", "NA", "NA", "NA", r["case_id"]] for r in records)
     return records
 
 
@@ -241,6 +363,7 @@ def generate_dataset(
     hgg_fraction: float = 0.8,
     ambiguous_fraction: float = 0.1,
     extension: str = "nii.gz",
+    family: str = "quickstart",
 ) -> list[dict]:
     """Write ``cases`` synthetic cases in the BraTS 2020 layout under ``out``; return their records.
 
@@ -249,19 +372,23 @@ def generate_dataset(
         cases: number of subjects, named ``BraTS20_Training_001`` on.
         shape: grid size at 1 mm, e.g. ``(240, 240, 155)`` (BraTS) or ``"64,64,48"``.
         seed: makes the whole cohort reproducible; case ``i`` uses ``default_rng([seed, i])``.
-        hgg_fraction: expected share of HGG (BraTS 2020: 293/369, about 0.8).
+        hgg_fraction: expected share of HGG (BraTS 2020: 293/369, about 0.794).
         ambiguous_fraction: expected share of cases, of either grade, with a blended appearance.
         extension: ``nii.gz`` or ``nii``.
+        family: a key of :data:`FAMILIES`; its edge and two-foci fractions are drawn per case after the
+            grades, so that the grades of a seed are the same in every family.
     """
     extension = look_up_option(extension, EXTENSIONS)
+    spec = look_up_option(family, FAMILIES)
     shape = _shape(shape)
     if not (0.0 <= hgg_fraction <= 1.0 and 0.0 <= ambiguous_fraction <= 1.0):
         raise ValueError(f"fractions must lie in [0, 1], got {hgg_fraction}, {ambiguous_fraction}")
     grade_rng = np.random.default_rng([seed, 2**31])
     high = grade_rng.random(cases) < hgg_fraction
     ambiguous = grade_rng.random(cases) < ambiguous_fraction
-    plans = [(i, bool(high[i]), bool(ambiguous[i])) for i in range(cases)]
-    return _write_cohort(Path(out), plans, shape, seed, extension)
+    layouts = _layouts(grade_rng, cases, spec)
+    plans = [Plan(i, bool(high[i]), bool(ambiguous[i]), *layouts[i]) for i in range(cases)]
+    return _write_cohort(Path(out), plans, shape, seed, extension, family)
 
 
 def generate_pairs(
@@ -270,17 +397,19 @@ def generate_pairs(
     shape: str | Sequence[int] = DEFAULT_SHAPE,
     seed: int = 1,
     extension: str = "nii.gz",
+    family: str = "quickstart",
 ) -> list[dict]:
     """Counterfactual pairs: each drawn case written twice, as HGG then as LGG, identical outside the tumour.
 
     Cases ``2i + 1`` (HGG) and ``2i + 2`` (LGG) share the draw ``default_rng([seed, i])``: the same brain,
     the same tumour shape and the same noise; only the tumour's inside differs (clear looks, never
     ambiguous). The BraTS 2020 layout and ``synthetic_info.csv`` (its ``draw`` column names the pair)
-    are those of :func:`generate_dataset`. Use a ``seed`` other than the training cohort's.
+    are those of :func:`generate_dataset`, ``family`` too. Use a ``seed`` other than the training cohort's.
     """
     extension = look_up_option(extension, EXTENSIONS)
-    plans = [(i, high, False) for i in range(pairs) for high in (True, False)]
-    return _write_cohort(Path(out), plans, _shape(shape), seed, extension)
+    layouts = _layouts(np.random.default_rng([seed, 2**31]), pairs, look_up_option(family, FAMILIES))
+    plans = [Plan(i, high, False, *layouts[i]) for i in range(pairs) for high in (True, False)]
+    return _write_cohort(Path(out), plans, _shape(shape), seed, extension, family)
 
 
 def main(
@@ -291,13 +420,14 @@ def main(
     hgg_fraction: float = 0.8,
     ambiguous_fraction: float = 0.1,
     extension: str = "nii.gz",
+    family: str = "quickstart",
 ) -> None:
     """Write the cohort (see ``generate_dataset``) and print the time per case."""
     start = time.perf_counter()
-    records = generate_dataset(out, cases, shape, seed, hgg_fraction, ambiguous_fraction, extension)
+    records = generate_dataset(out, cases, shape, seed, hgg_fraction, ambiguous_fraction, extension, family)
     seconds = time.perf_counter() - start
     grades = [r["grade"] for r in records]
-    print(f"{out}: {len(records)} cases ({grades.count('HGG')} HGG, {grades.count('LGG')} LGG), "
+    print(f"{out}: {len(records)} cases of the {family} family ({grades.count('HGG')} HGG, {grades.count('LGG')} LGG), "
           f"{seconds / max(len(records), 1):.2f} s per case")
 
 

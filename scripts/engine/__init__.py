@@ -1,5 +1,6 @@
 """Training engine: the schedule as data, the staged iteration, and the ignite handlers named by the configs."""
 
+from .balance import CLASS_BALANCE, ClassBalance, class_balance_weights, class_balanced_sampler
 from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_forward
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
 from .events import StageEvents, attach_stage_events
@@ -18,9 +19,11 @@ from .setup import (
 from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
 
 __all__ = [
+    "CLASS_BALANCE",
     "STAGES",
     "STAGE_GROUPS",
     "BroadcastFromRank0",
+    "ClassBalance",
     "EpochCheckpoint",
     "EpochLog",
     "EpochSeeder",
@@ -39,6 +42,8 @@ __all__ = [
     "attach_stage_events",
     "autocast",
     "balanced_accuracy_from_logits",
+    "class_balance_weights",
+    "class_balanced_sampler",
     "compiled",
     "configure_backends",
     "configure_determinism",

@@ -3,6 +3,7 @@ placement."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -62,18 +63,31 @@ def ensure_synthetic_dataset(
     seed: int = 0,
     hgg_fraction: float = 0.5,
     ambiguous_fraction: float = 0.0,
+    family: str = "quickstart",
 ) -> str:
-    """A synthetic BraTS 2020 folder at ``directory``, generated unless its ``name_mapping.csv`` exists.
+    """A synthetic BraTS 2020 folder of the phantom ``family`` at ``directory``, generated unless its
+    ``name_mapping.csv`` exists.
 
     ``generate_dataset`` writes ``name_mapping.csv`` last, so an interrupted generation is redone.
 
     Returns:
         ``directory`` as a string (use it as ``dataset_dir``).
+
+    Raises:
+        ValueError: the folder holds another family's phantoms (folders written before families existed
+            hold ``quickstart`` ones).
     """
     directory = Path(directory)
     if not (directory / "name_mapping.csv").is_file():
-        logger.info("generating %d synthetic cases of %s voxels in %s", cases, tuple(shape), directory)
-        generate_dataset(directory, cases, shape, seed, hgg_fraction, ambiguous_fraction)
+        logger.info("generating %d synthetic %s cases of %s voxels in %s", cases, family, tuple(shape), directory)
+        generate_dataset(directory, cases, shape, seed, hgg_fraction, ambiguous_fraction, family=family)
+    with open(directory / "synthetic_info.csv", newline="") as f:
+        found = next(csv.DictReader(f), {}).get("family", "quickstart")
+    if found != family:
+        raise ValueError(
+            f"{directory} holds {found!r} phantoms, not {family!r}: give the family its own synthetic_root "
+            "or delete the folder."
+        )
     return str(directory)
 
 

@@ -1,4 +1,4 @@
-"""Composite objectives: stage 1 (Eq. 1/19) and stage 3 (Eq. 3/21)."""
+"""Composite objectives: the warm-up CNN's L_cls, stage 1 (Eq. 1/19) and stage 3 (Eq. 3/21)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,31 @@ class ScaleTerms(NamedTuple):
     columns: slice | Sequence[int] | torch.Tensor
     fusion_inputs: Sequence[torch.Tensor] | None = None
     refuse_fn: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
+
+
+class ClassificationLoss(nn.Module):
+    """L_cls alone, the backbone warm-up's objective: ``(logits (B, C), labels (B,)) -> scalar``.
+
+    With the defaults it is ``torch.nn.CrossEntropyLoss()``.
+
+    Args:
+        classification, class_weights, focal_gamma: see :func:`classification_loss`.
+    """
+
+    def __init__(
+        self,
+        classification: str = "cross_entropy",
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
+        self.class_weights = class_weights
+        self.focal_gamma = focal_gamma
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar L_cls of ``logits`` `(B, C)` against ``labels`` `(B,)`."""
+        return classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
 
 
 class Stage1Loss(nn.Module):

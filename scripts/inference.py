@@ -284,7 +284,7 @@ class EvidenceWriter:
         self._sources: SourceImages | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Register on ITERATION_COMPLETED (after the checkpoint loader has run on STARTED)."""
+        """Register on ITERATION_COMPLETED (the config's ``run`` loads the weights before the evaluator starts)."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:

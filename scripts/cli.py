@@ -8,20 +8,26 @@ Exit codes of ``python -m monai.bundle run`` with inference.json or evaluate.jso
   ...), found before any work; the line says which option and why.
 
 The functions raise :class:`SystemExit`, which MONAI's config expressions let through untouched
-(they wrap ``Exception`` only), so the message is the last line the user sees.
+(they wrap ``Exception`` only), so the message is the last line the user sees. With ``debug`` (the
+configs' ``--debug True``) the exception behind a message is printed first, with its traceback.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+from torch import nn
+
 from scripts.data import DataError
+from scripts.weights import fit, read_state_dict, suggest_stack
 
 __all__ = [
     "ERRORS_JSON",
@@ -29,6 +35,7 @@ __all__ = [
     "EXIT_CASES_FAILED",
     "exit_if_failed",
     "input_error",
+    "load_weights",
     "require_checkpoint",
     "require_path",
     "reported",
@@ -41,14 +48,27 @@ ERRORS_JSON = "errors.json"
 T = TypeVar("T")
 
 
-def input_error(option: str, value: Any, reason: str, errors_dir: str | PathLike | None = None) -> SystemExit:
+def input_error(
+    option: str,
+    value: Any,
+    reason: str,
+    errors_dir: str | PathLike | None = None,
+    case_id: str | None = None,
+    file: str | PathLike | None = None,
+    debug: bool = False,
+) -> SystemExit:
     """The exit for a bad option: prints ``error: --<option> <value>: <reason>`` on stderr, writes
-    ``<errors_dir>/errors.json`` (nothing done, one failure) when given, and returns ``SystemExit(2)`` to raise."""
+    ``<errors_dir>/errors.json`` (nothing done, one failure: ``case_id``, ``file`` (default ``value``)
+    and the reason) when given, and returns ``SystemExit(2)`` to raise. With ``debug``, the exception
+    being handled, if any, is printed first."""
+    if debug and sys.exc_info()[1] is not None:
+        traceback.print_exc()
     message = f"error: --{option} {value}: {reason}"
     if errors_dir is not None:
         folder = Path(errors_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        failure = {"case_id": None, "file": None if value is None else str(value), "reason": f"--{option}: {reason}"}
+        where = file if file is not None else value
+        failure = {"case_id": case_id, "file": None if where is None else str(where), "reason": f"--{option}: {reason}"}
         (folder / ERRORS_JSON).write_text(json.dumps({"done": [], "failed": [failure]}, indent=2) + "\n")
     print(message, file=sys.stderr, flush=True)
     return SystemExit(EXIT_BAD_INPUT)
@@ -81,15 +101,52 @@ def require_checkpoint(value: str | PathLike | None, option: str, errors_dir: st
     return str(value)
 
 
+def load_weights(
+    network: nn.Module,
+    value: str | PathLike | None,
+    option: str,
+    errors_dir: str | PathLike | None = None,
+    bundle_root: str | PathLike = ".",
+    debug: bool = False,
+) -> nn.Module:
+    """Load the checkpoint ``value`` (``weights_only=True``; a state dict, or one under ``"model"``) into
+    ``network``, or exit 2 naming ``option``: not a checkpoint, no weights in it, or weights that do not fit
+    (the count of missing and unexpected keys, the first mismatched shape, and the bundle's config stack
+    they fit, from :func:`scripts.weights.suggest_stack` over ``bundle_root``'s configs)."""
+    require_checkpoint(value, option, errors_dir)
+    try:
+        checkpoint = torch.load(Path(value).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling problem is the file's, reported as such
+        reason = f"cannot be read with torch.load(weights_only=True): {str(error).splitlines()[0]}"
+        raise input_error(option, value, reason, errors_dir, debug=debug) from None
+    state = read_state_dict(checkpoint)
+    if state is None:
+        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise input_error(option, value, f"holds no network weights (found {found})", errors_dir, debug=debug)
+    result = fit(state, network.state_dict())
+    if not result.ok:
+        reason = f"does not fit the network: {result.describe()}; {suggest_stack(state, bundle_root)}"
+        raise input_error(option, value, reason, errors_dir, debug=debug)
+    network.load_state_dict(state)
+    return network
+
+
 def reported(
-    function: Callable[..., T], option: str, value: Any, *args: Any, errors_dir: str | PathLike | None = None, **kwargs: Any
+    function: Callable[..., T],
+    option: str,
+    value: Any,
+    *args: Any,
+    errors_dir: str | PathLike | None = None,
+    debug: bool = False,
+    **kwargs: Any,
 ) -> T:
     """``function(*args, **kwargs)``, where a :class:`~scripts.data.DataError` (the input named by
-    ``option`` is unusable: no case found, a broken CSV, ...) becomes exit 2 naming ``option``."""
+    ``option`` is unusable: no case found, a broken CSV, ...) becomes exit 2 naming ``option``, and the
+    error's case and file in ``errors.json``."""
     try:
         return function(*args, **kwargs)
     except DataError as error:
-        raise input_error(option, value, str(error), errors_dir) from None
+        raise input_error(option, value, str(error), errors_dir, error.case_id, error.path, debug) from None
 
 
 def exit_if_failed(failed: Sequence[Mapping[str, Any]], summary: str | PathLike) -> None:

@@ -31,7 +31,7 @@ from monai.transforms import Compose
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError, detect_layout, find_case_files
 from scripts.data.datalist import load_datalist
-from scripts.data.layouts import FINDERS, NAME_MAPPING, _nifti_stem, _read_csv, find_csv
+from scripts.data.layouts import FINDERS, NAME_MAPPING, SEQUENCES, _nifti_stem, _read_csv, find_csv
 from scripts.data.validate import case_problems
 from scripts.explain.attribution import class_map_from_maps, scale_class_maps
 from scripts.explain.evidence import (
@@ -64,20 +64,34 @@ class InferenceCases(NamedTuple):
     errors: list[DataError]
 
 
-def _case_from_files(files: Sequence[str | PathLike], case_id: str | None) -> dict:
+def _case_id_of(file: str | PathLike) -> str:
+    """A case id from a sequence's file name: ``x/BraTS20_Training_002_t2.nii.gz`` → ``BraTS20_Training_002``."""
+    stem = _nifti_stem(Path(file)) or Path(file).name
+    suffix = next((f"_{s}" for s in SEQUENCES if stem.lower().endswith(f"_{s}")), "")
+    return stem[: len(stem) - len(suffix)]
+
+
+def _case_from_files(files: str | PathLike | Sequence[str | PathLike], case_id: str | None) -> dict:
+    files = [files] if isinstance(files, (str, PathLike)) else list(files)
+    name = case_id or (_case_id_of(files[0]) if files else None)
     if len(files) != 4:
-        raise ValueError(f"input_files must name four files [T1, T1-CE, T2, FLAIR], got {len(files)}: {list(files)}.")
+        raise DataError(name, ", ".join(map(str, files)),
+                        f"names {len(files)} file(s); give four, [T1, T1-CE, T2, FLAIR], as \"['t1.nii.gz', ...]\"")
     paths = [os.path.abspath(Path(f).expanduser()) for f in files]
-    stem = _nifti_stem(Path(paths[0])) or Path(paths[0]).name
-    name = case_id or (stem[: -len("_t1")] if stem.lower().endswith("_t1") else stem)
     return {"case_id": name, "image": paths, "label_name": None}
 
 
 def _csv_cases(path: Path, class_names: Sequence[str]) -> tuple[list[dict], list[DataError]]:
     """A cohort CSV; with a ``label`` column through the training finder, else labels unknown."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows, header = list(reader), list(reader.fieldnames or [])
+    if _nifti_stem(path) is not None:
+        raise DataError(_case_id_of(path), str(path), "is one NIfTI file; give its case folder, or the case's four "
+                        "files with --input_files")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(None, str(path), f"is neither a case folder nor a readable CSV ({error})") from None
     if "label" in header:
         return find_csv(path, class_names)
     missing = [c for c in CSV_IMAGE_COLUMNS if c not in header]
@@ -196,7 +210,8 @@ def find_cases(
         datalist_file: a datalist whose grades apply to cases with the same image files.
 
     Raises:
-        ValueError: neither or both inputs given, or no case found at all.
+        ValueError: neither or both inputs given.
+        DataError: no case found at all, ``input_files`` not four files, ``input_dir`` a file that is no CSV.
     """
     if (input_dir is None) == (input_files is None):
         raise ValueError("give exactly one of input_dir (case folder, folder of cases, CSV) and input_files.")
@@ -324,7 +339,7 @@ class EvidenceWriter:
         self._sources: SourceImages | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Register on ITERATION_COMPLETED (after the checkpoint loader has run on STARTED)."""
+        """Register on ITERATION_COMPLETED (the config's ``run`` loads the weights before the evaluator starts)."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:

@@ -13,6 +13,8 @@ from scripts.engine import (
     plain_tensor,
     training_datalist,
 )
+from scripts.engine.fingerprint import volumes_fingerprint
+from scripts.engine.setup import SYNTHETIC_FINGERPRINT
 
 
 def test_deterministic_mode_wins_over_cudnn_benchmark(restore_backends):
@@ -44,6 +46,20 @@ def test_synthetic_dataset_is_generated_once(tmp_path):
     stamp = mapping.stat().st_mtime_ns
     ensure_synthetic_dataset(directory, cases=2, shape=(16, 16, 16))
     assert mapping.stat().st_mtime_ns == stamp and len(list(directory.glob("BraTS20_Training_*"))) == 2
+
+
+def test_synthetic_dataset_logs_its_voxel_fingerprint(tmp_path, caplog):
+    directory = tmp_path / "MICCAI_BraTS2020_TrainingData"
+    with caplog.at_level("INFO", logger="scripts.engine.setup"):
+        ensure_synthetic_dataset(directory, cases=2, shape=(16, 16, 16))
+    expected = volumes_fingerprint(directory)  # computed here after the fact, from the files
+    assert f"synthetic data fingerprint {expected} " in caplog.text
+    same = tmp_path / "again" / "MICCAI_BraTS2020_TrainingData"  # the same seed elsewhere: the same voxels
+    ensure_synthetic_dataset(same, cases=2, shape=(16, 16, 16))
+    assert (same / SYNTHETIC_FINGERPRINT).read_text().strip() == expected
+    other = tmp_path / "other" / "MICCAI_BraTS2020_TrainingData"
+    ensure_synthetic_dataset(other, cases=2, shape=(16, 16, 16), seed=1)
+    assert (other / SYNTHETIC_FINGERPRINT).read_text().strip() != expected
 
 
 def test_datalist_built_from_another_dataset_is_refused(data_synthetic_root, tmp_path):

@@ -12,6 +12,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 from scripts.counterfactual import check_pairs, pair_items
@@ -44,12 +45,15 @@ def quickstart(tmp_path_factory):
         logging_file=False, dataset_dir=str(data), datalist_file=str(root / "datalist.json"),
         cache_dir=str(root / "cache"), output_dir=str(root / "out"), **TINY,
     )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    fold = root / "out" / "fold0"
-    generate_pairs(root / "pairs", 8, SHAPE, seed=5)
-    return SimpleNamespace(parser=workflow.parser, fold=fold, pairs=root / "pairs", root=root)
+    threads = torch.get_num_threads()  # quickstart.json fixes 2, for this module's tests; later modules keep theirs
+    try:
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        generate_pairs(root / "pairs", 8, SHAPE, seed=5)
+        yield SimpleNamespace(parser=workflow.parser, fold=root / "out" / "fold0", pairs=root / "pairs", root=root)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _metrics(path) -> dict:

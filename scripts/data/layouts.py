@@ -43,19 +43,28 @@ def find_case_files(case_dir: Path, case_id: str) -> tuple[list[str], str | None
     file with ``seg`` in its name (BraTS 2020 subject 355 ships ``W39_1998.09.19_Segm.nii``).
 
     Raises:
-        DataError: a sequence is missing, or several files match one role.
+        DataError: sequences are missing (all of them named; the file is the first one's expected name),
+            or several files match one role.
     """
     stems = {p: _nifti_stem(p) for p in sorted(case_dir.iterdir()) if p.is_file()}
     stems = {p: s.lower() for p, s in stems.items() if s is not None}
+    found = {sequence: [p for p, s in stems.items() if s.endswith(f"_{sequence}")] for sequence in SEQUENCES}
+    missing = [sequence for sequence in SEQUENCES if not found[sequence]]
+    if missing:
+        present = next(((p, sequence) for sequence in SEQUENCES for p in found[sequence]), None)
+        # named as the case's other files are, else after the case id
+        prefix = _nifti_stem(present[0])[: -len(present[1]) - 1] if present else case_id
+        expected = case_dir / f"{prefix}_{missing[0]}.nii.gz"
+        names = ", ".join(missing)
+        patterns = ", ".join(f"*_{sequence}.nii[.gz]" for sequence in missing)
+        plural = "s" * (len(missing) > 1)
+        raise DataError(case_id, str(expected), f"missing {names} sequence{plural} (no {patterns} file)")
     images = []
     for sequence in SEQUENCES:
-        found = [p for p, s in stems.items() if s.endswith(f"_{sequence}")]
-        if not found:
-            expected = case_dir / f"{case_id}_{sequence}.nii.gz"
-            raise DataError(case_id, str(expected), f"missing {sequence} sequence (no *_{sequence}.nii[.gz] file)")
-        if len(found) > 1:
-            raise DataError(case_id, str(found[0]), f"several {sequence} files: {[p.name for p in found]}")
-        images.append(os.path.abspath(found[0]))
+        if len(found[sequence]) > 1:
+            names = [p.name for p in found[sequence]]
+            raise DataError(case_id, str(found[sequence][0]), f"several {sequence} files: {names}")
+        images.append(os.path.abspath(found[sequence][0]))
     others = {p: s for p, s in stems.items() if os.path.abspath(p) not in images}
     masks = [p for p, s in others.items() if s.endswith("_seg")] or [p for p, s in others.items() if "seg" in s]
     if len(masks) > 1:

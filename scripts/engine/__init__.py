@@ -5,6 +5,7 @@ from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_for
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
 from .events import StageEvents, attach_stage_events
 from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
+from .fingerprint import FirstBatchFingerprint
 from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
 from .iteration import StagedIteration, autocast, plain_tensor, train_last_layer_epoch
 from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
@@ -28,6 +29,7 @@ __all__ = [
     "EpochLog",
     "EpochSeeder",
     "FinalModelWriter",
+    "FirstBatchFingerprint",
     "HeldOutReport",
     "LossProgressBar",
     "PushAndLastLayer",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from scripts.data import ensure_datalist, generate_dataset
+from scripts.engine.fingerprint import arithmetic_environment, short_hash, volumes_fingerprint
 
 __all__ = [
     "compiled",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+SYNTHETIC_FINGERPRINT = "voxels_fingerprint.txt"
 
 
 def training_datalist(
@@ -68,7 +71,9 @@ def ensure_synthetic_dataset(
     """A synthetic BraTS 2020 folder of the phantom ``family`` at ``directory``, generated unless its
     ``name_mapping.csv`` exists.
 
-    ``generate_dataset`` writes ``name_mapping.csv`` last, so an interrupted generation is redone.
+    ``generate_dataset`` writes ``name_mapping.csv`` last, so an interrupted generation is redone. The
+    fingerprint of its voxels and affines (:func:`~scripts.engine.fingerprint.volumes_fingerprint`) is
+    logged; it is computed once and kept in ``<directory>/`` :data:`SYNTHETIC_FINGERPRINT`.
 
     Returns:
         ``directory`` as a string (use it as ``dataset_dir``).
@@ -88,17 +93,23 @@ def ensure_synthetic_dataset(
             f"{directory} holds {found!r} phantoms, not {family!r}: give the family its own synthetic_root "
             "or delete the folder."
         )
+    stamp = directory / SYNTHETIC_FINGERPRINT
+    if not stamp.is_file():  # computed once (seconds for the quick start's 80 cases), then read back
+        stamp.write_text(volumes_fingerprint(directory) + "\n")
+    logger.info("synthetic data fingerprint %s (voxels and affines of %s)", stamp.read_text().strip(), directory)
     return str(directory)
 
 
 def configure_determinism(seed: int | None, num_threads: int | None = None) -> None:
     """Seed torch, NumPy and Python (MONAI ``set_determinism``) and fix torch's CPU thread count.
 
-    A seeded CPU run is bit for bit repeatable for one torch build, CPU instruction set
-    (``torch.backends.cpu.get_cpu_capability()``) and thread count: ATen's parallel reductions and oneDNN's
-    convolution weight gradients split their sums by thread, so a fixed ``num_threads`` (rather than the
-    machine's core count or ``OMP_NUM_THREADS``) makes runs on different machines take the same floating-point
-    path. ``None`` keeps torch's default (``OMP_NUM_THREADS``, else one thread per core).
+    A seeded CPU run repeats bit for bit on one machine at one thread count: ATen's parallel reductions and
+    oneDNN's convolution weight gradients split their sums by thread, so a fixed ``num_threads`` (rather than
+    the machine's core count or ``OMP_NUM_THREADS``) is needed for runs to agree anywhere. Across machines
+    the kernels MKL and oneDNN pick (by CPU model, extensions and cache sizes) decide too: all that is logged
+    here with a short hash (:func:`~scripts.engine.fingerprint.arithmetic_environment`), so two runs' logs
+    say whether their arithmetic may differ. ``None`` keeps torch's default (``OMP_NUM_THREADS``, else one
+    thread per core).
     """
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -108,6 +119,9 @@ def configure_determinism(seed: int | None, num_threads: int | None = None) -> N
         seed, torch.__version__, torch.get_num_threads(), "fixed" if num_threads is not None else "torch's default",
         torch.backends.cpu.get_cpu_capability(),
     )
+    environment = arithmetic_environment()
+    logger.info("arithmetic fingerprint %s: %s", short_hash(repr(sorted(environment.items()))),
+                ", ".join(f"{k} {v}" for k, v in environment.items()))
 
 
 def configure_backends(cudnn_benchmark: bool = False, deterministic: bool = False) -> None:

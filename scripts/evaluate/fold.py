@@ -4,6 +4,8 @@ Plain PyTorch; :class:`FoldEvaluator` is the thin callable that ``configs/evalua
 
 1. one pass over the fold (no augmentation): probabilities, the ground-truth class's attention map
    (:func:`scripts.explain.attribution.class_map`) and its AP against the whole-tumour mask (Eq. 25);
+   for prototype models, from the same forward pass, the AP of the paper's own read-out (Eq. 28 summed
+   over the scales, whole volume) and where the top prototypes' maps peak (:mod:`.prototypes`);
 2. IDS: 51 deleted copies per case (:func:`scripts.metrics.deletion_curve`), ``ids_batch_size`` copies
    per forward pass (17 puts one case's 51 copies in 3 full batches), so 51 forward items per case;
 3. optionally BAC with each non-empty proper subset of the sequences missing (:mod:`.missing`).
@@ -15,6 +17,7 @@ cheap), so memory holds the fold's maps but not its images.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -27,13 +30,15 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from scripts.explain.attribution import class_map
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
 from scripts.engine.iteration import plain_tensor
+from scripts.explain.attribution import class_map
+from scripts.explain.evidence import prototype_contributions
+from scripts.explain.sources import load_push_for
 from scripts.metrics import (
     LOCALISATION_KEYS,
     activation_precision,
@@ -48,6 +53,7 @@ from scripts.networks import UMProtoShare, unwrap
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
+from .prototypes import PEAK_KEYS, TOP_PROTOTYPES, peak_shares, prototype_peaks, source_agreement, top_prototype_columns
 
 __all__ = [
     "CASES_CSV",
@@ -89,6 +95,12 @@ class FoldPredictions(NamedTuple):
     """:data:`~scripts.metrics.LOCALISATION_KEYS` → per-case values (N,), float64; NaN without mask."""
     similarities: Tensor | None
     """S(x, P) per case (N, K_total) for a prototype model; None for a CNN."""
+    ap_eq28: Tensor | None
+    """AP per case (N,) of the ground-truth class's Eq. 28 map (scales summed, whole volume) of a prototype
+    model, float64, NaN without mask; None for a CNN."""
+    peaks: dict[str, Tensor] | None
+    """:data:`~.prototypes.PEAK_KEYS` → per-case share (N,) of the top prototypes' peaks in the brain / tumour
+    (prototype models; NaN in the tumour without mask); None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -124,8 +136,12 @@ def predict_fold(
     map_dir: str | PathLike | None = None,
     scale_combination: str = "sum",
     brain_only: bool = False,
+    top_prototypes: int = TOP_PROTOTYPES,
 ) -> FoldPredictions:
     """Probabilities, ground-truth class maps and per-case AP over a loader of preprocessed cases.
+
+    A prototype model runs once per batch (``explain``): its logits, similarities, class maps (the
+    configured one and Eq. 28's) and the prototype maps whose peaks are read all come from that pass.
 
     Args:
         network: the fold's model (UMProtoShare or BackboneCNN), already on ``device``; run in eval mode.
@@ -136,35 +152,53 @@ def predict_fold(
         map_dir: also save each map and mask as NIfTI here; the images must be MetaTensors with the
             preprocessed affine (an uncached dataset).
         scale_combination, brain_only: see :func:`scripts.explain.attribution.class_map`.
+        top_prototypes: prototypes per case (largest contribution to the predicted class) whose peaks are read.
     """
     network.eval()
     model = unwrap(network)
     prototypes = isinstance(model, UMProtoShare)
     case_ids: list[str] = []
-    labels, probs, maps, ap, similarities = [], [], [], [], []
+    labels, probs, maps, ap, similarities, ap_eq28 = [], [], [], [], [], []
     localisation: dict[str, list[float]] = {key: [] for key in LOCALISATION_KEYS}
+    peaks: dict[str, list[float]] = {key: [] for key in PEAK_KEYS}
     for batch in loader:
         images = plain_tensor(batch["image"]).to(device)
         target = torch.as_tensor(batch["label"]).long().reshape(-1)
+        explanation = None
         with torch.no_grad():
             if prototypes:
-                similarities.append(model.similarities(model.fused_features(images)).float())
-                logits = model.classifier(similarities[-1])
+                explanation = model.explain(images)
+                similarities.append(explanation.similarities.float())
+                logits = explanation.logits
             else:
                 logits = network(images)
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        batch_maps = class_map(network, images, target.to(device), class_map_method, scale_combination, brain_only)
-        batch_maps = batch_maps.detach().float().cpu()
+        options = (class_map_method, scale_combination, brain_only, explanation)
+        batch_maps = class_map(network, images, target.to(device), *options).detach().float().cpu()
+        if prototypes:
+            eq28_maps = class_map(network, images, target.to(device), "prototype_maps", "sum", False, explanation)
+            eq28_maps = eq28_maps.float().cpu()
+            contributions = prototype_contributions(explanation.similarities, model.classifier.weight)
+            predicted = logits.argmax(dim=1)
         masks = batch.get("mask")
         affines = getattr(batch["image"], "affine", None)
         if map_dir is not None and (affines is None or masks is None):
             raise ValueError("saving maps needs masks and the preprocessed affine: evaluate an uncached dataset.")
         for i, case_id in enumerate(batch["case_id"]):
             mask = None if masks is None else plain_tensor(masks[i]).cpu()
+            brain = brain_mask(images[i].cpu())
             ap.append(float("nan") if mask is None else activation_precision(batch_maps[i], mask))
-            case = {} if mask is None else localisation_summary(batch_maps[i], mask, brain_mask(images[i].cpu()))
+            case = {} if mask is None else localisation_summary(batch_maps[i], mask, brain)
             for key, values in localisation.items():
                 values.append(case.get(key, float("nan")))
+            if prototypes:
+                ap_eq28.append(float("nan") if mask is None else activation_precision(eq28_maps[i], mask))
+                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes)
+                case_maps = [entry.maps[i] for entry in explanation.per_scale]
+                case_peaks = prototype_peaks(case_maps, model.prototype_columns, chosen, images.shape[2:])
+                shares = peak_shares(case_peaks, brain, None if mask is None else mask[0] > 0)
+                for key, values in peaks.items():
+                    values.append(shares[key])
             if map_dir is not None:
                 affine = affines[i] if affines.ndim == 3 else affines
                 save_volume(Path(map_dir) / f"{case_id}_class_map.nii.gz", batch_maps[i], affine)
@@ -182,6 +216,8 @@ def predict_fold(
         torch.tensor(ap, dtype=torch.float64),
         {key: torch.tensor(values, dtype=torch.float64) for key, values in localisation.items()},
         torch.cat(similarities).cpu() if prototypes else None,
+        torch.tensor(ap_eq28, dtype=torch.float64) if prototypes else None,
+        {key: torch.tensor(values, dtype=torch.float64) for key, values in peaks.items()} if prototypes else None,
     )
 
 
@@ -204,10 +240,14 @@ class FoldEvaluator:
     """Evaluates a trained fold on its held-out cases and writes the fold's files (``configs/evaluate.json``).
 
     Calling it loads ``model_file`` into ``network`` and writes, in ``output_dir``: ``per_case.csv``
-    (case id, label, probabilities, prediction, AP), ``deletion_curve.png``, optionally ``maps/``
+    (case id, label, probabilities, prediction, AP; for prototype models also ``ap_eq28`` and the
+    ``topk_peak_in_brain`` / ``topk_peak_in_tumour`` shares), ``deletion_curve.png``, optionally ``maps/``
     (``save_maps``) and ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``:
     ``bac``, ``accuracy``, ``sensitivity``, ``specificity``, ``roc_auc``, ``ap``, ``ids`` (fractions; NaN
-    as null), the deletion curve and the settings used.
+    as null), the deletion curve and the settings used. Prototype models add ``ap_eq28``, the peak shares
+    (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
+    (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
+    their share that agrees, ``prototype_source_agrees``; null for a CNN.
 
     Args:
         network: the fold's model, on ``device`` (``@fold_model``: UM-ProtoShare, a baseline or the CNN).
@@ -233,6 +273,8 @@ class FoldEvaluator:
         missing_sequences: also report BAC with each non-empty proper subset of sequences missing (idem).
         sequence_names: channel names, in channel order.
         check_voxels: read every voxel of every case first (truncated files, NaN/inf).
+        top_prototypes: prototypes per case whose map peaks are read (largest contribution to the prediction).
+        push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
 
     Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
     number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
@@ -261,11 +303,13 @@ class FoldEvaluator:
         missing_sequences: bool | str = False,
         sequence_names: Sequence[str] = SEQUENCES,
         check_voxels: bool = True,
+        top_prototypes: int = TOP_PROTOTYPES,
+        push_dir: str | PathLike | None = None,
     ) -> None:
-        if batch_size < 1 or ids_batch_size < 1 or ids_steps < 1:
+        if min(batch_size, ids_batch_size, ids_steps, top_prototypes) < 1:
             raise ValueError(
-                "batch_size, ids_batch_size and ids_steps must be >= 1, got "
-                f"{batch_size}, {ids_batch_size}, {ids_steps}."
+                "batch_size, ids_batch_size, ids_steps and top_prototypes must be >= 1, got "
+                f"{batch_size}, {ids_batch_size}, {ids_steps}, {top_prototypes}."
             )
         self.network = network
         self.model_file = Path(model_file)
@@ -287,6 +331,8 @@ class FoldEvaluator:
         self.ids_batch_size = int(ids_batch_size)
         self.ids_steps = int(ids_steps)
         self.sequence_names = list(sequence_names)
+        self.top_prototypes = int(top_prototypes)
+        self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
@@ -310,7 +356,8 @@ class FoldEvaluator:
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
         result = predict_fold(
-            self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only
+            self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only,
+            self.top_prototypes,
         )
         images = _Images(self.dataset)
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
@@ -321,6 +368,7 @@ class FoldEvaluator:
             "ids": ids,
             "localisation": {key: float(values.mean()) for key, values in result.localisation.items()},
             "similarity_spread": None if result.similarities is None else similarity_spread(result.similarities),
+            **self._prototype_readouts(result),
             "fold": self.fold,
             "cases": len(result.case_ids),
             "class_map_method": self.class_map_method,
@@ -330,8 +378,10 @@ class FoldEvaluator:
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
         }
+        extra = {} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks}
         write_case_table(
-            self.output_dir / CASES_CSV, result.case_ids, result.labels, result.probs, result.ap, self.class_names
+            self.output_dir / CASES_CSV, result.case_ids, result.labels, result.probs, result.ap, self.class_names,
+            extra,
         )
         plot_deletion_curve(self.output_dir / DELETION_PNG, curve, ids, f"fold {self.fold} deletion curve")
         if self.missing_sequences:
@@ -349,4 +399,31 @@ class FoldEvaluator:
         )
         if result.similarities is not None:
             logger.info("fold %d held-out similarity spread per prototype: %s", self.fold, metrics["similarity_spread"])
+            logger.info(
+                "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.0f%%, "
+                "in the tumour %.0f%% (correctly classified cases: %.0f%%, %.0f%%); push source class = weights' "
+                "class for %s of the prototypes",
+                self.fold, metrics["ap_eq28"], self.top_prototypes, 100 * metrics["topk_peak_in_brain"],
+                100 * metrics["topk_peak_in_tumour"], 100 * metrics["topk_peak_in_brain_correct"],
+                100 * metrics["topk_peak_in_tumour_correct"],
+                "n/a" if metrics["prototype_source_agrees"] is None else f"{metrics['prototype_source_agrees']:.0%}",
+            )
         return metrics
+
+    def _prototype_readouts(self, result: FoldPredictions) -> dict[str, Any]:
+        """``metrics.json``'s prototype read-outs (see the class docstring); all None for a CNN."""
+        keys = ("ap_eq28", "top_prototypes", *PEAK_KEYS, *(f"{key}_correct" for key in PEAK_KEYS),
+                "prototype_source_agrees", "prototype_sources")
+        if result.peaks is None:
+            return dict.fromkeys(keys)
+        correct = result.probs.argmax(dim=1) == result.labels
+        readouts: dict[str, Any] = {"ap_eq28": float(result.ap_eq28.mean()), "top_prototypes": self.top_prototypes}
+        for key, values in result.peaks.items():
+            readouts[key] = float(values.mean())
+            readouts[f"{key}_correct"] = float(values[correct].mean()) if correct.any() else math.nan
+        model = unwrap(self.network)
+        push = load_push_for(self.push_dir, model)
+        sources = None if push is None else source_agreement(push.records, model.classifier.weight.cpu(), self.class_names)
+        readouts["prototype_sources"] = sources
+        readouts["prototype_source_agrees"] = None if sources is None else sum(r["agrees"] for r in sources) / len(sources)
+        return readouts

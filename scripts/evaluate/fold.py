@@ -17,7 +17,6 @@ cheap), so memory holds the fold's maps but not its images.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -53,7 +52,16 @@ from scripts.networks import UMProtoShare, unwrap
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
-from .prototypes import PEAK_KEYS, TOP_PROTOTYPES, peak_shares, prototype_peaks, source_agreement, top_prototype_columns
+from .prototypes import (
+    PEAK_KEYS,
+    READOUT_KEYS,
+    TOP_PROTOTYPES,
+    fold_readouts,
+    peak_shares,
+    prototype_peaks,
+    source_agreement,
+    top_prototype_columns,
+)
 
 __all__ = [
     "CASES_CSV",
@@ -170,16 +178,14 @@ def predict_fold(
                 explanation = model.explain(images)
                 similarities.append(explanation.similarities.float())
                 logits = explanation.logits
+                contributions = prototype_contributions(explanation.similarities, model.classifier.weight)
+                eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
             else:
                 logits = network(images)
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
         options = (class_map_method, scale_combination, brain_only, explanation)
         batch_maps = class_map(network, images, target.to(device), *options).detach().float().cpu()
-        if prototypes:
-            eq28_maps = class_map(network, images, target.to(device), "prototype_maps", "sum", False, explanation)
-            eq28_maps = eq28_maps.float().cpu()
-            contributions = prototype_contributions(explanation.similarities, model.classifier.weight)
-            predicted = logits.argmax(dim=1)
+        predicted = logits.argmax(dim=1)
         masks = batch.get("mask")
         affines = getattr(batch["image"], "affine", None)
         if map_dir is not None and (affines is None or masks is None):
@@ -192,7 +198,7 @@ def predict_fold(
             for key, values in localisation.items():
                 values.append(case.get(key, float("nan")))
             if prototypes:
-                ap_eq28.append(float("nan") if mask is None else activation_precision(eq28_maps[i], mask))
+                ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
                 chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes)
                 case_maps = [entry.maps[i] for entry in explanation.per_scale]
                 case_peaks = prototype_peaks(case_maps, model.prototype_columns, chosen, images.shape[2:])
@@ -353,6 +359,8 @@ class FoldEvaluator:
             raise DataError(None, str(self.errors_file), f"fold {self.fold}: no usable held-out case")
         load_fold_weights(self.network, self.model_file, self.device)
         self.network.eval()
+        model = unwrap(self.network)
+        push = load_push_for(self.push_dir, model) if isinstance(model, UMProtoShare) else None
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
         result = predict_fold(
@@ -368,7 +376,10 @@ class FoldEvaluator:
             "ids": ids,
             "localisation": {key: float(values.mean()) for key, values in result.localisation.items()},
             "similarity_spread": None if result.similarities is None else similarity_spread(result.similarities),
-            **self._prototype_readouts(result),
+            **(dict.fromkeys(READOUT_KEYS) if result.peaks is None else fold_readouts(
+                result.ap_eq28, result.peaks, result.probs.argmax(dim=1) == result.labels, self.top_prototypes,
+                None if push is None else source_agreement(push.records, model.classifier.weight, self.class_names),
+            )),
             "fold": self.fold,
             "cases": len(result.case_ids),
             "class_map_method": self.class_map_method,
@@ -400,30 +411,9 @@ class FoldEvaluator:
         if result.similarities is not None:
             logger.info("fold %d held-out similarity spread per prototype: %s", self.fold, metrics["similarity_spread"])
             logger.info(
-                "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.0f%%, "
-                "in the tumour %.0f%% (correctly classified cases: %.0f%%, %.0f%%); push source class = weights' "
-                "class for %s of the prototypes",
-                self.fold, metrics["ap_eq28"], self.top_prototypes, 100 * metrics["topk_peak_in_brain"],
-                100 * metrics["topk_peak_in_tumour"], 100 * metrics["topk_peak_in_brain_correct"],
-                100 * metrics["topk_peak_in_tumour_correct"],
-                "n/a" if metrics["prototype_source_agrees"] is None else f"{metrics['prototype_source_agrees']:.0%}",
+                "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.3f, in "
+                "the tumour %.3f (correct cases: %.3f, %.3f); push source class = weights' class: %s", self.fold,
+                *(metrics[key] for key in ("ap_eq28", "top_prototypes", *PEAK_KEYS)),
+                *(metrics[f"{key}_correct"] for key in PEAK_KEYS), metrics["prototype_source_agrees"],
             )
         return metrics
-
-    def _prototype_readouts(self, result: FoldPredictions) -> dict[str, Any]:
-        """``metrics.json``'s prototype read-outs (see the class docstring); all None for a CNN."""
-        keys = ("ap_eq28", "top_prototypes", *PEAK_KEYS, *(f"{key}_correct" for key in PEAK_KEYS),
-                "prototype_source_agrees", "prototype_sources")
-        if result.peaks is None:
-            return dict.fromkeys(keys)
-        correct = result.probs.argmax(dim=1) == result.labels
-        readouts: dict[str, Any] = {"ap_eq28": float(result.ap_eq28.mean()), "top_prototypes": self.top_prototypes}
-        for key, values in result.peaks.items():
-            readouts[key] = float(values.mean())
-            readouts[f"{key}_correct"] = float(values[correct].mean()) if correct.any() else math.nan
-        model = unwrap(self.network)
-        push = load_push_for(self.push_dir, model)
-        sources = None if push is None else source_agreement(push.records, model.classifier.weight.cpu(), self.class_names)
-        readouts["prototype_sources"] = sources
-        readouts["prototype_source_agrees"] = None if sources is None else sum(r["agrees"] for r in sources) / len(sources)
-        return readouts

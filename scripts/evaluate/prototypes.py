@@ -21,7 +21,9 @@ from scripts.push import peak_voxel
 
 __all__ = [
     "PEAK_KEYS",
+    "READOUT_KEYS",
     "TOP_PROTOTYPES",
+    "fold_readouts",
     "peak_shares",
     "prototype_peaks",
     "source_agreement",
@@ -32,6 +34,15 @@ TOP_PROTOTYPES = 6
 """Prototypes per case whose peaks are read (as many as the reports show: 2 per scale of 3 scales)."""
 PEAK_KEYS = ("topk_peak_in_brain", "topk_peak_in_tumour")
 """Per-case read-outs of :func:`peak_shares`."""
+READOUT_KEYS = (
+    "ap_eq28",
+    "top_prototypes",
+    *PEAK_KEYS,
+    *(f"{key}_correct" for key in PEAK_KEYS),
+    "prototype_source_agrees",
+    "prototype_sources",
+)
+"""The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
 
 
 def top_prototype_columns(contributions: Tensor, top_k: int = TOP_PROTOTYPES) -> list[int]:
@@ -111,8 +122,9 @@ def source_agreement(
         ``favoured_class`` (names) and ``agrees``.
     """
     if classifier_weight.ndim != 2 or classifier_weight.shape[1] != len(records):
-        raise ValueError(f"{len(records)} push records for a classifier weight of shape {tuple(classifier_weight.shape)}.")
-    favoured = classifier_weight.argmax(dim=0).tolist()
+        shape = tuple(classifier_weight.shape)
+        raise ValueError(f"{len(records)} push records for a classifier weight of shape {shape}.")
+    favoured = classifier_weight.detach().argmax(dim=0).tolist()
     rows = []
     for column, (record, cls) in enumerate(zip(records, favoured)):
         if record["column"] != column:
@@ -129,3 +141,28 @@ def source_agreement(
             }
         )
     return rows
+
+
+def fold_readouts(
+    ap_eq28: Tensor,
+    peaks: Mapping[str, Tensor],
+    correct: Tensor,
+    top_k: int,
+    sources: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """A fold's prototype read-outs (:data:`READOUT_KEYS`): means over cases, and over correct cases (``_correct``).
+
+    Args:
+        ap_eq28: per-case AP of the Eq. 28 map, (N,).
+        peaks: :data:`PEAK_KEYS` → per-case share, (N,) each.
+        correct: bool (N,), the cases classified correctly (a ``_correct`` mean is NaN when there is none).
+        top_k: prototypes read per case.
+        sources: :func:`source_agreement` of the fold's push record, or None without one.
+    """
+    readouts: dict[str, Any] = {"ap_eq28": float(ap_eq28.mean()), "top_prototypes": int(top_k)}
+    for key in PEAK_KEYS:
+        readouts[key] = float(peaks[key].mean())
+        readouts[f"{key}_correct"] = float(peaks[key][correct].mean()) if correct.any() else math.nan
+    readouts["prototype_source_agrees"] = None if sources is None else sum(r["agrees"] for r in sources) / len(sources)
+    readouts["prototype_sources"] = None if sources is None else list(sources)
+    return readouts

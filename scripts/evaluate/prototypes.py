@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 TOP_PROTOTYPES = 6
-"""Prototypes per case whose peaks are read (as many as the reports show: 2 per scale of 3 scales)."""
+"""Prototypes per case whose peaks are read: as many as a report shows, but the largest over all scales (a report
+takes the 2 largest of each of the 3 scales)."""
 PEAK_KEYS = ("topk_peak_in_brain", "topk_peak_in_tumour")
 """Per-case read-outs of :func:`peak_shares`."""
 READOUT_KEYS = (

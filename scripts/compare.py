@@ -7,7 +7,10 @@ Each run is one or more evaluated fold directories (their ``metrics.json``, writ
 
 The table has BAC, AP, the random-map AP (the tumour's share of the brain: what a map uniform inside
 the brain scores), IDS, the >= 0.5 map region's share of the volume, the rate of cases whose map peaks
-inside the tumour, and the mean / minimum per-prototype similarity spread (prototype models).
+inside the tumour, the mean / minimum per-prototype similarity spread, and for prototype models (– for a
+CNN) the AP of the paper's own read-out (Eq. 28: the scales summed over the whole volume), the share of the
+top prototypes' map peaks inside the brain (all cases) and inside the tumour (correctly classified cases),
+and the share of prototypes whose push source's class is the class their weights favour.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ COLUMNS = {
     "peak_in_tumour": "peak in tumour",
     "spread_mean": "S spread (mean)",
     "spread_min": "S spread (min)",
+    "ap_eq28": "AP (Eq. 28)",
+    "topk_peak_in_brain": "top-k peaks in brain",
+    "topk_peak_in_tumour_correct": "top-k peaks in tumour (correct)",
+    "prototype_source_agrees": "source class = weights' class",
 }
 """Summary keys → table headers, in table order."""
 
@@ -60,6 +67,8 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "peak_in_tumour": number(localisation.get("peak_in_tumour")),
         "spread_mean": number(spread.get("mean")),
         "spread_min": number(spread.get("min")),
+        **{key: number(metrics.get(key)) for key in
+           ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees")},
     }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import fire
 import torch
 from monai.bundle import ConfigParser
-from torch import nn
+from torch import Tensor, nn
 
 from scripts.explain.attribution import class_map
 from scripts.data import build_datalist, preprocessing_transforms
@@ -40,7 +40,20 @@ from scripts.data.synthetic import DEFAULT_SHAPE, generate_pairs
 from scripts.evaluate import load_fold_weights
 from scripts.metrics import brain_mask
 
-__all__ = ["check_pairs", "pair_items"]
+__all__ = ["change_in_tumour", "check_pairs", "pair_items"]
+
+
+def change_in_tumour(first: Tensor, second: Tensor, tumour: Tensor) -> float:
+    """Share of the map change that lies inside the tumour: Σ_tumour |ΔM| / Σ_volume |ΔM| (0 when nothing changes).
+
+    Args:
+        first, second: the two versions' class maps on one grid, (H, W, D).
+        tumour: bool (H, W, D), the whole-tumour mask.
+    """
+    if not first.shape == second.shape == tumour.shape:
+        raise ValueError(f"maps {tuple(first.shape)}, {tuple(second.shape)} and mask {tuple(tumour.shape)} differ.")
+    change = (first - second).abs()
+    return float(change[tumour.bool()].sum() / change.sum().clamp_min(1e-12))
 
 
 def pair_items(pairs_dir: str | PathLike, class_names: Sequence[str] = ("LGG", "HGG")) -> list[tuple[dict, dict]]:
@@ -93,14 +106,13 @@ def check_pairs(
         maps = class_map(network, images, target, class_map_method, combination, brain_only).float().cpu()
         tumour = torch.as_tensor(cases[0]["mask"])[0] > 0
         brain = brain_mask(images[0].cpu())
-        change = (maps[0] - maps[1]).abs()
         predicted = probs.argmax(dim=1).tolist()
         rows.append({
             "cases": [high_item["case_id"], low_item["case_id"]],
             "predicted": [class_names[c] for c in predicted],
             "p_hgg": probs[:, hgg].tolist(),
             "flips": predicted == [hgg, list(class_names).index("LGG")],
-            "change_in_tumour": float(change[tumour].sum() / change.sum().clamp_min(1e-12)),
+            "change_in_tumour": change_in_tumour(maps[0], maps[1], tumour),
             "tumour_share_brain": float((tumour & brain).sum() / brain.sum().clamp_min(1)),
         })
     return {

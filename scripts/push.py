@@ -143,12 +143,14 @@ class _Best:
         )
 
 
-def peak_voxel(attention_map: Tensor, input_size: Sequence[int]) -> list[int]:
+def peak_voxel(attention_map: Tensor, input_size: Sequence[int], within: Tensor | None = None) -> list[int]:
     """Voxel index of the maximum of an attention map resized to the input grid (first voxel on ties).
 
     Args:
         attention_map: M_s^k, (h_s, w_s, d_s) (or 1-2 spatial dims).
         input_size: the input grid, [H, W, D].
+        within: bool mask on the input grid (the brain of a ``map_support="brain"`` model, whose maps the
+            resize spills over the brain's edge); the map is read inside it only. None: everywhere.
 
     Returns:
         [i, j, l], the argmax of the map linearly interpolated (``align_corners=False``) to ``input_size``.
@@ -159,6 +161,8 @@ def peak_voxel(attention_map: Tensor, input_size: Sequence[int]) -> list[int]:
             f"{tuple(attention_map.shape)}."
         )
     resized = resize_to_input(attention_map[None, None], input_size)[0, 0]
+    if within is not None:
+        resized = resized * within.to(resized.device, resized.dtype)
     return [int(i) for i in torch.unravel_index(resized.argmax(), resized.shape)]
 
 

@@ -181,3 +181,16 @@ def test_class_map_methods_and_errors():
         class_map(evidence_cnn(), evidence_image(), [0], method="prototype_maps")
     wrapped = torch.nn.DataParallel(model)
     torch.testing.assert_close(class_map(wrapped, image, [1]), class_map(model, image, [1]))
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "occlusion"])
+def test_brain_only_sets_the_map_to_its_minimum_outside_the_known_brain(method):
+    # the constructed image is zero except channel 0 in CUBE: its brain is exactly CUBE
+    image = evidence_image()
+    free = class_map(evidence_cnn(), image, [1], method=method)[0]
+    inside = class_map(evidence_cnn(), image, [1], method=method, brain_only=True)[0]
+    cube = torch.zeros(24, 24, 24, dtype=torch.bool)
+    cube[CUBE] = True
+    assert free[~cube].max() > free[~cube].min()  # without the option the map varies outside the brain
+    torch.testing.assert_close(inside[cube], free[cube])
+    assert torch.all(inside[~cube] == free.min())

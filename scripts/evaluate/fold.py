@@ -4,6 +4,8 @@ Plain PyTorch; :class:`FoldEvaluator` is the thin callable that ``configs/evalua
 
 1. one pass over the fold (no augmentation): probabilities, the ground-truth class's attention map
    (:func:`scripts.explain.attribution.class_map`) and its AP against the whole-tumour mask (Eq. 25);
+   for prototype models, from the same forward pass, the AP of the paper's own read-out (Eq. 28 summed
+   over the scales, whole volume) and where the top prototypes' maps peak (:mod:`.prototypes`);
 2. IDS: 51 deleted copies per case (:func:`scripts.metrics.deletion_curve`), ``ids_batch_size`` copies
    per forward pass (17 puts one case's 51 copies in 3 full batches), so 51 forward items per case;
 3. optionally BAC with each non-empty proper subset of the sequences missing (:mod:`.missing`).
@@ -27,13 +29,15 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from scripts.explain.attribution import class_map
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
 from scripts.engine.iteration import plain_tensor
+from scripts.explain.attribution import class_map
+from scripts.explain.evidence import prototype_contributions
+from scripts.explain.sources import load_push_for
 from scripts.metrics import (
     LOCALISATION_KEYS,
     activation_precision,
@@ -48,6 +52,16 @@ from scripts.networks import UMProtoShare, unwrap
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
+from .prototypes import (
+    PEAK_KEYS,
+    READOUT_KEYS,
+    TOP_PROTOTYPES,
+    fold_readouts,
+    peak_shares,
+    prototype_peaks,
+    source_agreement,
+    top_prototype_columns,
+)
 
 __all__ = [
     "CASES_CSV",
@@ -89,6 +103,12 @@ class FoldPredictions(NamedTuple):
     """:data:`~scripts.metrics.LOCALISATION_KEYS` → per-case values (N,), float64; NaN without mask."""
     similarities: Tensor | None
     """S(x, P) per case (N, K_total) for a prototype model; None for a CNN."""
+    ap_eq28: Tensor | None
+    """AP per case (N,) of the ground-truth class's Eq. 28 map (scales summed, whole volume) of a prototype
+    model, float64, NaN without mask; None for a CNN."""
+    peaks: dict[str, Tensor] | None
+    """:data:`~.prototypes.PEAK_KEYS` → per-case share (N,) of the top prototypes' peaks in the brain / tumour
+    (prototype models; NaN in the tumour without mask); None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -124,8 +144,12 @@ def predict_fold(
     map_dir: str | PathLike | None = None,
     scale_combination: str = "sum",
     brain_only: bool = False,
+    top_prototypes: int = TOP_PROTOTYPES,
 ) -> FoldPredictions:
     """Probabilities, ground-truth class maps and per-case AP over a loader of preprocessed cases.
+
+    A prototype model runs once per batch (``explain``): its logits, similarities, class maps (the
+    configured one and Eq. 28's) and the prototype maps whose peaks are read all come from that pass.
 
     Args:
         network: the fold's model (UMProtoShare or BackboneCNN), already on ``device``; run in eval mode.
@@ -136,35 +160,52 @@ def predict_fold(
         map_dir: also save each map and mask as NIfTI here; the images must be MetaTensors with the
             preprocessed affine (an uncached dataset).
         scale_combination, brain_only: see :func:`scripts.explain.attribution.class_map`.
+        top_prototypes: prototypes per case (largest contribution to the predicted class) whose peaks are read.
     """
     network.eval()
     model = unwrap(network)
     prototypes = isinstance(model, UMProtoShare)
     case_ids: list[str] = []
-    labels, probs, maps, ap, similarities = [], [], [], [], []
+    labels, probs, maps, ap, similarities, ap_eq28 = [], [], [], [], [], []
     localisation: dict[str, list[float]] = {key: [] for key in LOCALISATION_KEYS}
+    peaks: dict[str, list[float]] = {key: [] for key in PEAK_KEYS}
     for batch in loader:
         images = plain_tensor(batch["image"]).to(device)
         target = torch.as_tensor(batch["label"]).long().reshape(-1)
+        explanation = None
         with torch.no_grad():
             if prototypes:
-                similarities.append(model.similarities(images).float())
-                logits = model.classifier(similarities[-1])
+                explanation = model.explain(images)
+                similarities.append(explanation.similarities.float())
+                logits = explanation.logits
+                contributions = prototype_contributions(explanation.similarities, model.classifier.weight)
+                eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
             else:
                 logits = network(images)
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        batch_maps = class_map(network, images, target.to(device), class_map_method, scale_combination, brain_only)
-        batch_maps = batch_maps.detach().float().cpu()
+        options = (class_map_method, scale_combination, brain_only, explanation)
+        batch_maps = class_map(network, images, target.to(device), *options).detach().float().cpu()
+        predicted = logits.argmax(dim=1)
         masks = batch.get("mask")
         affines = getattr(batch["image"], "affine", None)
         if map_dir is not None and (affines is None or masks is None):
             raise ValueError("saving maps needs masks and the preprocessed affine: evaluate an uncached dataset.")
         for i, case_id in enumerate(batch["case_id"]):
             mask = None if masks is None else plain_tensor(masks[i]).cpu()
+            brain = brain_mask(images[i].cpu())
             ap.append(float("nan") if mask is None else activation_precision(batch_maps[i], mask))
-            case = {} if mask is None else localisation_summary(batch_maps[i], mask, brain_mask(images[i].cpu()))
+            case = {} if mask is None else localisation_summary(batch_maps[i], mask, brain)
             for key, values in localisation.items():
                 values.append(case.get(key, float("nan")))
+            if prototypes:
+                ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
+                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes)
+                case_maps = [entry.maps[i] for entry in explanation.per_scale]
+                within = brain if model.map_support == "brain" else None
+                case_peaks = prototype_peaks(case_maps, model.prototype_columns, chosen, images.shape[2:], within)
+                shares = peak_shares(case_peaks, brain, None if mask is None else mask[0] > 0)
+                for key, values in peaks.items():
+                    values.append(shares[key])
             if map_dir is not None:
                 affine = affines[i] if affines.ndim == 3 else affines
                 save_volume(Path(map_dir) / f"{case_id}_class_map.nii.gz", batch_maps[i], affine)
@@ -182,6 +223,8 @@ def predict_fold(
         torch.tensor(ap, dtype=torch.float64),
         {key: torch.tensor(values, dtype=torch.float64) for key, values in localisation.items()},
         torch.cat(similarities).cpu() if prototypes else None,
+        torch.tensor(ap_eq28, dtype=torch.float64) if prototypes else None,
+        {key: torch.tensor(values, dtype=torch.float64) for key, values in peaks.items()} if prototypes else None,
     )
 
 
@@ -204,10 +247,14 @@ class FoldEvaluator:
     """Evaluates a trained fold on its held-out cases and writes the fold's files (``configs/evaluate.json``).
 
     Calling it loads ``model_file`` into ``network`` and writes, in ``output_dir``: ``per_case.csv``
-    (case id, label, probabilities, prediction, AP), ``deletion_curve.png``, optionally ``maps/``
+    (case id, label, probabilities, prediction, AP; for prototype models also ``ap_eq28`` and the
+    ``topk_peak_in_brain`` / ``topk_peak_in_tumour`` shares), ``deletion_curve.png``, optionally ``maps/``
     (``save_maps``) and ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``:
     ``bac``, ``accuracy``, ``sensitivity``, ``specificity``, ``roc_auc``, ``ap``, ``ids`` (fractions; NaN
-    as null), the deletion curve and the settings used.
+    as null), the deletion curve and the settings used. Prototype models add ``ap_eq28``, the peak shares
+    (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
+    (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
+    their share that agrees, ``prototype_source_agrees``; null for a CNN.
 
     Args:
         network: the fold's model, on ``device`` (``@fold_model``: UM-ProtoShare, a baseline or the CNN).
@@ -233,6 +280,8 @@ class FoldEvaluator:
         missing_sequences: also report BAC with each non-empty proper subset of sequences missing (idem).
         sequence_names: channel names, in channel order.
         check_voxels: read every voxel of every case first (truncated files, NaN/inf).
+        top_prototypes: prototypes per case whose map peaks are read (largest contribution to the prediction).
+        push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
 
     Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
     number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
@@ -261,11 +310,13 @@ class FoldEvaluator:
         missing_sequences: bool | str = False,
         sequence_names: Sequence[str] = SEQUENCES,
         check_voxels: bool = True,
+        top_prototypes: int = TOP_PROTOTYPES,
+        push_dir: str | PathLike | None = None,
     ) -> None:
-        if batch_size < 1 or ids_batch_size < 1 or ids_steps < 1:
+        if min(batch_size, ids_batch_size, ids_steps, top_prototypes) < 1:
             raise ValueError(
-                "batch_size, ids_batch_size and ids_steps must be >= 1, got "
-                f"{batch_size}, {ids_batch_size}, {ids_steps}."
+                "batch_size, ids_batch_size, ids_steps and top_prototypes must be >= 1, got "
+                f"{batch_size}, {ids_batch_size}, {ids_steps}, {top_prototypes}."
             )
         self.network = network
         self.model_file = Path(model_file)
@@ -287,6 +338,8 @@ class FoldEvaluator:
         self.ids_batch_size = int(ids_batch_size)
         self.ids_steps = int(ids_steps)
         self.sequence_names = list(sequence_names)
+        self.top_prototypes = int(top_prototypes)
+        self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
@@ -307,10 +360,13 @@ class FoldEvaluator:
             raise DataError(None, str(self.errors_file), f"fold {self.fold}: no usable held-out case")
         load_fold_weights(self.network, self.model_file, self.device)
         self.network.eval()
+        model = unwrap(self.network)
+        push = load_push_for(self.push_dir, model) if isinstance(model, UMProtoShare) else None
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
         result = predict_fold(
-            self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only
+            self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only,
+            self.top_prototypes,
         )
         images = _Images(self.dataset)
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
@@ -321,6 +377,10 @@ class FoldEvaluator:
             "ids": ids,
             "localisation": {key: float(values.mean()) for key, values in result.localisation.items()},
             "similarity_spread": None if result.similarities is None else similarity_spread(result.similarities),
+            **(dict.fromkeys(READOUT_KEYS) if result.peaks is None else fold_readouts(
+                result.ap_eq28, result.peaks, result.probs.argmax(dim=1) == result.labels, self.top_prototypes,
+                None if push is None else source_agreement(push.records, model.classifier.weight, self.class_names),
+            )),
             "fold": self.fold,
             "cases": len(result.case_ids),
             "class_map_method": self.class_map_method,
@@ -330,8 +390,10 @@ class FoldEvaluator:
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
         }
+        extra = {} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks}
         write_case_table(
-            self.output_dir / CASES_CSV, result.case_ids, result.labels, result.probs, result.ap, self.class_names
+            self.output_dir / CASES_CSV, result.case_ids, result.labels, result.probs, result.ap, self.class_names,
+            extra,
         )
         plot_deletion_curve(self.output_dir / DELETION_PNG, curve, ids, f"fold {self.fold} deletion curve")
         if self.missing_sequences:
@@ -349,4 +411,10 @@ class FoldEvaluator:
         )
         if result.similarities is not None:
             logger.info("fold %d held-out similarity spread per prototype: %s", self.fold, metrics["similarity_spread"])
+            logger.info(
+                "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.3f, in "
+                "the tumour %.3f (correct cases: %.3f, %.3f); push source class = weights' class: %s", self.fold,
+                *(metrics[key] for key in ("ap_eq28", "top_prototypes", *PEAK_KEYS)),
+                *(metrics[f"{key}_correct"] for key in PEAK_KEYS), metrics["prototype_source_agrees"],
+            )
         return metrics

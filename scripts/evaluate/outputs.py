@@ -18,7 +18,8 @@ from torch import Tensor
 __all__ = ["CASE_COLUMNS", "plot_deletion_curve", "read_case_table", "save_volume", "write_case_table", "write_json"]
 
 CASE_COLUMNS = ("case_id", "label", "prediction", "ap")
-"""Columns of the per-case CSV besides ``prob_<class name>`` (one per class, after ``label``)."""
+"""Columns of the per-case CSV besides ``prob_<class name>`` (one per class, after ``label``) and the extra
+per-case values a prototype model adds after ``ap``."""
 
 
 def _plain(value: Any) -> Any:
@@ -51,8 +52,9 @@ def write_case_table(
     probs: Tensor,
     ap: Tensor,
     class_names: Sequence[str],
+    extra: Mapping[str, Tensor] | None = None,
 ) -> Path:
-    """One row per case: ``case_id, label, prob_<class>..., prediction, ap`` (full float precision).
+    """One row per case: ``case_id, label, prob_<class>..., prediction, ap, <extra>...`` (full float precision).
 
     Args:
         case_ids: N ids.
@@ -60,34 +62,38 @@ def write_case_table(
         probs: class probabilities (N, C); the prediction is their argmax.
         ap: activation precision per case (N,), NaN (written empty) without a mask.
         class_names: the C names, in label order.
+        extra: more per-case values, column name → (N,) (NaN written empty), in column order.
     """
-    if not len(case_ids) == labels.numel() == probs.shape[0] == ap.numel() or probs.shape[1] != len(class_names):
+    extra = dict(extra or {})
+    counts = {"ap": ap.numel(), **{name: values.numel() for name, values in extra.items()}}
+    if not len(case_ids) == labels.numel() == probs.shape[0] or set(counts.values()) != {len(case_ids)} or (
+        probs.shape[1] != len(class_names)
+    ):
         raise ValueError(
-            f"{len(case_ids)} ids, {labels.numel()} labels, probs {tuple(probs.shape)}, {ap.numel()} AP values "
+            f"{len(case_ids)} ids, {labels.numel()} labels, probs {tuple(probs.shape)}, values per column {counts} "
             f"for classes {list(class_names)}."
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ["case_id", "label", *(f"prob_{name}" for name in class_names), "prediction", "ap"]
+    header = ["case_id", "label", *(f"prob_{name}" for name in class_names), "prediction", "ap", *extra]
+    columns = [ap.tolist(), *(values.tolist() for values in extra.values())]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        for case_id, label, row, value in zip(case_ids, labels.tolist(), probs.tolist(), ap.tolist()):
-            ap_text = "" if math.isnan(value) else repr(value)
-            writer.writerow([case_id, label, *(repr(p) for p in row), int(np.argmax(row)), ap_text])
+        for case_id, label, row, *values in zip(case_ids, labels.tolist(), probs.tolist(), *columns):
+            texts = ["" if math.isnan(value) else repr(value) for value in values]
+            writer.writerow([case_id, label, *(repr(p) for p in row), int(np.argmax(row)), *texts])
     return path
 
 
 def read_case_table(path: str | PathLike) -> list[dict[str, Any]]:
-    """Rows of :func:`write_case_table` with numbers parsed (empty AP as NaN)."""
+    """Rows of :func:`write_case_table` with numbers parsed (empty values as NaN)."""
     rows = []
     with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             parsed: dict[str, Any] = {"case_id": row.pop("case_id")}
             parsed["label"], parsed["prediction"] = int(row.pop("label")), int(row.pop("prediction"))
-            ap = row.pop("ap")
-            parsed["ap"] = float(ap) if ap else math.nan
-            parsed.update({name: float(value) for name, value in row.items()})
+            parsed.update({name: float(value) if value else math.nan for name, value in row.items()})
             rows.append(parsed)
     return rows
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from scripts.losses import soft_class_coefficients
 from scripts.explain.maps import class_attention_map, owned_prototype_map
 from scripts.metrics import brain_mask, min_max_normalize
-from scripts.networks import BackboneCNN, UMProtoShare, unwrap
+from scripts.networks import BackboneCNN, Explanation, UMProtoShare, unwrap
 
 __all__ = [
     "CLASS_MAP_METHODS",
@@ -140,22 +140,29 @@ def class_map_from_maps(
 
 
 def prototype_class_map(
-    model: UMProtoShare, images: Tensor, target: Tensor | Sequence[int], combination: str = "sum"
+    model: UMProtoShare,
+    images: Tensor,
+    target: Tensor | Sequence[int],
+    combination: str = "sum",
+    explanation: Explanation | None = None,
 ) -> Tensor:
     """Class attention map of a prototype model from its explanation (:func:`class_map_from_maps`).
 
     Args:
-        model: a UMProtoShare (any configuration); run in eval mode without gradient.
+        model: a UMProtoShare (any configuration); run in eval mode.
         images: (B, C_in, H, W, D).
         target: class c of each case (normally the ground truth), (B,).
         combination: how a shared model's scales are added (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
+        explanation: ``model.explain(images)`` in eval mode when already computed (one forward pass for
+            several read-outs); None runs it here.
 
     Returns:
         (B, H, W, D).
     """
     target = _check_inputs(images, target)
-    with eval_mode(model):
-        explanation = model.explain(images)
+    if explanation is None:
+        with eval_mode(model):
+            explanation = model.explain(images)
     maps = {entry.scale: entry.maps for entry in explanation.per_scale}
     return class_map_from_maps(model, maps, target, list(images.shape[2:]), combination)
 
@@ -249,6 +256,7 @@ def class_map(
     method: str | None = None,
     combination: str = "sum",
     brain_only: bool = False,
+    explanation: Explanation | None = None,
 ) -> Tensor:
     """Class attention map M(x) of the target class on the input grid, for AP and IDS (SPEC §6).
 
@@ -262,6 +270,7 @@ def class_map(
             (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
         brain_only: set the map to its minimum outside the brain (:func:`scripts.metrics.brain_mask` of
             each image), for every method alike.
+        explanation: for ``prototype_maps``, ``model.explain(images)`` (eval mode) when already computed.
 
     Returns:
         (B, H, W, D); larger is more important.
@@ -275,7 +284,7 @@ def class_map(
     if method not in allowed:
         raise ValueError(f"method '{method}' does not apply to a {family.__name__}; use one of {allowed}.")
     if method == "prototype_maps":
-        maps = prototype_class_map(model, images, target, combination)
+        maps = prototype_class_map(model, images, target, combination, explanation)
     elif method == "grad_cam":
         maps = grad_cam_map(model, images, target, grad_cam_layers(model))
     else:

@@ -1,0 +1,175 @@
+"""Prototype-level read-outs of a fold: where a case's top prototypes peak, whose class each prototype came from.
+
+- The top prototypes of a case are the ``top_k`` columns with the largest contribution to the predicted
+  class (Δy = S·w, Eq. 31: :func:`scripts.explain.evidence.prototype_contributions`); each one's map M_s^k
+  peaks where :func:`scripts.push.peak_voxel` says (the argmax on the input grid, after the one resize);
+  :func:`peak_shares` gives the share of those peaks inside the brain and inside the whole tumour.
+- A prototype's source agrees with its weights when the class of the case it was pushed from (the push
+  record) is the class whose classifier weight on its column is largest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from scripts.push import peak_voxel
+
+__all__ = [
+    "PEAK_KEYS",
+    "READOUT_KEYS",
+    "TOP_PROTOTYPES",
+    "fold_readouts",
+    "peak_shares",
+    "prototype_peaks",
+    "source_agreement",
+    "top_prototype_columns",
+]
+
+TOP_PROTOTYPES = 6
+"""Prototypes per case whose peaks are read: as many as a report shows, but the largest over all scales (a report
+takes the 2 largest of each of the 3 scales)."""
+PEAK_KEYS = ("topk_peak_in_brain", "topk_peak_in_tumour")
+"""Per-case read-outs of :func:`peak_shares`."""
+READOUT_KEYS = (
+    "ap_eq28",
+    "top_prototypes",
+    *PEAK_KEYS,
+    *(f"{key}_correct" for key in PEAK_KEYS),
+    "prototype_source_agrees",
+    "prototype_sources",
+)
+"""The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
+
+
+def top_prototype_columns(contributions: Tensor, top_k: int = TOP_PROTOTYPES) -> list[int]:
+    """Classifier columns of the ``top_k`` largest contributions, largest first (lower column first on ties).
+
+    Args:
+        contributions: one case's contribution of each prototype to one class, (K_total,).
+        top_k: how many (all columns when there are fewer).
+    """
+    if contributions.ndim != 1 or top_k < 1:
+        raise ValueError(f"need contributions (K_total,) and top_k >= 1, got {tuple(contributions.shape)}, {top_k}.")
+    return torch.sort(contributions, descending=True, stable=True).indices[:top_k].tolist()
+
+
+def prototype_peaks(
+    maps_per_scale: Sequence[Tensor],
+    columns: Sequence[tuple[int, int]],
+    chosen: Sequence[int],
+    size: Sequence[int],
+    within: Tensor | None = None,
+) -> list[list[int]]:
+    """Peak voxel on the input grid of each chosen column's map M_s^k (:func:`scripts.push.peak_voxel`).
+
+    Args:
+        maps_per_scale: one case's maps per prototype scale, ascending scale, (K_s, h_s, w_s, d_s) each.
+        columns: (scale, k) of every classifier column (``model.prototype_columns``).
+        chosen: the columns to read.
+        size: the input grid, (H, W, D).
+        within: read the maps inside this bool (H, W, D) mask only (the brain of a brain-supported model,
+            as inference writes its maps); None: everywhere.
+
+    Returns:
+        [i, j, l] per chosen column, in its order.
+    """
+    scales = sorted({scale for scale, _ in columns})
+    if len(scales) != len(maps_per_scale):
+        raise ValueError(f"{len(maps_per_scale)} map tensors for the prototype scales {scales}.")
+    peaks = []
+    for column in chosen:
+        scale, k = columns[column]
+        peaks.append(peak_voxel(maps_per_scale[scales.index(scale)][k], list(size), within))
+    return peaks
+
+
+def peak_shares(peaks: Sequence[Sequence[int]], brain: Tensor, tumour: Tensor | None = None) -> dict[str, float]:
+    """Share of ``peaks`` inside the brain and inside the tumour (NaN without a tumour mask).
+
+    Args:
+        peaks: voxel indices [i, j, l] on the input grid (at least one).
+        brain: bool (H, W, D), :func:`scripts.metrics.brain_mask` of the input.
+        tumour: bool (H, W, D), the whole-tumour mask, or None.
+
+    Returns:
+        :data:`PEAK_KEYS` → fraction.
+    """
+    if not peaks:
+        raise ValueError("peak_shares needs at least one peak.")
+
+    def share(mask: Tensor) -> float:
+        mask = torch.as_tensor(mask).bool()
+        if mask.ndim != 3:
+            raise ValueError(f"masks must be (H, W, D), got shape {tuple(mask.shape)}.")
+        return sum(bool(mask[tuple(peak)]) for peak in peaks) / len(peaks)
+
+    return {
+        "topk_peak_in_brain": share(brain),
+        "topk_peak_in_tumour": math.nan if tumour is None else share(tumour),
+    }
+
+
+def source_agreement(
+    records: Sequence[Mapping[str, Any]], classifier_weight: Tensor, class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per prototype: the class of its push source, the class its weights favour, and whether they agree.
+
+    Args:
+        records: the push record (``push.json``), one per classifier column, in column order.
+        classifier_weight: w_cls, (C, K_total); the favoured class is the argmax of a column (first on ties).
+        class_names: the C names, in label order.
+
+    Returns:
+        One dict per column: ``column``, ``scale``, ``k``, ``source_case``, ``source_class``,
+        ``favoured_class`` (names) and ``agrees``.
+    """
+    if classifier_weight.ndim != 2 or classifier_weight.shape[1] != len(records):
+        shape = tuple(classifier_weight.shape)
+        raise ValueError(f"{len(records)} push records for a classifier weight of shape {shape}.")
+    favoured = classifier_weight.detach().argmax(dim=0).tolist()
+    rows = []
+    for column, (record, cls) in enumerate(zip(records, favoured)):
+        if record["column"] != column:
+            raise ValueError(f"push record {column} is for column {record['column']}: records out of column order.")
+        rows.append(
+            {
+                "column": column,
+                "scale": record["scale"],
+                "k": record["k"],
+                "source_case": record["case_id"],
+                "source_class": class_names[int(record["label"])],
+                "favoured_class": class_names[cls],
+                "agrees": int(record["label"]) == cls,
+            }
+        )
+    return rows
+
+
+def fold_readouts(
+    ap_eq28: Tensor,
+    peaks: Mapping[str, Tensor],
+    correct: Tensor,
+    top_k: int,
+    sources: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """A fold's prototype read-outs (:data:`READOUT_KEYS`): means over cases, and over correct cases (``_correct``).
+
+    Args:
+        ap_eq28: per-case AP of the Eq. 28 map, (N,).
+        peaks: :data:`PEAK_KEYS` → per-case share, (N,) each.
+        correct: bool (N,), the cases classified correctly (a ``_correct`` mean is NaN when there is none).
+        top_k: prototypes read per case.
+        sources: :func:`source_agreement` of the fold's push record, or None without one.
+    """
+    readouts: dict[str, Any] = {"ap_eq28": float(ap_eq28.mean()), "top_prototypes": int(top_k)}
+    for key in PEAK_KEYS:
+        readouts[key] = float(peaks[key].mean())
+        readouts[f"{key}_correct"] = float(peaks[key][correct].mean()) if correct.any() else math.nan
+    readouts["prototype_source_agrees"] = None if sources is None else sum(r["agrees"] for r in sources) / len(sources)
+    readouts["prototype_sources"] = None if sources is None else list(sources)
+    return readouts

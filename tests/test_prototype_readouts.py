@@ -1,0 +1,122 @@
+"""Prototype-level read-outs of a fold on planted cases: top prototypes' peaks, source classes, Eq. 28 AP, and
+that the evaluation maps the ground-truth class."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scripts.evaluate import predict_fold
+from scripts.evaluate.prototypes import (
+    peak_shares,
+    prototype_peaks,
+    source_agreement,
+    top_prototype_columns,
+)
+from scripts.explain.evidence import prototype_contributions
+from scripts.metrics import activation_precision, brain_mask
+from scripts.networks import UMProtoShare
+
+GRID = (8, 8, 8)
+COLUMNS = [(1, k) for k in range(5)] + [(2, k) for k in range(3)]
+"""Five prototypes at scale 1 (maps on the input grid), three at scale 2 (maps on a 4³ grid)."""
+
+
+def planted_case() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps, similarities, weights, input image and tumour mask of one case whose peaks are known voxels.
+
+    Brain: the box [1, 7)³ (where the image is non-zero); tumour: [2, 4)³. Contributions to class 1
+    (S · w): columns 0..7 give 0.9, -0.8, 0.5, 0.4, 0.3, 0.7, 0.6, 0.1, so the top 6 are 0, 5, 6, 2, 3, 4;
+    column 1 (large S, weights for class 0) and column 7 (small S) are left out, both peaking in the tumour.
+    Peaks of the top 6: column 0 at (0, 0, 0) and column 6 at (7, 7, 7) (coarse voxel (3, 3, 3), the
+    edge, upsamples to 1.0 at the last fine voxel) outside the brain; column 5 at (2, 2, 2) (coarse (1, 1, 1)
+    upsamples to 0.75 on the block 2..3, first voxel in C order) and column 2 at (3, 3, 3) in the tumour;
+    columns 3 and 4 at (5, 5, 5) and (1, 6, 1) in the brain outside the tumour.
+    """
+    fine, coarse = torch.zeros(5, *GRID), torch.zeros(3, 4, 4, 4)
+    for k, voxel in enumerate([(0, 0, 0), (2, 3, 2), (3, 3, 3), (5, 5, 5), (1, 6, 1)]):
+        fine[(k, *voxel)] = 1.0
+    for k, voxel in enumerate([(1, 1, 1), (3, 3, 3), (1, 1, 1)]):
+        coarse[(k, *voxel)] = 1.0
+    similarities = torch.tensor([[0.9, 0.8, 0.5, 0.4, 0.3, 0.7, 0.6, 0.1]])
+    weight = torch.stack([-torch.ones(8), torch.ones(8)])
+    weight[:, 1] = torch.tensor([1.0, -1.0])
+    image = torch.zeros(4, *GRID)
+    image[2, 1:7, 1:7, 1:7] = 0.5
+    tumour = torch.zeros(GRID, dtype=torch.bool)
+    tumour[2:4, 2:4, 2:4] = True
+    return [fine, coarse], similarities, weight, image, tumour
+
+
+def test_top_six_peaks_of_a_planted_case_give_the_hand_counted_shares():
+    maps, similarities, weight, image, tumour = planted_case()
+    contributions = prototype_contributions(similarities, weight)[0, 1]
+    chosen = top_prototype_columns(contributions, 6)
+    assert chosen == [0, 5, 6, 2, 3, 4]
+    peaks = prototype_peaks(maps, COLUMNS, chosen, GRID)
+    assert peaks == [[0, 0, 0], [2, 2, 2], [7, 7, 7], [3, 3, 3], [5, 5, 5], [1, 6, 1]]
+    shares = peak_shares(peaks, brain_mask(image), tumour)
+    assert shares == {"topk_peak_in_brain": 4 / 6, "topk_peak_in_tumour": 2 / 6}
+    # the prediction's class decides the ranking: for class 0 the top 2 are columns 1 and 7, both in the tumour
+    other = top_prototype_columns(prototype_contributions(similarities, weight)[0, 0], 2)
+    assert other == [1, 7]
+    assert peak_shares(prototype_peaks(maps, COLUMNS, other, GRID), brain_mask(image), tumour) == {
+        "topk_peak_in_brain": 1.0, "topk_peak_in_tumour": 1.0
+    }
+    assert math.isnan(peak_shares(peaks, brain_mask(image))["topk_peak_in_tumour"])
+
+
+def test_source_agreement_on_a_constructed_push_record():
+    names = ["LGG", "HGG"]
+    weight = torch.tensor([[0.9, -0.5, 0.2, -1.0], [-0.5, 0.7, 0.3, 2.0]])  # favoured: LGG, HGG, HGG, HGG
+    labels = [0, 0, 1, 0]  # pushed from: LGG, LGG, HGG, LGG
+    records = [{"column": c, "scale": 3, "k": c, "case_id": f"case{c}", "label": y} for c, y in enumerate(labels)]
+    rows = source_agreement(records, weight, names)
+    assert [r["agrees"] for r in rows] == [True, False, True, False]
+    assert [(r["source_class"], r["favoured_class"]) for r in rows][1] == ("LGG", "HGG")
+    assert rows[3]["source_case"] == "case3"
+    with pytest.raises(ValueError, match="4 push records"):
+        source_agreement(records, weight[:, :3], names)
+
+
+def shared_model() -> UMProtoShare:
+    """One prototype scale (3) with two shared prototypes: ζ of class 0 supports column 0 only, class 1 column 1."""
+    torch.manual_seed(0)
+    model = UMProtoShare(encoder_layers=(1, 1), encoder_width=8, embed_dim=16, mapping_dim=12,
+                         prototypes_per_scale=(0, 0, 2), fusion="none").eval()
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+    return model
+
+
+def test_evaluation_maps_the_ground_truth_class_and_reads_eq28_and_peaks():
+    model = shared_model()
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 4, 32, 32, 24, generator=generator)
+    images[:, :, :3] = images[:, :, :3].amin()  # background slab: some voxels lie outside the brain
+    masks = torch.zeros(2, 1, 32, 32, 24)
+    masks[:, :, 8:20, 10:22, 6:16] = 1
+    labels = torch.tensor([0, 1])
+    batch = {"image": images, "label": labels, "case_id": ["a", "b"], "mask": masks}
+    result = predict_fold(model, [batch], "cpu", scale_combination="product", brain_only=False, top_prototypes=1)
+    with torch.no_grad():
+        explanation = model.explain(images)
+    maps = explanation.per_scale[0].maps  # (2, 2, h, w, d)
+    upsampled = F.interpolate(maps, size=(32, 32, 24), mode="trilinear", align_corners=False)
+    for i, label in enumerate(labels.tolist()):
+        # one supporting prototype per class: the class map is that prototype's map, upsampled
+        torch.testing.assert_close(result.maps[i], upsampled[i, label])
+        assert not torch.allclose(upsampled[i, label], upsampled[i, 1 - label], rtol=1e-3, atol=0)
+        # Eq. 28 over one scale, whole volume: the same map
+        assert result.ap_eq28[i] == activation_precision(upsampled[i, label], masks[i])
+        # top-1 prototype: the larger contribution to the predicted class (S_k · w_{c,k})
+        predicted = int(result.probs[i].argmax())
+        column = int((explanation.similarities[i] * model.classifier.weight[predicted]).argmax())
+        flat = int(upsampled[i, column].argmax())
+        peak = torch.unravel_index(torch.tensor(flat), (32, 32, 24))
+        brain = (images[i] > images[i].amin()).any(0)
+        assert result.peaks["topk_peak_in_brain"][i] == float(brain[peak])
+        assert result.peaks["topk_peak_in_tumour"][i] == float(masks[i, 0][peak] > 0)

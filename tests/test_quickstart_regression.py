@@ -73,6 +73,16 @@ def test_tiny_quickstart_learns_without_collapse(quickstart):
         assert comparison["runs"]["CNN + Grad-CAM"][key]["mean"] is None  # the CNN has no prototypes
 
 
+def test_tiny_quickstart_top_prototypes_never_peak_outside_the_brain(quickstart):
+    """Brain-supported maps (the default): every held-out case's top prototypes peak inside its brain."""
+    metrics = _metrics(quickstart.fold)
+    assert metrics["top_prototypes"] == 6
+    assert metrics["topk_peak_in_brain"] == 1.0
+    rows = (quickstart.fold / "per_case.csv").read_text().splitlines()
+    column = rows[0].split(",").index("topk_peak_in_brain")
+    assert len(rows) > 2 and all(float(row.split(",")[column]) == 1.0 for row in rows[1:])
+
+
 def test_counterfactual_pairs_flip_the_prediction(quickstart):
     # 8 pairs, each drawn case as HGG and as LGG (identical outside the tumour). Both versions right by
     # chance: 1/4 of the pairs; a model that ignores the tumour (or predicts one class): none.

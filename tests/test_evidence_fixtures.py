@@ -30,6 +30,7 @@ CONSTRUCTED = {
     "embed_dim": 8,
     "mapping_dim": 8,
     "map_support": "brain",
+    "map_support_margin": 0,
 }
 """Architecture of the constructed model (config ids of inference.json)."""
 GEOMETRY = {"roi_size": [48, 48, 48], "target_spacing": 2.0}

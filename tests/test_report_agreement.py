@@ -125,7 +125,8 @@ def test_no_flag_colour_on_a_page_whose_peaks_are_all_in_the_brain(tmp_path):
 
 def test_a_class_specific_models_inference_map_is_its_evaluation_map(tmp_path):
     torch.manual_seed(1)
-    settings = {"prototype_sharing": "class_specific", "prototypes_per_scale": [4, 0, 0], "map_init_coverage": None}
+    settings = {"prototype_sharing": "class_specific", "prototypes_per_scale": [4, 0, 0], "map_init_coverage": None,
+                "map_support": "volume"}  # as the class-specific baselines
     model = UMProtoShare(**{**CONSTRUCTED, **settings}).eval()
     with torch.no_grad():  # signs that do not follow the ownership: ζ > 0 picks other prototypes than Eq. 26
         model.classifier.weight.copy_(torch.tensor([[0.9, -0.4, 0.3, 0.5], [-0.2, 0.7, 0.6, -0.8]]))

@@ -103,6 +103,7 @@ def test_constructed_maps_follow_flair_only(tmp_path):
     preprocessing = preprocessing_transforms(**GEOMETRY)
     image = torch.as_tensor(preprocessing(item)["image"])
     model = constructed_model()
+    model.map_support = "volume"  # the brain support reads every sequence (its background) by design
     with torch.no_grad():
         maps = model.explain(image[None]).per_scale[0].maps[0]
         changed = image.clone()

@@ -63,7 +63,7 @@ class StageHandler:
         stage = self.schedule.stage_of(engine.state.epoch)
         target = self.warmup_network if stage == "warmup" else self.network
         target.set_trainable(self.schedule.trainable_groups(stage))
-        if stage == "stage1":
+        if stage == "stage1" and self.schedule.map_anneal_epochs:
             self.network.set_map_shift(self.schedule.map_shift(engine.state.epoch))
         engine.state.stage = stage
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from monai.data import MetaTensor
 from torch import Tensor, nn
 
+from scripts.data.foreground import foreground_mask
 from scripts.explain.maps import resize_to_input
 from scripts.networks import ScaleExplanation, UMProtoShare, unwrap
 
@@ -81,15 +82,24 @@ class _Best:
     case_ids: list[str | None] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     input_shapes: list[list[int]] = field(default_factory=list)
+    peaks: list[list[int]] = field(default_factory=list)
+    """Per prototype, :func:`peak_voxel` of its map on its case's grid (inside that case's brain for a
+    brain-supported model); [] before a case is found."""
 
     @classmethod
     def empty(cls, count: int) -> _Best:
         """No case seen yet for ``count`` prototypes."""
-        return cls(torch.full((count,), -math.inf), None, None, [None] * count, [-1] * count, [[]] * count)
+        return cls(torch.full((count,), -math.inf), None, None, [None] * count, [-1] * count, [[]] * count, [[]] * count)
 
     @classmethod
     def from_batch(
-        cls, entry: ScaleExplanation, eligible: Tensor, case_ids: list[str], labels: list[int], input_shape: list[int]
+        cls,
+        entry: ScaleExplanation,
+        eligible: Tensor,
+        case_ids: list[str],
+        labels: list[int],
+        input_shape: list[int],
+        brains: Tensor | None = None,
     ) -> _Best:
         """Best eligible case of one batch per prototype (first in the batch on ties).
 
@@ -99,19 +109,27 @@ class _Best:
             case_ids: B case ids.
             labels: B labels.
             input_shape: spatial size of the batch's images, [H, W, D].
+            brains: (B, H, W, D) bool, the cases' brains, where the peaks of a brain-supported model are read;
+                None: on the whole grid.
         """
         masked = entry.push_similarities.float().masked_fill(~eligible, -math.inf)
         index = masked.argmax(dim=0)
         columns = torch.arange(masked.shape[1], device=masked.device)
         found = torch.isfinite(masked[index, columns]).tolist()
         chosen = index.tolist()
+        maps = entry.maps[index, columns].float()
+        peaks = [
+            peak_voxel(maps[k], input_shape, None if brains is None else brains[i]) if ok else []
+            for k, (i, ok) in enumerate(zip(chosen, found))
+        ]
         return cls(
             similarity=masked[index, columns],
             descriptors=entry.descriptors[index, columns].float(),
-            maps=entry.maps[index, columns].float(),
+            maps=maps,
             case_ids=[case_ids[i] if ok else None for i, ok in zip(chosen, found)],
             labels=[labels[i] if ok else -1 for i, ok in zip(chosen, found)],
             input_shapes=[list(input_shape) for _ in chosen],
+            peaks=peaks,
         )
 
     def absorb(self, other: _Best) -> None:
@@ -130,6 +148,7 @@ class _Best:
             self.case_ids[k] = other.case_ids[k]
             self.labels[k] = other.labels[k]
             self.input_shapes[k] = other.input_shapes[k]
+            self.peaks[k] = other.peaks[k]
 
     def cpu(self) -> _Best:
         """A copy with every tensor on the CPU (to all-gather between ranks)."""
@@ -140,6 +159,7 @@ class _Best:
             list(self.case_ids),
             list(self.labels),
             [list(shape) for shape in self.input_shapes],
+            [list(peak) for peak in self.peaks],
         )
 
 
@@ -202,13 +222,14 @@ def _search(
             )
         grid = list(images.shape[2:])
         explanation = net.explain(images.to(device))
+        brains = foreground_mask(images)[:, 0] if net.map_support == "brain" else None
         label_tensor = torch.tensor(labels, device=device)
         for best, entry in zip(bests, explanation.per_scale):
             if owners is None:
                 eligible = torch.ones_like(entry.similarities, dtype=torch.bool)
             else:
                 eligible = label_tensor[:, None] == owners[net.columns(entry.scale)][None, :]
-            best.absorb(_Best.from_batch(entry, eligible, case_ids, labels, grid))
+            best.absorb(_Best.from_batch(entry, eligible, case_ids, labels, grid, brains))
     return bests
 
 
@@ -310,7 +331,7 @@ def push_prototypes(
                 "label": best.labels[k],
                 "class_name": class_names[best.labels[k]],
                 "similarity": float(best.similarity[k]),
-                "peak_voxel": peak_voxel(attention_map, grid),
+                "peak_voxel": best.peaks[k] if grid == best.input_shapes[k] else peak_voxel(attention_map, grid),
                 "map_shape": list(attention_map.shape),
                 "input_shape": grid,
             }

@@ -8,8 +8,10 @@ import torch
 
 from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
 from scripts.data.transforms import FlattenBackgroundd, RecordForegroundd, augmentation_transforms
+from scripts.explain.maps import resize_to_input
 from scripts.metrics import brain_mask
 from scripts.networks import UMProtoShare
+from scripts.push import push_prototypes
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8, "prototypes_per_scale": (3, 2, 2)}
 BOX = (slice(6, 22), slice(9, 19), slice(5, 17))
@@ -136,3 +138,21 @@ def test_support_margin_keeps_the_maps_off_the_brains_border_band():
     assert (maps.masked_select(support.expand_as(maps)) > 0).all()
     with pytest.raises(ValueError, match="map_support_margin"):
         UMProtoShare(**TINY, map_support="brain", map_support_margin=-1)
+
+
+def test_push_records_peaks_inside_the_source_cases_brain():
+    """Coarse maps resized to the input grid spill over the brain's edge; a brain-supported model's push
+    record reads its peaks inside the source case's brain, as inference reads the case's own maps."""
+    torch.manual_seed(0)
+    model = UMProtoShare(**TINY, map_support="brain").eval()
+    x = _box_input(batch=4, seed=3)
+    batch = {"image": x, "label": torch.tensor([0, 1, 0, 1]), "case_id": ["a", "b", "c", "d"]}
+    inside = torch.zeros(32, 32, 24, dtype=torch.bool)
+    inside[BOX] = True
+    result = push_prototypes(model, [batch], ["LGG", "HGG"])
+    assert len(result.records) == model.num_prototypes
+    for record in result.records:
+        assert inside[tuple(record["peak_voxel"])], record
+        # the peak is the map's maximum on the input grid inside that brain
+        resized = resize_to_input(result.maps[record["column"]][None, None], [32, 32, 24])[0, 0]
+        assert resized[tuple(record["peak_voxel"])] == resized[inside].max()

@@ -123,6 +123,9 @@ def test_erode_removes_the_border_band_but_not_the_volume_edge():
     assert erode(mask, 1).sum() == 5**3 and erode(mask, 2).sum() == 3**3 and erode(mask, 0).sum() == 7**3
     assert erode(mask, 1)[0, 0, 2:7, 2:7, 2:7].all()
     assert erode(torch.ones(1, 1, 4, 4, 4), 1).sum() == 64  # the volume's edge is not the brain's
+    square = torch.zeros(1, 1, 6, 6)
+    square[0, 0, 1:5, 1:5] = 1
+    assert erode(square, 1).sum() == 4 and erode(square, 1)[0, 0, 2:4, 2:4].all()  # 2-D models too
 
 
 def test_support_margin_keeps_the_maps_off_the_brains_border_band():

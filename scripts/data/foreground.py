@@ -42,7 +42,7 @@ def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
     """The mask without every voxel within ``margin`` voxels (Chebyshev distance) of its outside.
 
     Args:
-        mask: (B, 1, H, W, D) bool or float.
+        mask: (B, 1, H, W, D) (or 2-D) bool or float.
         margin: voxels removed along the mask's border; 0 returns the mask as float.
 
     Returns:
@@ -52,7 +52,12 @@ def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
     if margin <= 0:
         return mask
     size = 2 * margin + 1
-    return -F.max_pool3d(-F.pad(mask, [margin] * 6, value=1.0), size, stride=1)
+    padded = -F.pad(mask, [margin] * (2 * (mask.ndim - 2)), value=1.0)
+    if mask.ndim == 5:
+        return -F.max_pool3d(padded, size, stride=1)
+    if mask.ndim == 4:
+        return -F.max_pool2d(padded, size, stride=1)
+    raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
 
 
 def foreground_on_grid(mask: torch.Tensor, size: List[int]) -> torch.Tensor:

@@ -82,12 +82,16 @@ class ClassificationLoss(nn.Module):
         self.class_weights = class_weights
         self.focal_gamma = focal_gamma
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Scalar L_cls of ``logits`` `(B, C)` against ``labels`` `(B,)`."""
+    def classify(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar L_cls of ``logits`` `(B, C)` against ``labels`` `(B,)` with this loss's settings."""
         return classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
 
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar L_cls of ``logits`` `(B, C)` against ``labels`` `(B,)`."""
+        return self.classify(logits, labels)
 
-class Stage1Loss(nn.Module):
+
+class Stage1Loss(ClassificationLoss):
     """Stage-1 (latent space) objective (Eq. 1/19).
 
     ``L = l_cls L_cls + l_clst L_clst + l_sep L_sep + l_map/n_s sum_s L_map^s
@@ -129,11 +133,10 @@ class Stage1Loss(nn.Module):
         lse_sharpness: float = LSE_SHARPNESS,
         mapping_loss_kind: str = "single_scale",
     ) -> None:
-        super().__init__()
+        super().__init__(classification, class_weights, focal_gamma)
         self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
         self.clustering = look_up_option(clustering, tuple(CLUSTERING_FORMS))
         self.mapping_loss_kind = look_up_option(mapping_loss_kind, MAPPING_LOSS_KINDS)
-        self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
         if not map_ratios or not all(0.0 < r <= 1.0 for r in map_ratios):
             raise ValueError(f"map_ratios must be a non-empty sequence of values in (0, 1], got {map_ratios}.")
         self.lambdas = {
@@ -147,8 +150,6 @@ class Stage1Loss(nn.Module):
         self.use_map, self.use_oc = use_map, use_oc
         self.map_ratios = tuple(float(r) for r in map_ratios)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
-        self.class_weights = class_weights
-        self.focal_gamma = focal_gamma
         self.lse_sharpness = lse_sharpness
 
     def draw_ratio(self) -> float:
@@ -169,10 +170,7 @@ class Stage1Loss(nn.Module):
     ) -> torch.Tensor:
         if scale.hidden is None or scale.w2 is None:
             raise ValueError("L_OC needs hidden and w2 (a mapping module); switch use_oc off without one.")
-        return self._cls(online_cam_logits(scale.hidden, scale.w2, classifier_columns, self.lse_sharpness), labels)
-
-    def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
+        return self.classify(online_cam_logits(scale.hidden, scale.w2, classifier_columns, self.lse_sharpness), labels)
 
     def forward(
         self,
@@ -220,7 +218,7 @@ class Stage1Loss(nn.Module):
                 "clst": clustering_loss_class_specific(similarities, labels, ownership),
                 "sep": separation_loss_class_specific(similarities, labels, ownership),
             }
-        terms["cls"] = self._cls(logits, labels)
+        terms["cls"] = self.classify(logits, labels)
         terms["div"] = diversity_loss([s.prototypes for s in scales])
         if self.use_map:
             ratio = self.draw_ratio()
@@ -233,7 +231,7 @@ class Stage1Loss(nn.Module):
         return total, {name: value.detach() for name, value in terms.items()}
 
 
-class LastLayerLoss(nn.Module):
+class LastLayerLoss(ClassificationLoss):
     """Stage-3 (classifier) objective (Eq. 3/21): ``l_cls L_cls + l_L1 L_L1``.
 
     Args:
@@ -250,11 +248,8 @@ class LastLayerLoss(nn.Module):
         class_weights: Sequence[float] | None = None,
         focal_gamma: float = 2.0,
     ) -> None:
-        super().__init__()
-        self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
+        super().__init__(classification, class_weights, focal_gamma)
         self.cls_weight, self.l1_weight = cls_weight, l1_weight
-        self.class_weights = class_weights
-        self.focal_gamma = focal_gamma
 
     def forward(
         self,
@@ -271,6 +266,6 @@ class LastLayerLoss(nn.Module):
             classifier_weight: `(C, K_total)`.
             ownership: hard ownership `(K_total, C)` for class-specific prototypes, else None.
         """
-        cls = classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
+        cls = self.classify(logits, labels)
         l1 = l1_regularisation(classifier_weight, ownership)
         return self.cls_weight * cls + self.l1_weight * l1, {"cls": cls.detach(), "l1": l1.detach()}

@@ -124,6 +124,19 @@ def test_eq1_classification_focal_class_weighted_hand_value():
     assert classification_loss(logits, y, "focal", weights).item() == pytest.approx(expected)
 
 
+def test_classification_label_smoothing_hand_value():
+    # logits (0, ln3): p = (1/4, 3/4); y = 1, eps = 0.2, C = 2 -> target (0.1, 0.9):
+    # 0.1 * ln 4 + 0.9 * ln(4/3)
+    loss = classification_loss(torch.tensor([[0.0, LN3]]), torch.tensor([1]), label_smoothing=0.2)
+    assert loss.item() == pytest.approx(0.1 * math.log(4) + 0.9 * math.log(4 / 3))
+    # the stage losses carry the setting into L_cls
+    assert LastLayerLoss(label_smoothing=0.2).classify(torch.tensor([[0.0, LN3]]), torch.tensor([1])).item() == (
+        pytest.approx(loss.item())
+    )
+    with pytest.raises(ValueError, match="focal"):
+        classification_loss(torch.zeros(1, 2), torch.tensor([0]), "focal", label_smoothing=0.1)
+
+
 def test_classification_rejects_unknown_kind():
     with pytest.raises(ValueError):
         classification_loss(torch.zeros(1, 2), torch.tensor([0]), "hinge")

@@ -68,7 +68,7 @@ class ClassificationLoss(nn.Module):
     With the defaults it is ``torch.nn.CrossEntropyLoss()``.
 
     Args:
-        classification, class_weights, focal_gamma: see :func:`classification_loss`.
+        classification, class_weights, focal_gamma, label_smoothing: see :func:`classification_loss`.
     """
 
     def __init__(
@@ -76,15 +76,19 @@ class ClassificationLoss(nn.Module):
         classification: str = "cross_entropy",
         class_weights: Sequence[float] | None = None,
         focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.classification = look_up_option(classification, CLASSIFICATION_LOSSES)
         self.class_weights = class_weights
         self.focal_gamma = focal_gamma
+        self.label_smoothing = label_smoothing
 
     def classify(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar L_cls of ``logits`` `(B, C)` against ``labels`` `(B,)` with this loss's settings."""
-        return classification_loss(logits, labels, self.classification, self.class_weights, self.focal_gamma)
+        return classification_loss(
+            logits, labels, self.classification, self.class_weights, self.focal_gamma, self.label_smoothing
+        )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar L_cls of ``logits`` `(B, C)` against ``labels`` `(B,)`."""
@@ -108,7 +112,7 @@ class Stage1Loss(ClassificationLoss):
         use_map, use_oc: switch L_map / L_OC off (their map_fn / hidden are then unused).
         map_ratios: r is drawn uniformly from these once per call.
         seed: seeds a private generator for the r draws; None uses torch's global RNG.
-        classification, class_weights, focal_gamma: see :func:`classification_loss`.
+        classification, class_weights, focal_gamma, label_smoothing: see :func:`classification_loss`.
         lse_sharpness: r of the Online-CAM log-sum-exp pooling.
         mapping_loss_kind: one of :data:`MAPPING_LOSS_KINDS` (``multi_scale``: MAProtoNet).
     """
@@ -130,10 +134,11 @@ class Stage1Loss(ClassificationLoss):
         classification: str = "cross_entropy",
         class_weights: Sequence[float] | None = None,
         focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
         lse_sharpness: float = LSE_SHARPNESS,
         mapping_loss_kind: str = "single_scale",
     ) -> None:
-        super().__init__(classification, class_weights, focal_gamma)
+        super().__init__(classification, class_weights, focal_gamma, label_smoothing)
         self.prototype_sharing = look_up_option(prototype_sharing, PROTOTYPE_SHARING)
         self.clustering = look_up_option(clustering, tuple(CLUSTERING_FORMS))
         self.mapping_loss_kind = look_up_option(mapping_loss_kind, MAPPING_LOSS_KINDS)
@@ -237,7 +242,7 @@ class LastLayerLoss(ClassificationLoss):
     Args:
         cls_weight: lambda_cls.
         l1_weight: lambda_L1.
-        classification, class_weights, focal_gamma: see :func:`classification_loss`.
+        classification, class_weights, focal_gamma, label_smoothing: see :func:`classification_loss`.
     """
 
     def __init__(
@@ -247,8 +252,9 @@ class LastLayerLoss(ClassificationLoss):
         classification: str = "cross_entropy",
         class_weights: Sequence[float] | None = None,
         focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(classification, class_weights, focal_gamma)
+        super().__init__(classification, class_weights, focal_gamma, label_smoothing)
         self.cls_weight, self.l1_weight = cls_weight, l1_weight
 
     def forward(

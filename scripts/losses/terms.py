@@ -24,10 +24,13 @@ def classification_loss(
     kind: str = "cross_entropy",
     class_weights: torch.Tensor | Sequence[float] | None = None,
     gamma: float = 2.0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Classification loss L_cls, a term of Eq. 1/19 and Eq. 3/21.
 
-    ``"cross_entropy"`` is the paper's loss. ``"focal"`` is MProtoNet's option: per sample
+    ``"cross_entropy"`` is the paper's loss; with ``label_smoothing`` ε > 0 its target is
+    ``(1 - ε) one_hot + ε / C`` (Szegedy et al. 2016; ``torch.nn.functional.cross_entropy``), which
+    stops the logits growing without bound on separable training data. ``"focal"`` is MProtoNet's option: per sample
     ``-(1 - p_y)^gamma log p_y`` with softmax probabilities, reduced as a class-weighted mean
     ``sum_b w[y_b] l_b / sum_b w[y_b]`` (MProtoNet uses ``w = 1/n_class``, see
     :func:`inverse_frequency_weights`). MONAI's ``FocalLoss(use_softmax=True)`` averages over
@@ -39,13 +42,18 @@ def classification_loss(
         kind: ``"cross_entropy"`` or ``"focal"``.
         class_weights: optional per-class weights `(C,)`, used by both kinds.
         gamma: focusing exponent of the focal loss.
+        label_smoothing: ε in [0, 1) for ``"cross_entropy"``; must be 0 with ``"focal"``.
     """
     kind = look_up_option(kind, CLASSIFICATION_LOSSES)
+    if not 0.0 <= label_smoothing < 1.0 or (kind == "focal" and label_smoothing):
+        raise ValueError(
+            f"label_smoothing must lie in [0, 1) and be 0 with the focal loss, got {label_smoothing} ({kind})."
+        )
     weight = None
     if class_weights is not None:
         weight = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
     if kind == "cross_entropy":
-        return F.cross_entropy(logits, labels, weight=weight)
+        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
     log_prob = F.log_softmax(logits, dim=1)
     return F.nll_loss((1.0 - log_prob.exp()) ** gamma * log_prob, labels, weight=weight)
 

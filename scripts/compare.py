@@ -10,7 +10,9 @@ the brain scores), IDS, the >= 0.5 map region's share of the volume, the rate of
 inside the tumour, the mean / minimum per-prototype similarity spread, and for prototype models (– for a
 CNN) the AP of the paper's own read-out (Eq. 28: the scales summed over the whole volume), the share of the
 top prototypes' map peaks inside the brain (all cases) and inside the tumour (correctly classified cases),
-and the share of prototypes whose push source's class is the class their weights favour.
+and the share of prototypes whose push source's class is the class their weights favour; last the held-out
+calibration: top-label ECE (15 bins) and NLL before and after the fold's calibration, and the calibrated
+Brier score (– for folds evaluated before calibration existed).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ COLUMNS = {
     "topk_peak_in_brain": "top-k peaks in brain",
     "topk_peak_in_tumour_correct": "top-k peaks in tumour (correct)",
     "prototype_source_agrees": "source class = weights' class",
+    "ece_raw": "ECE (raw)",
+    "ece": "ECE",
+    "nll_raw": "NLL (raw)",
+    "nll": "NLL",
+    "brier": "Brier",
 }
 """Summary keys → table headers, in table order."""
 
@@ -68,7 +75,8 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "spread_mean": number(spread.get("mean")),
         "spread_min": number(spread.get("min")),
         **{key: number(metrics.get(key)) for key in
-           ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees")},
+           ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees",
+            "ece_raw", "ece", "nll_raw", "nll", "brier")},
     }
 
 

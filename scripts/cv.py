@@ -54,9 +54,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("bac", "accuracy", "sensitivity", "specificity", "roc_auc", "ap", "ids")
-"""Keys of a fold's ``metrics.json`` that the summary averages (fractions)."""
-TABLE_COLUMNS = {"bac": "BAC", "ids": "IDS", "ap": "AP"}
+METRICS = (
+    "bac", "accuracy", "sensitivity", "specificity", "roc_auc", "ap", "ids", "ap_eq28", "topk_peak_in_brain",
+    "topk_peak_in_tumour_correct", "prototype_source_agrees", "ece_raw", "ece", "brier_raw", "brier", "nll_raw", "nll",
+)
+"""Keys of a fold's ``metrics.json`` that the summary averages (fractions, in %, but for :data:`UNSCALED`)."""
+UNSCALED = frozenset({"nll_raw", "nll"})
+"""Summary rows printed as they are (negative log-likelihoods are not fractions)."""
+TABLE_COLUMNS = {"bac": "BAC", "ids": "IDS", "ap": "AP", "ece": "ECE"}
 """Table 1 columns: metric key → header."""
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -167,29 +172,32 @@ def summarize(fold_metrics: Mapping[int, Mapping[str, Any]], ddof: int = 0) -> d
     return {"folds": folds, "ddof": int(ddof), "metrics": metrics}
 
 
-def _percent(entry: Mapping[str, Any]) -> str:
+def _percent(entry: Mapping[str, Any], scale: float = 100.0) -> str:
     mean, std = entry.get("mean"), entry.get("std")
     if mean is None or not math.isfinite(mean):
         return "n/a"
     if std is None or not math.isfinite(std):
-        return f"{100 * mean:.2f}"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+        return f"{scale * mean:.2f}"
+    return f"{scale * mean:.2f} ± {scale * std:.2f}"
 
 
 def format_summary(summary: Mapping[str, Any], title: str = "Cross-validation summary") -> str:
-    """Markdown: one row per metric, mean ± std and each fold's value, in %."""
+    """Markdown: one row per metric, mean ± std and each fold's value, in % (NLL as it is)."""
     folds = summary["folds"]
     lines = [
         f"# {title}",
         "",
-        f"Folds {', '.join(str(f) for f in folds)}; mean ± std over folds (ddof {summary['ddof']}), in %.",
+        f"Folds {', '.join(str(f) for f in folds)}; mean ± std over folds (ddof {summary['ddof']}), in % "
+        "(NLL in nats).",
         "",
         "| Metric | Mean ± std | " + " | ".join(f"Fold {f}" for f in folds) + " |",
         "|---|---|" + "---|" * len(folds),
     ]
     for name, entry in summary["metrics"].items():
-        cells = ["n/a" if v is None or not math.isfinite(v) else f"{100 * v:.2f}" for v in entry["values"]]
-        lines.append(f"| {name.upper() if len(name) <= 3 else name} | {_percent(entry)} | " + " | ".join(cells) + " |")
+        scale = 1.0 if name in UNSCALED else 100.0
+        cells = ["n/a" if v is None or not math.isfinite(v) else f"{scale * v:.2f}" for v in entry["values"]]
+        label = name.upper() if len(name) <= 3 else name
+        lines.append(f"| {label} | {_percent(entry, scale)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,13 +253,14 @@ def parse_runs(runs: str | Mapping[str, str]) -> dict[str, str]:
 
 
 def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Table-1-style markdown: one row per run, BAC, IDS and AP as mean ± std in %."""
+    """Table-1-style markdown: one row per run, BAC, IDS, AP and the calibrated ECE as mean ± std in %."""
     lines = [
         "| Model | " + " | ".join(f"{header} (%)" for header in TABLE_COLUMNS.values()) + " |",
         "|---|" + "---|" * len(TABLE_COLUMNS),
     ]
     for name, summary in summaries.items():
-        lines.append(f"| {name} | " + " | ".join(_percent(summary["metrics"][k]) for k in TABLE_COLUMNS) + " |")
+        cells = (_percent(summary["metrics"].get(k, {})) for k in TABLE_COLUMNS)  # n/a: summarised before ECE existed
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

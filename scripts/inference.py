@@ -28,6 +28,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.networks import eval_mode
 from monai.transforms import Compose
 
+from scripts.calibration import Calibration
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError, detect_layout, find_case_files
 from scripts.data.datalist import load_datalist
@@ -35,8 +36,10 @@ from scripts.data.layouts import FINDERS, NAME_MAPPING, SEQUENCES, _nifti_stem, 
 from scripts.data.validate import case_problems
 from scripts.explain.attribution import class_map_from_maps, scale_class_maps
 from scripts.explain.evidence import (
+    calibration_note,
     explain_case,
     prediction_record,
+    probability_text,
     to_original_space,
     top_columns,
     unit_scaled,
@@ -307,6 +310,8 @@ class EvidenceWriter:
         write_report: write ``report.png`` and ``report.html``.
         scale_combination: how the class map combines the scales (:data:`scripts.explain.maps.SCALE_COMBINATIONS`;
             ``evaluate.json`` uses the same).
+        calibration: the model's calibration (``Calibration.load`` of the checkpoint: ``calibration.json``
+            beside it); None: uncalibrated, and every output says so.
     """
 
     def __init__(
@@ -321,6 +326,7 @@ class EvidenceWriter:
         top_per_scale: int = 2,
         write_report: bool = True,
         scale_combination: str = "product",
+        calibration: Calibration | None = None,
     ) -> None:
         if top_per_scale < 1:
             raise ValueError(f"top_per_scale must be at least 1, got {top_per_scale}.")
@@ -336,6 +342,7 @@ class EvidenceWriter:
         self.top_per_scale = int(top_per_scale)
         self.write_report = write_report
         self.scale_combination = scale_combination
+        self.calibration = Calibration() if calibration is None else calibration
         self._sources: SourceImages | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -396,7 +403,7 @@ class EvidenceWriter:
         sources = self.sources()
         device = next(self.network.parameters()).device
         with eval_mode(self.network):  # the evaluator restores train mode after its own forward
-            evidence = explain_case(self.network, image.as_tensor().to(device))
+            evidence = explain_case(self.network, image.as_tensor().to(device), self.calibration)
         columns = self.network.prototype_columns
         predicted = self.class_names[evidence.predicted]
         grid = list(image.shape[1:])
@@ -439,8 +446,9 @@ class EvidenceWriter:
         probability = record["probabilities"][predicted]
         self.done.append({"case_id": case_id, "predicted_class": predicted, "probability": probability,
                           "warnings": record["warnings"]})
-        logger.info("%s: %s (p = %.3f%s) -> %s", case_id, predicted, probability,
-                    "" if true_class is None else f", true {true_class}", folder)
+        logger.info("%s: %s (%s, %s%s) -> %s", case_id, predicted, probability_text(predicted, probability),
+                    calibration_note(record["calibration"]), "" if true_class is None else f", true {true_class}",
+                    folder)
         for warning in record["warnings"]:
             logger.warning("%s: %s", case_id, warning)
         return record

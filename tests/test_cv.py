@@ -85,15 +85,16 @@ def test_table_collects_runs_in_order(tmp_path):
             "bac": {"mean": bac, "std": 0.028},
             "ids": {"mean": ids, "std": 0.013},
             "ap": {"mean": ap, "std": float("nan")},
+            **({"ece": {"mean": 0.0412, "std": 0.01}} if name == "umps" else {}),  # MProtoNet: summarised before ECE
         }
         (tmp_path / name / "summary.json").write_text(json.dumps({"metrics": metrics}))
     out = tmp_path / "tables" / "table1.md"
     runs = f"UM-ProtoShare={tmp_path / 'umps'},MProtoNet={tmp_path / 'mprotonet'}"
     main(["table", "--runs", runs, "--out", str(out)])
     lines = out.read_text().splitlines()
-    assert lines[0] == "| Model | BAC (%) | IDS (%) | AP (%) |"
-    assert lines[2] == "| UM-ProtoShare | 88.40 ± 2.80 | 5.10 ± 1.30 | 88.72 |"
-    assert lines[3] == "| MProtoNet | 87.00 ± 2.80 | 6.80 ± 1.30 | 82.00 |"
+    assert lines[0] == "| Model | BAC (%) | IDS (%) | AP (%) | ECE (%) |"
+    assert lines[2] == "| UM-ProtoShare | 88.40 ± 2.80 | 5.10 ± 1.30 | 88.72 | 4.12 ± 1.00 |"
+    assert lines[3] == "| MProtoNet | 87.00 ± 2.80 | 6.80 ± 1.30 | 82.00 | n/a |"
     with pytest.raises(FileNotFoundError, match="missing"):
         main(["table", "--runs", f"x={tmp_path / 'missing'}"])
     with pytest.raises(ValueError, match="name=dir"):

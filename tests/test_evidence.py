@@ -8,12 +8,16 @@ import pytest
 import torch
 from test_evidence_fixtures import GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
 
+from scripts.calibration import Calibration
 from scripts.data import preprocessing_transforms
 from scripts.explain.attribution import class_map_from_maps, scale_class_maps
 from scripts.explain.evidence import (
+    LOW_PROBABILITY,
     CaseEvidence,
+    calibration_note,
     explain_case,
     prediction_record,
+    probability_text,
     prototype_contributions,
     sequence_evidence,
     sequence_mean_inputs,
@@ -89,13 +93,15 @@ def test_top_columns_per_scale_by_contribution():
     assert top_columns(contributions, columns, per_scale=5) == [1, 0, 2, 4, 3]
 
 
-def _evidence() -> CaseEvidence:
+def _evidence(calibration: Calibration | None = None) -> CaseEvidence:
     weight = torch.tensor([[1.0, -1.0, 0.5], [-0.5, 2.0, 0.0]])
     similarities = torch.tensor([0.2, 0.6, -0.4])
     contributions = prototype_contributions(similarities[None], weight)[0]
     logits = contributions.sum(1)
+    calibration = Calibration() if calibration is None else calibration
     return CaseEvidence(
-        logits=logits, probabilities=torch.softmax(logits, 0), predicted=int(logits.argmax()),
+        logits=logits, probabilities=calibration.apply(logits), raw_probabilities=torch.softmax(logits, 0),
+        calibration=calibration, predicted=int(logits.argmax()),
         similarities=similarities, classifier_weight=weight, zeta=torch.zeros(2, 3), contributions=contributions,
         sequence_delta=torch.tensor([[0.0, -0.1, 0.2], [-0.3, 0.0, 0.0], [0.1, -0.4, 0.0], [0.0, 0.0, -0.01]]),
         maps_per_scale=[torch.zeros(3, 2, 2, 2)], scales=[1],
@@ -113,6 +119,31 @@ def test_prediction_record_sorted_by_predicted_class_contribution():
     first = record["prototypes"][0]
     assert first["class_weights"] == {"LGG": -1.0, "HGG": 2.0}
     assert first["driving_sequence"] == "T2" and first["source"] is None
+
+
+def test_the_banner_reads_the_calibrated_probability():
+    # logits LGG -0.6, HGG 1.1: raw p(HGG) = σ(1.7) = 0.8455 clears 0.8; with T = 2, σ(0.85) = 0.7006 does not
+    raw = prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])
+    assert raw["probabilities"]["HGG"] == pytest.approx(0.8455, abs=1e-4) and not raw["warnings"]
+    assert raw["calibration"]["method"] == "none" and raw["raw_probabilities"] == raw["probabilities"]
+    calibration = Calibration(temperature=2.0, method="platt_targets", cases=12, separated=True)
+    calibrated = prediction_record(_evidence(calibration), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])
+    assert calibrated["probabilities"]["HGG"] == pytest.approx(0.7006, abs=1e-4)
+    assert calibrated["raw_probabilities"] == raw["probabilities"] and calibrated["logits"] == raw["logits"]
+    assert calibrated["calibration"] == calibration.to_dict()
+    assert calibrated["predicted_class"] == "HGG" and calibrated["warnings"] == [
+        f"low confidence: top probability 0.70 < {LOW_PROBABILITY}"
+    ]
+    assert calibration_note(calibrated["calibration"]) == "calibrated (T = 2.00 on 12 validation cases)"
+    assert calibration_note(raw["calibration"]) == "uncalibrated softmax"
+
+
+@pytest.mark.parametrize(
+    ("probability", "text"),
+    [(0.99995, "p(HGG) > 0.999"), (0.9994, "p(HGG) = 0.999"), (0.0004, "p(HGG) < 0.001"), (0.5, "p(HGG) = 0.500")],
+)
+def test_probabilities_are_printed_with_honest_precision(probability, text):
+    assert probability_text("HGG", probability) == text
 
 
 def test_prediction_record_rejects_push_of_another_model():

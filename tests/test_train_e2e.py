@@ -13,7 +13,9 @@ from monai.bundle import ConfigParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_engine_micro import MICRO, micro_workflow
 
+from scripts.calibration import Calibration, fit_temperature
 from scripts.data import split_fold
+from scripts.engine import validation_logits
 from scripts.networks import BACKBONE_GROUPS, group_of
 
 PUSH_EPOCHS = (3, 5)
@@ -184,3 +186,13 @@ def test_held_in_validation_after_pushes_never_sees_the_test_fold(data_synthetic
     assert ids["validate"] and not ids["validate"] & ids["test"] and not ids["validate"] & ids["train"]
     record = json.loads((tmp_path / "run" / "out" / "fold0" / "push.json").read_text())
     assert {entry["case_id"] for entry in record["records"]} <= ids["train"]
+    # the fold's calibration is fitted on the held-in split alone, with the final model's logits
+    saved = json.loads((tmp_path / "run" / "out" / "fold0" / "calibration.json").read_text())
+    assert set(saved["validation"]["case_ids"]) == ids["validate"] and saved["cases"] == len(ids["validate"])
+    logits, labels, _ = validation_logits(
+        parser.get_parsed_content("network"), parser.get_parsed_content("validate#calibration_loader"), "cpu"
+    )
+    torch.testing.assert_close(logits, torch.tensor(saved["validation"]["logits"]), rtol=0, atol=1e-5)
+    assert saved["method"] == "platt_targets"
+    assert saved["temperature"] == pytest.approx(fit_temperature(logits, labels, "platt_targets"), rel=1e-6)
+    assert Calibration.load(tmp_path / "run" / "out" / "fold0" / "model.pt").temperature == saved["temperature"]

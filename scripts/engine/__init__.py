@@ -1,6 +1,7 @@
 """Training engine: the schedule as data, the staged iteration, and the ignite handlers named by the configs."""
 
 from .balance import CLASS_BALANCE, ClassBalance, class_balance_weights, class_balanced_sampler
+from .calibration import FoldCalibration, calibrate_network, validation_logits
 from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_forward
 from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
 from .events import StageEvents, attach_stage_events
@@ -29,6 +30,7 @@ __all__ = [
     "EpochLog",
     "EpochSeeder",
     "FinalModelWriter",
+    "FoldCalibration",
     "FirstBatchFingerprint",
     "HeldOutReport",
     "LossProgressBar",
@@ -43,6 +45,7 @@ __all__ = [
     "atomic_save",
     "attach_stage_events",
     "autocast",
+    "calibrate_network",
     "balanced_accuracy_from_logits",
     "class_balance_weights",
     "class_balanced_sampler",
@@ -57,5 +60,6 @@ __all__ = [
     "plain_tensor",
     "train_last_layer_epoch",
     "training_datalist",
+    "validation_logits",
     "write_epoch_tensorboard",
 ]

@@ -29,6 +29,7 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from scripts.calibration import Calibration, calibration_metrics, plot_reliability
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError
 from scripts.data.layouts import SEQUENCES
@@ -69,6 +70,7 @@ __all__ = [
     "MAPS_DIR",
     "METRICS_JSON",
     "MISSING_JSON",
+    "RELIABILITY_PNG",
     "FoldEvaluator",
     "FoldPredictions",
     "as_flag",
@@ -82,6 +84,8 @@ METRICS_JSON = "metrics.json"
 """Fold metrics; written last, so its presence marks a finished evaluation."""
 CASES_CSV = "per_case.csv"
 DELETION_PNG = "deletion_curve.png"
+RELIABILITY_PNG = "reliability.png"
+"""Reliability diagram of the held-out probabilities, raw and calibrated."""
 MISSING_JSON = "missing_sequences.json"
 MAPS_DIR = "maps"
 """``<case_id>_class_map.nii.gz`` (float32) and ``<case_id>_mask.nii.gz`` (uint8) on the preprocessed grid."""
@@ -93,8 +97,10 @@ class FoldPredictions(NamedTuple):
     case_ids: list[str]
     labels: Tensor
     """Ground-truth class indices (N,)."""
+    logits: Tensor
+    """Raw logits (N, C), float32."""
     probs: Tensor
-    """Softmax probabilities (N, C)."""
+    """Softmax of the raw logits (N, C) (uncalibrated)."""
     maps: list[Tensor]
     """Class attention map of the ground-truth class per case, (H, W, D) on the input grid (CPU, float32)."""
     ap: Tensor
@@ -166,7 +172,7 @@ def predict_fold(
     model = unwrap(network)
     prototypes = isinstance(model, UMProtoShare)
     case_ids: list[str] = []
-    labels, probs, maps, ap, similarities, ap_eq28 = [], [], [], [], [], []
+    labels, all_logits, maps, ap, similarities, ap_eq28 = [], [], [], [], [], []
     localisation: dict[str, list[float]] = {key: [] for key in LOCALISATION_KEYS}
     peaks: dict[str, list[float]] = {key: [] for key in PEAK_KEYS}
     for batch in loader:
@@ -182,7 +188,7 @@ def predict_fold(
                 eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
             else:
                 logits = network(images)
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            all_logits.append(logits.float().cpu())
         options = (class_map_method, scale_combination, brain_only, explanation)
         batch_maps = class_map(network, images, target.to(device), *options).detach().float().cpu()
         predicted = logits.argmax(dim=1)
@@ -215,10 +221,12 @@ def predict_fold(
         maps.extend(batch_maps)
     if not case_ids:
         raise ValueError("the evaluation loader is empty: the fold has no cases.")
+    logits = torch.cat(all_logits)
     return FoldPredictions(
         case_ids,
         torch.cat(labels),
-        torch.cat(probs),
+        logits,
+        torch.softmax(logits, dim=1),
         maps,
         torch.tensor(ap, dtype=torch.float64),
         {key: torch.tensor(values, dtype=torch.float64) for key, values in localisation.items()},
@@ -246,12 +254,16 @@ class _Images(Sequence):
 class FoldEvaluator:
     """Evaluates a trained fold on its held-out cases and writes the fold's files (``configs/evaluate.json``).
 
-    Calling it loads ``model_file`` into ``network`` and writes, in ``output_dir``: ``per_case.csv``
-    (case id, label, probabilities, prediction, AP; for prototype models also ``ap_eq28`` and the
-    ``topk_peak_in_brain`` / ``topk_peak_in_tumour`` shares), ``deletion_curve.png``, optionally ``maps/``
-    (``save_maps``) and ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``:
-    ``bac``, ``accuracy``, ``sensitivity``, ``specificity``, ``roc_auc``, ``ap``, ``ids`` (fractions; NaN
-    as null), the deletion curve and the settings used. Prototype models add ``ap_eq28``, the peak shares
+    Calling it loads ``model_file`` into ``network`` and its calibration (``calibration.json`` beside it;
+    none: the identity) and writes, in ``output_dir``: ``per_case.csv`` (case id, label, calibrated
+    probabilities, prediction, AP, the raw probabilities ``raw_prob_<class>`` and logits ``logit_<class>``;
+    for prototype models also ``ap_eq28`` and the ``topk_peak_in_brain`` / ``topk_peak_in_tumour`` shares), ``deletion_curve.png``,
+    ``reliability.png`` (raw and calibrated), optionally ``maps/`` (``save_maps``) and
+    ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``: ``bac``, ``accuracy``,
+    ``sensitivity``, ``specificity``, ``roc_auc`` (of the calibrated probabilities: the temperature keeps
+    every argmax and ranking), ``ece``, ``nll``, ``brier`` (calibrated) and ``ece_raw``, ``nll_raw``,
+    ``brier_raw``, ``calibration``, ``ap``, ``ids`` (fractions; NaN as null), the deletion curve and the
+    settings used. Prototype models add ``ap_eq28``, the peak shares
     (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
     (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
     their share that agrees, ``prototype_source_agrees``; null for a CNN.
@@ -368,17 +380,22 @@ class FoldEvaluator:
             self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only,
             self.top_prototypes,
         )
+        calibration = Calibration.load(self.model_file)
+        probs = calibration.apply(result.logits)
         images = _Images(self.dataset)
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
         ids = incremental_deletion_score(curve)
         metrics: dict[str, Any] = {
-            **classification_metrics(result.labels, result.probs),
+            **classification_metrics(result.labels, probs),
+            **calibration_metrics(probs, result.labels),
+            **{f"{key}_raw": value for key, value in calibration_metrics(result.probs, result.labels).items()},
+            "calibration": calibration.to_dict(),
             "ap": float(result.ap.mean()),
             "ids": ids,
             "localisation": {key: float(values.mean()) for key, values in result.localisation.items()},
             "similarity_spread": None if result.similarities is None else similarity_spread(result.similarities),
             **(dict.fromkeys(READOUT_KEYS) if result.peaks is None else fold_readouts(
-                result.ap_eq28, result.peaks, result.probs.argmax(dim=1) == result.labels, self.top_prototypes,
+                result.ap_eq28, result.peaks, probs.argmax(dim=1) == result.labels, self.top_prototypes,
                 None if push is None else source_agreement(push.records, model.classifier.weight, self.class_names),
             )),
             "fold": self.fold,
@@ -390,10 +407,15 @@ class FoldEvaluator:
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
         }
-        extra = {} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks}
+        extra = {f"raw_prob_{name}": result.probs[:, c] for c, name in enumerate(self.class_names)}
+        extra.update({f"logit_{name}": result.logits[:, c] for c, name in enumerate(self.class_names)})
+        extra.update({} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks})
         write_case_table(
-            self.output_dir / CASES_CSV, result.case_ids, result.labels, result.probs, result.ap, self.class_names,
-            extra,
+            self.output_dir / CASES_CSV, result.case_ids, result.labels, probs, result.ap, self.class_names, extra
+        )
+        plot_reliability(
+            self.output_dir / RELIABILITY_PNG, result.probs, probs, result.labels,
+            title=f"fold {self.fold}: held-out reliability ({calibration.method}, T = {calibration.temperature:.2f})",
         )
         plot_deletion_curve(self.output_dir / DELETION_PNG, curve, ids, f"fold {self.fold} deletion curve")
         if self.missing_sequences:
@@ -402,6 +424,11 @@ class FoldEvaluator:
             robustness = {"fold": self.fold, "bac_all_present": metrics["bac"], "missing": subsets}
             write_json(self.output_dir / MISSING_JSON, robustness)
         write_json(self.output_dir / METRICS_JSON, metrics)
+        logger.info(
+            "fold %d held-out calibration (%s, T = %.3f): ECE %.4f -> %.4f, NLL %.4f -> %.4f, Brier %.4f -> %.4f",
+            self.fold, calibration.method, calibration.temperature,
+            *(metrics[k] for key in ("ece", "nll", "brier") for k in (f"{key}_raw", key)),
+        )
         logger.info(
             "fold %d held-out (%d cases): BAC %.4f  AP %.4f  IDS %.4f  (random-map AP %.4f, map region %.1f%% of "
             "the volume, peak in tumour %.0f%% of cases)",

@@ -22,6 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 from torch import Tensor
 
+from scripts.calibration import Calibration, format_probability
 from scripts.explain.maps import resize_to_input
 from scripts.losses import soft_class_coefficients
 from scripts.networks import UMProtoShare
@@ -33,10 +34,12 @@ __all__ = [
     "LOW_SIMILARITY_SPREAD",
     "SEQUENCE_NAMES",
     "CaseEvidence",
+    "calibration_note",
     "confidence_warnings",
     "driving_sequence",
     "explain_case",
     "prediction_record",
+    "probability_text",
     "prototype_contributions",
     "sequence_evidence",
     "sequence_mean_inputs",
@@ -54,7 +57,8 @@ DRIVING_THRESHOLD = 0.05
 DRIVING_DOMINANCE = 2.0
 """... and by at least this many times as much as any other sequence does (else no single one dominates)."""
 LOW_PROBABILITY = 0.8
-"""Below this top-class probability the answer is flagged low-confidence."""
+"""Below this top-class probability (calibrated, where the model has a calibration) the answer is flagged
+low-confidence."""
 LOW_SIMILARITY_SPREAD = 0.05
 """Below this standard deviation of a case's similarities over all prototypes, the prototypes cannot be
 told apart on the case (the collapse of all S ≈ 1), and the answer is flagged low-confidence."""
@@ -149,6 +153,20 @@ def confidence_warnings(probabilities: Mapping[str, float], similarities: Sequen
     return warnings
 
 
+def probability_text(name: str, probability: float) -> str:
+    """``p(<name>) = 0.873``, or ``p(<name>) > 0.999`` / ``< 0.001`` at the ends (never "1.00")."""
+    text = format_probability(probability)
+    return f"p({name}) {text}" if text[0] in "<>" else f"p({name}) = {text}"
+
+
+def calibration_note(calibration: Mapping[str, Any]) -> str:
+    """What a reader is told about a record's ``calibration``: ``calibrated (T = 2.31 on 12 validation cases)``
+    or ``uncalibrated softmax``."""
+    if calibration.get("method", "none") == "none":
+        return "uncalibrated softmax"
+    return f"calibrated (T = {calibration['temperature']:.2f} on {calibration['cases']} validation cases)"
+
+
 def unit_scaled(volume: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
     """A non-negative map divided by its maximum, so that it displays on [0, 1]; returns it and that maximum.
 
@@ -184,7 +202,11 @@ class CaseEvidence:
     logits: Tensor
     """(C,)."""
     probabilities: Tensor
+    """(C,), the calibrated probabilities: softmax of the logits / the calibration's temperature."""
+    raw_probabilities: Tensor
     """(C,), softmax of the logits."""
+    calibration: Calibration
+    """The calibration applied (the identity, method "none", for an uncalibrated model)."""
     predicted: int
     """argmax of the logits."""
     similarities: Tensor
@@ -207,13 +229,15 @@ class CaseEvidence:
         return resize_to_input(self.maps_per_scale[self.scales.index(scale)][None, [k]], size)[0, 0]
 
 
-def explain_case(model: UMProtoShare, image: Tensor) -> CaseEvidence:
+def explain_case(model: UMProtoShare, image: Tensor, calibration: Calibration | None = None) -> CaseEvidence:
     """Run ``model`` (in its current mode, without gradient) on one preprocessed case and collect its evidence.
 
     Args:
         model: a UM-ProtoShare (call ``eval()`` first).
         image: (C_in, H, W, D), on the model's device.
+        calibration: the model's calibration (``calibration.json`` beside its weights); None: uncalibrated.
     """
+    calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
         explanation = model.explain(image[None])
         weight = model.classifier.weight.detach()
@@ -222,7 +246,9 @@ def explain_case(model: UMProtoShare, image: Tensor) -> CaseEvidence:
     logits = explanation.logits[0].float().cpu()
     return CaseEvidence(
         logits=logits,
-        probabilities=torch.softmax(logits, dim=0),
+        probabilities=calibration.apply(logits),
+        raw_probabilities=torch.softmax(logits, dim=0),
+        calibration=calibration,
         predicted=int(logits.argmax()),
         similarities=explanation.similarities[0].float().cpu(),
         classifier_weight=weight.float().cpu(),
@@ -311,7 +337,11 @@ def prediction_record(
     push_records: Sequence[Mapping[str, Any]] | None = None,
     details: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready answer for one case: grade, logits, probabilities and every prototype's evidence.
+    """The JSON-ready answer for one case: grade, raw logits, probabilities and every prototype's evidence.
+
+    ``probabilities`` are calibrated (``calibration``: the temperature, method and validation cases it was
+    fitted on; method "none" when the model has none), ``raw_probabilities`` the plain softmax; the
+    low-confidence warning reads the calibrated ones.
 
     Prototypes are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
@@ -362,6 +392,8 @@ def prediction_record(
         "class_names": list(class_names),
         "logits": _by_class(evidence.logits, class_names),
         "probabilities": probabilities,
+        "raw_probabilities": _by_class(evidence.raw_probabilities, class_names),
+        "calibration": evidence.calibration.to_dict(),
         "warnings": confidence_warnings(probabilities, evidence.similarities.tolist()),
         "prototypes": entries,
     }

@@ -25,7 +25,14 @@ from matplotlib.figure import Figure
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from scripts.explain.evidence import DRIVING_DOMINANCE, DRIVING_THRESHOLD, SEQUENCE_NAMES, unit_scaled
+from scripts.explain.evidence import (
+    DRIVING_DOMINANCE,
+    DRIVING_THRESHOLD,
+    SEQUENCE_NAMES,
+    calibration_note,
+    probability_text,
+    unit_scaled,
+)
 from scripts.explain.input_grid import InputCase, InputMap, map_peak
 from scripts.metrics import brain_mask
 
@@ -232,7 +239,9 @@ def case_figure(
     predicted = prediction["predicted_class"]
     logits = ", ".join(f"{n} {v:+.2f}" for n, v in prediction["logits"].items())
     known = f"  |  {grade_line(prediction)}" if grade_line(prediction) else ""
-    title = (f"{case_id}: predicted {predicted} (p = {prediction['probabilities'][predicted]:.2f}); logits {logits}"
+    probability = probability_text(predicted, prediction["probabilities"][predicted])
+    calibration = calibration_note(prediction.get("calibration", {}))
+    title = (f"{case_id}: predicted {predicted} ({probability}, {calibration}); logits {logits}"
              f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
     if warnings:
         title = "CAUTION: " + "; ".join(warnings) + "\n" + title
@@ -242,7 +251,7 @@ def case_figure(
     axes = _sequence_row(fig, cells, case, channels, brain, class_map, f"class map {predicted}")
     combination = prediction.get("scale_combination", "sum")
     _text(fig, grid[0, len(channels):], [f"class evidence map of {predicted}", f"(scales combined: {combination})",
-                                         *(f"p({n}) = {v:.3f}" for n, v in prediction["probabilities"].items())])
+                                         *(probability_text(n, v) for n, v in prediction["probabilities"].items())])
     for row, entry in enumerate(entries, start=1):
         column = entry["column"]
         cells = [grid[row, c] for c in range(len(channels))]

@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from scripts.explain.evidence import SEQUENCE_NAMES
+from scripts.explain.evidence import SEQUENCE_NAMES, calibration_note, probability_text
 from scripts.explain.input_grid import InputCase, InputMap
 from scripts.explain.report import (
     AXIAL_LETTERS,
@@ -269,7 +269,8 @@ def case_html(
         for i, o in enumerate(overlays)
     )
     predicted = record["predicted_class"]
-    probabilities = ", ".join(f"p({html.escape(n)}) = {v:.3f}" for n, v in record["probabilities"].items())
+    probabilities = ", ".join(html.escape(probability_text(n, v)) for n, v in record["probabilities"].items())
+    probabilities += f" ({html.escape(calibration_note(record.get('calibration', {})))})"
     grade = grade_line(record)
     disagrees = grade and record["true_class"] != predicted
     known = (f'<p id="grade" class="grade{" disagrees" if disagrees else ""}">predicted {html.escape(predicted)}; '

@@ -82,10 +82,10 @@ class _BundleFiles(BundleConstants):
 
 class GliomaGradingInfer(BundleInferTask):
     """Grade one study (a 4D NIfTI, channels [T1, T1-CE, T2, FLAIR]) with the bundle's own preprocessing,
-    network and softmax; with the request's ``evidence`` (default true) also its prototype evidence.
+    network and calibrated softmax; with the request's ``evidence`` (default true) also its prototype evidence.
 
     The result JSON has MONAI Label's ``prediction`` (``idx``, ``label`` from the metadata, ``score`` =
-    probability) and, with evidence, ``evidence``: what the bundle's inference writes to
+    probability, calibrated by ``calibration.json`` beside ``model_path`` when there is one) and, with evidence, ``evidence``: what the bundle's inference writes to
     ``prediction.json``; the result file is then the predicted class's evidence map (Eq. 28) on the
     study's grid.
 
@@ -122,7 +122,8 @@ class GliomaGradingInfer(BundleInferTask):
         extra = self.const.extra_config
         parser = ConfigParser()
         parser.read_config([config, extra] if extra else config)
-        parser.config.update({self.const.key_bundle_root(): path})
+        # everything keyed on the checkpoint (the calibration beside it) follows the served weights
+        parser.config.update({self.const.key_bundle_root(): path, "ckpt_path": self.const.model_path})
         return parser
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
@@ -165,6 +166,7 @@ class GliomaGradingInfer(BundleInferTask):
                 top_per_scale=self.bundle_config.get_parsed_content("top_prototypes_per_scale"),
                 write_report=False,
                 scale_combination=self.bundle_config.get_parsed_content("scale_combination"),
+                calibration=self.bundle_config.get_parsed_content("calibration"),
             )
             record = {**writer.write_case(name, data["image"]), "files": {"image": path}}
             handle, evidence_file = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{name}_evidence_")

@@ -12,11 +12,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigWorkflow, run
+from conftest import DATA_SMALL_SHAPE
 from test_engine_micro import MICRO, micro_workflow
 
+from scripts.calibration import Calibration, calibration_metrics
 from scripts.explain.attribution import class_map
 from scripts.data import preprocessing_transforms, split_fold
+from scripts.data.synthetic import generate_dataset
 from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_table, replace_missing
 from scripts.metrics import activation_precision
 
@@ -32,6 +35,8 @@ SHORT = {
 """The micro settings on a 16^3 grid, one epoch of each stage; batches of 3 split the 9 training cases evenly
 (a batch of one would meet a 1-voxel BatchNorm input at this size)."""
 IDS_STEPS = 10
+CALIBRATION = Calibration(temperature=2.5, method="platt_targets", cases=3, separated=True)
+"""A fitted calibration, written beside the micro fold's weights before it is evaluated."""
 
 
 def _evaluation(workdir: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
@@ -49,12 +54,13 @@ def evaluated(data_synthetic_root, tmp_path_factory):
     training.initialize()
     training.run()
     training.finalize()
+    fold_dir = workdir / "out" / "fold0"
+    CALIBRATION.save(fold_dir)  # over the identity that training wrote (the micro runs hold no validation split)
     workflow = _evaluation(workdir, data_synthetic_root, save_maps="true", missing_sequences=True, ids_steps=IDS_STEPS)
     workflow.initialize()
     workflow.run()
     parser = workflow.parser
     workflow.finalize()
-    fold_dir = workdir / "out" / "fold0"
     network = parser.get_parsed_content("fold_model").eval()
     _, test_items = split_fold(parser.get_parsed_content("datalist"), 0)
     spacing = SHORT["target_spacing"]
@@ -141,6 +147,57 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
     assert [entry["agrees"] for entry in metrics["prototype_sources"]] == agrees
     assert len(agrees) == evaluated.network.num_prototypes
     assert metrics["prototype_source_agrees"] == pytest.approx(sum(agrees) / len(agrees))
+
+
+def test_one_calibration_for_evaluation_inference_and_their_files(evaluated, tmp_path):
+    rows = read_case_table(evaluated.fold_dir / "per_case.csv")
+    metrics = evaluated.metrics
+    assert metrics["calibration"] == CALIBRATION.to_dict()
+    for row in rows:
+        image = evaluated.cases[row["case_id"]]["image"].as_tensor()[None]
+        with torch.no_grad():
+            logits = evaluated.network(image)[0]
+        assert [row["logit_LGG"], row["logit_HGG"]] == pytest.approx(logits.tolist(), abs=1e-5)
+        assert [row["prob_LGG"], row["prob_HGG"]] == pytest.approx(torch.softmax(logits / 2.5, 0).tolist(), abs=1e-6)
+        assert [row["raw_prob_LGG"], row["raw_prob_HGG"]] == pytest.approx(torch.softmax(logits, 0).tolist(), abs=1e-6)
+    labels = torch.tensor([row["label"] for row in rows])
+    for suffix, prefix in (("", "prob"), ("_raw", "raw_prob")):
+        probs = torch.tensor([[row[f"{prefix}_LGG"], row[f"{prefix}_HGG"]] for row in rows], dtype=torch.float64)
+        for key, value in calibration_metrics(probs, labels).items():
+            assert metrics[f"{key}{suffix}"] == pytest.approx(value, abs=1e-6)
+    assert (evaluated.fold_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # inference on a held-out case with the same weights reads the same calibration beside them
+    case_id, item = next((row["case_id"], row) for row in rows)
+    folder = Path(evaluated.cases[case_id]["image"].meta["filename_or_obj"]).parent
+    network = {key: MICRO[key] for key in ("roi_size", "encoder_layers", "encoder_width", "embed_dim", "mapping_dim")}
+    run(config_file="configs/inference.json", logging_file=False, input_dir=str(folder), output_dir=str(tmp_path),
+        ckpt_path=str(evaluated.fold_dir / "model.pt"), target_spacing=SHORT["target_spacing"], device="cpu",
+        write_report=False, **network)
+    prediction = json.loads((tmp_path / case_id / "prediction.json").read_text())
+    assert prediction["calibration"] == CALIBRATION.to_dict()
+    assert [prediction["probabilities"][n] for n in ("LGG", "HGG")] == pytest.approx(
+        [item["prob_LGG"], item["prob_HGG"]], abs=1e-5
+    )
+    assert [prediction["raw_probabilities"][n] for n in ("LGG", "HGG")] == pytest.approx(
+        [item["raw_prob_LGG"], item["raw_prob_HGG"]], abs=1e-5
+    )
+
+
+def test_a_trained_fold_is_evaluated_on_every_case_of_another_cohort(evaluated, tmp_path):
+    cohort = tmp_path / "MICCAI_BraTS2020_TrainingData"
+    generate_dataset(cohort, cases=6, shape=DATA_SMALL_SHAPE, seed=3, hgg_fraction=0.5, ambiguous_fraction=0.5)
+    workflow = micro_workflow(
+        tmp_path / "external", cohort, "run", ["configs/train.json", "configs/evaluate.json",
+                                               "configs/evaluate_external.json"], None,
+        **{**SHORT, "model_file": str(evaluated.fold_dir / "model.pt"), "ids_steps": 2, "num_folds": 2},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    rows = read_case_table(tmp_path / "external" / "out" / "per_case.csv")
+    assert sorted(row["case_id"] for row in rows) == sorted(p.name for p in cohort.glob("BraTS20_Training_*"))
+    metrics = json.loads((tmp_path / "external" / "out" / "metrics.json").read_text())
+    assert metrics["cases"] == 6 and metrics["calibration"] == CALIBRATION.to_dict()  # the fold's, beside its weights
 
 
 def test_missing_sequence_report_covers_every_subset(evaluated):

@@ -146,7 +146,12 @@ def test_report_page_banner_brain_only_overlays_flagged_peaks_letters_and_grade(
                          {0: None, 1: source})
     title = figure.get_suptitle()
     assert title.startswith("CAUTION: low confidence: top probability 0.52")
+    assert "predicted HGG (p(HGG) = 0.520, uncalibrated softmax)" in title
     assert "true grade LGG (prediction DISAGREES)" in title
+    certain = {**record, "probabilities": {"LGG": 2e-5, "HGG": 0.99998}, "warnings": [],
+               "calibration": {"temperature": 3.0, "method": "platt_targets", "cases": 12, "separated": True}}
+    title = case_figure("case", case, certain, maps["inside"], {}, {}).get_suptitle()
+    assert "p(HGG) > 0.999, calibrated (T = 3.00 on 12 validation cases)" in title and "1.00" not in title
     texts = [t.get_text() for ax in figure.axes for t in ax.texts]
     assert any("no single sequence dominates" in t for t in texts) and any("driven by FLAIR" in t for t in texts)
     assert any(ax.get_xlabel() == COLOUR_BAR_LABEL for ax in figure.axes)  # the colour bar, with its unit
@@ -178,6 +183,7 @@ def test_html_page_is_self_contained_with_scrollable_slices_and_brain_only_overl
     page = path.read_text(encoding="utf-8")
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and "http://" not in page.replace("http://www.w3", "")
     assert "CAUTION: low confidence" in page and "no single sequence dominates" in page
+    assert "p(LGG) = 0.480, p(HGG) = 0.520 (uncalibrated softmax)" in page
     assert "true grade LGG (prediction DISAGREES)" in re.search(r'<p id="grade"[^>]*>(.*?)</p>', page).group(1)
     rows = re.findall(r"<tr><td>", page)
     assert len(rows) == len(record["prototypes"])

@@ -16,6 +16,7 @@ from matplotlib.image import imread
 from monai.bundle import ConfigWorkflow, run
 from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, push_on, write_case
 
+from scripts.calibration import Calibration
 from scripts.data import DataError, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
 from scripts.explain.evidence import DRIVING_THRESHOLD
@@ -23,6 +24,8 @@ from scripts.inference import find_cases
 from scripts.push import save_push
 
 SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}
+CALIBRATION = Calibration(temperature=4.0, method="platt_targets", cases=10, separated=True)
+"""Beside the served weights: every probability served is softmax(logits / 4)."""
 
 
 def _serve(root: Path, input_dir: Path, output_dir: Path, **overrides) -> None:
@@ -44,6 +47,7 @@ def served(tmp_path_factory):
     (root / "fold0").mkdir()
     torch.save(model.state_dict(), root / "fold0" / "model.pt")
     save_push(push, root / "fold0")
+    CALIBRATION.save(root / "fold0")
     cases = root / "cases"
     good = write_case(cases / "good", "good", seed=11)
     bad = {name: write_case(cases / name, name, seed=12) for name in ("fourd", "nan", "missing")}
@@ -90,9 +94,10 @@ def test_contributions_sum_to_the_models_logits(served):
         assert prediction["logits"][name] == pytest.approx(float(logits[c]), abs=1e-5)
         total = sum(entry["contribution"][name] for entry in prediction["prototypes"])
         assert total == pytest.approx(float(logits[c]), abs=1e-5)
-    probabilities = torch.softmax(logits, 0)
-    predicted = prediction["predicted_class"]
-    assert prediction["probabilities"][predicted] == pytest.approx(float(probabilities.max()), abs=1e-5)
+    assert prediction["calibration"] == CALIBRATION.to_dict()
+    for name, raw, calibrated in zip(prediction["class_names"], torch.softmax(logits, 0), torch.softmax(logits / 4, 0)):
+        assert prediction["raw_probabilities"][name] == pytest.approx(float(raw), abs=1e-5)
+        assert prediction["probabilities"][name] == pytest.approx(float(calibrated), abs=1e-5)
 
 
 def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):

@@ -37,6 +37,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run
 
+from scripts.calibration import Calibration
 from scripts.stack_4d import main as stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +136,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_synthetic_root: Path) 
     parser.read_config([str(ROOT / "configs" / "inference.json"), str(extra)])
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    Calibration(temperature=3.0, method="platt_targets", cases=12, separated=True).save(tmp)  # beside the weights
     reference = {}
     for case in CASES:
         run(config_file=[str(ROOT / "configs" / "inference.json"), str(extra)], logging_file=False,
@@ -174,6 +176,9 @@ def test_json_scores_are_the_bundles_own_inference_with_its_evidence_record(serv
     assert sum(scores) == pytest.approx(1.0, abs=1e-6)
     expected = [reference["probabilities"][name] for name in reference["class_names"]]
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
+    logits = torch.tensor([reference["logits"][name] for name in reference["class_names"]])
+    np.testing.assert_allclose(scores, torch.softmax(logits / 3.0, 0).tolist(), rtol=0, atol=1e-5)  # calibrated
+    assert answer["evidence"]["calibration"] == reference["calibration"] and reference["calibration"]["cases"] == 12
     evidence = answer["evidence"]
     assert evidence["files"] == {"image": str((server.studies / f"{case}.nii.gz").resolve())}
     assert evidence["predicted_class"] == reference["predicted_class"]

@@ -36,6 +36,7 @@ __all__ = [
     "CALIBRATION_JSON",
     "CALIBRATION_METHODS",
     "ECE_BINS",
+    "PRIOR_WIDTH",
     "TEMPERATURE_BOUNDS",
     "Calibration",
     "brier_score",
@@ -52,8 +53,11 @@ __all__ = [
 
 CALIBRATION_JSON = "calibration.json"
 """File name of a fold's calibration, beside its weights."""
-CALIBRATION_METHODS = ("platt_targets", "nll", "none")
-"""How a temperature is fitted: Platt's smoothed targets, plain NLL (one-hot targets), or not at all."""
+CALIBRATION_METHODS = ("prior_nll", "platt_targets", "nll", "none")
+"""How a temperature is fitted: NLL with a log-normal prior on T centred on 1, Platt's smoothed targets,
+plain NLL (one-hot targets), or not at all."""
+PRIOR_WIDTH = 0.5
+"""σ of ``prior_nll``'s prior ln T ~ N(0, σ²): T within a factor e^(±2σ) = e^(±1) of 1 with 95 %."""
 ECE_BINS = 15
 """Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. 2017 use 15)."""
 TEMPERATURE_BOUNDS = (0.05, 100.0)
@@ -95,7 +99,7 @@ def _validated(scores: Tensor, labels: Tensor, name: str) -> tuple[Tensor, Tenso
 def calibration_targets(labels: Tensor, num_classes: int, method: str) -> Tensor:
     """Soft targets the temperature is fitted to.
 
-    ``"nll"``: one-hot. ``"platt_targets"``: Platt (1999)'s rule generalised to C classes: a case of
+    ``"nll"`` and ``"prior_nll"``: one-hot. ``"platt_targets"``: Platt (1999)'s rule generalised to C classes: a case of
     class c has target (N_c + 1)/(N_c + 2) on c and 1/(N_c + 2) spread evenly over the other C - 1
     classes, N_c the number of cases of class c in ``labels``. For C = 2 these are Platt's
     t+ = (N+ + 1)/(N+ + 2) and t- = 1/(N- + 2).
@@ -103,7 +107,7 @@ def calibration_targets(labels: Tensor, num_classes: int, method: str) -> Tensor
     Args:
         labels: class indices, (N,).
         num_classes: C >= 2.
-        method: ``"platt_targets"`` or ``"nll"``.
+        method: ``"platt_targets"``, ``"nll"`` or ``"prior_nll"``.
 
     Returns:
         (N, C) float64, every row summing to 1.
@@ -112,7 +116,7 @@ def calibration_targets(labels: Tensor, num_classes: int, method: str) -> Tensor
         raise ValueError(f"unknown calibration fitting method {method!r}: expected one of {_FITTED_METHODS}.")
     labels = _validated_labels(labels, num_classes)
     one_hot = F.one_hot(labels, num_classes).double()
-    if method == "nll":
+    if method != "platt_targets":
         return one_hot
     counts = torch.bincount(labels, minlength=num_classes).double()
     hit = (counts + 1) / (counts + 2)
@@ -126,8 +130,9 @@ def fit_temperature(
     method: str = "platt_targets",
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     iterations: int = 100,
+    prior_width: float = PRIOR_WIDTH,
 ) -> float:
-    """Temperature T minimising the mean soft-target cross-entropy of softmax(logits / T).
+    """Temperature T minimising the mean soft-target cross-entropy of softmax(logits / T) (Guo et al. 2017).
 
     The loss -mean_n sum_c t_nc log softmax(beta z_n)_c = mean_n [logsumexp(beta z_n) - beta t_n . z_n]
     is convex in beta = 1/T, so a golden-section search over beta in [1/bounds[1], 1/bounds[0]]
@@ -138,14 +143,19 @@ def fit_temperature(
     lowers the loss, so the optimum runs to the lower bound of T: the fit sharpens the probabilities
     towards 0 and 1, claiming a certainty a handful of cases cannot support. Platt's targets
     (:func:`calibration_targets`) are below 1, so the loss grows again once the probabilities pass
-    them, and T stays finite.
+    them, and T stays finite. ``"prior_nll"`` is the maximum a posteriori T under a log-normal prior
+    ln T ~ N(0, ``prior_width``²): it adds (ln T)² / (2 σ² N) to the mean NLL, so a handful of cases moves
+    T only as far as they are evidence for (a separated split sharpens a little, never to the bound) and
+    many cases move it as plain NLL would. The prior makes the loss non-convex in beta, so this method
+    scans 401 log-spaced temperatures first and refines around the best one.
 
     Args:
         logits: validation logits, (N, C).
         labels: validation class indices, (N,).
-        method: ``"platt_targets"`` or ``"nll"``.
+        method: ``"prior_nll"``, ``"platt_targets"`` or ``"nll"``.
         bounds: (lowest, highest) T searched, 0 < lowest < highest.
         iterations: golden-section steps (each shrinks the range by 0.618).
+        prior_width: σ of ``"prior_nll"``'s prior on ln T (> 0).
 
     Returns:
         T.
@@ -160,15 +170,23 @@ def fit_temperature(
 
     top = F.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()
 
+    if not prior_width > 0:
+        raise ValueError(f"prior_width must be > 0, got {prior_width}.")
+    prior = 1 / (2 * prior_width**2 * len(labels)) if method == "prior_nll" else 0.0
+
     def loss(beta: float) -> float:
         # log softmax as s - max - log1p(sum of the other exp(s - max)): exact where p_top -> 1, so the
         # loss of a separated set keeps falling all the way to the bound instead of flattening at 1e-16
         shifted = logits * beta
         shifted = shifted - shifted.amax(dim=1, keepdim=True)
         log_probs = shifted - shifted.exp().masked_fill(top, 0.0).sum(dim=1, keepdim=True).log1p()
-        return float(-(targets * log_probs).sum(dim=1).mean())
+        return float(-(targets * log_probs).sum(dim=1).mean()) + prior * math.log(beta) ** 2
 
     left, right = 1 / high, 1 / low
+    if prior:  # non-convex: bracket the best of a log-spaced scan, then refine inside it
+        grid = torch.logspace(math.log10(left), math.log10(right), 401, dtype=torch.float64).tolist()
+        best = min(range(len(grid)), key=lambda i: loss(grid[i]))
+        left, right = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     inner_left, inner_right = right - _GOLDEN * (right - left), left + _GOLDEN * (right - left)
     loss_left, loss_right = loss(inner_left), loss(inner_right)
     for _ in range(iterations):
@@ -286,7 +304,7 @@ class Calibration:
             raise ValueError(f"{path}: not a readable calibration file: {error}") from error
 
 
-def fit_calibration(logits: Tensor, labels: Tensor, method: str = "platt_targets") -> Calibration:
+def fit_calibration(logits: Tensor, labels: Tensor, method: str = "prior_nll") -> Calibration:
     """Fit a fold's calibration on its validation logits.
 
     Args:

@@ -104,7 +104,7 @@ def test_calibration_targets_unknown_method_names_allowed():
 
 def test_fit_calibration_records_cases_and_separation():
     logits, labels = _separated_set()
-    fitted = fit_calibration(logits, labels)
+    fitted = fit_calibration(logits, labels, "platt_targets")
     assert (fitted.method, fitted.cases, fitted.separated) == ("platt_targets", 4, True)
     assert fitted.temperature == pytest.approx(6 / math.log(3), abs=1e-4)
     # one case wrong: not separated; method "none" keeps T = 1
@@ -351,3 +351,27 @@ def test_format_probability_never_claims_certainty():
         assert not text.startswith("1.0") and text not in ("0.000", "-0.000"), (p, text)
         if not text.startswith(("<", ">")):
             assert float(text) == pytest.approx(p, abs=0.0005 + 1e-12)
+
+
+def test_prior_nll_is_the_map_temperature_and_tends_to_plain_nll_with_many_cases():
+    # 4 binary cases, logits (4, 0), 3 of class 0 and 1 of class 1: plain NLL's optimum is T = 4 / ln 3.
+    # With the prior ln T ~ N(0, 0.5²) the MAP T minimises mean NLL + (ln T)² / (2 · 0.25 · 4), found here by
+    # brute force over ln T in plain Python, independently of the golden-section code.
+    logits = torch.tensor([[4.0, 0.0]] * 4)
+    labels = torch.tensor([0, 0, 0, 1])
+
+    def objective(log_t: float) -> float:
+        a = 4 / math.exp(log_t)  # log p = -log(1 + e^-a), log(1 - p) = -a - log(1 + e^-a)
+        return (3 * math.log1p(math.exp(-a)) + a + math.log1p(math.exp(-a))) / 4 + log_t**2 / (2 * 0.25 * 4)
+
+    brute = math.exp(min((i / 10000 for i in range(-29000, 46000)), key=objective))
+    fitted = fit_temperature(logits, labels, "prior_nll")
+    assert fitted == pytest.approx(brute, rel=1e-3)
+    assert 1.0 < fitted < 4 / math.log(3)  # pulled from the NLL optimum towards 1
+    many = fit_temperature(logits.repeat(1000, 1), labels.repeat(1000), "prior_nll")
+    assert many == pytest.approx(4 / math.log(3), rel=1e-2)
+    # a separated split: plain NLL runs to the bound, the prior keeps T finite
+    separated = torch.tensor([[6.0, 0.0], [6.0, 0.0], [0.0, 6.0], [0.0, 6.0]])
+    t = fit_temperature(separated, torch.tensor([0, 0, 1, 1]), "prior_nll")
+    assert TEMPERATURE_BOUNDS[0] < t < 1.0
+    assert fit_calibration(separated, torch.tensor([0, 0, 1, 1])).method == "prior_nll"

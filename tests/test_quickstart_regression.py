@@ -18,7 +18,7 @@ from monai.bundle import ConfigWorkflow
 from scripts.counterfactual import check_pairs, pair_items
 from scripts.data import generate_dataset, preprocessing_transforms
 from scripts.data.synthetic import generate_pairs
-from scripts.evaluate import load_fold_weights
+from scripts.evaluate import load_fold_weights, read_case_table
 
 SHAPE = (48, 48, 36)
 TINY = {
@@ -71,6 +71,28 @@ def test_tiny_quickstart_learns_without_collapse(quickstart):
     for key in ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees"):
         assert comparison["runs"]["UM-ProtoShare"][key]["mean"] == pytest.approx(metrics[key])
         assert comparison["runs"]["CNN + Grad-CAM"][key]["mean"] is None  # the CNN has no prototypes
+
+
+def test_tiny_quickstart_calibrates_both_models_on_the_held_in_split(quickstart):
+    """UM-ProtoShare and its CNN each get a temperature fitted on the validation split alone, which their
+    evaluations apply: the CSV's probabilities are softmax(logits / T) and the comparison carries the ECE."""
+    parser = quickstart.parser
+    validation = {item["case_id"] for item in parser.get_parsed_content("validate#items")}
+    trained = {item["case_id"] for item in parser.get_parsed_content("train#items")}
+    tested = {item["case_id"] for item in parser.get_parsed_content("test#items")}
+    assert validation and not validation & trained and not validation & tested
+    comparison = json.loads((quickstart.root / "out" / "comparison.json").read_text())
+    for name, folder in (("UM-ProtoShare", quickstart.fold), ("CNN + Grad-CAM", quickstart.fold / "cnn_gradcam")):
+        saved = json.loads((folder / "calibration.json").read_text())
+        assert set(saved["validation"]["case_ids"]) == validation and saved["method"] == "prior_nll"
+        metrics = _metrics(folder)
+        assert metrics["calibration"]["temperature"] == saved["temperature"]
+        temperature = saved["temperature"]
+        rows = read_case_table(folder / "per_case.csv")
+        for row in rows:
+            logits = torch.tensor([row["logit_LGG"], row["logit_HGG"]])
+            assert row["prob_HGG"] == pytest.approx(float(torch.softmax(logits / temperature, 0)[1]), abs=1e-6)
+        assert comparison["runs"][name]["ece"]["mean"] == pytest.approx(metrics["ece"])
 
 
 def test_tiny_quickstart_top_prototypes_never_peak_outside_the_brain(quickstart):

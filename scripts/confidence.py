@@ -129,7 +129,7 @@ def plot_confidence(path: str | PathLike, summaries: Mapping[str, Mapping[str, A
         axis.set(xlim=(0, 1), ylim=(0.45, 1.02), xlabel="appearance (0 LGG look, 1 HGG look)",
                  title=f"{name} ({summary['cases']} cases)")
         axis.set_ylabel("calibrated top probability")
-        axis.legend(fontsize=7, loc="lower center")
+        axis.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -193,6 +193,6 @@ def test_held_in_validation_after_pushes_never_sees_the_test_fold(data_synthetic
         parser.get_parsed_content("network"), parser.get_parsed_content("validate#calibration_loader"), "cpu"
     )
     torch.testing.assert_close(logits, torch.tensor(saved["validation"]["logits"]), rtol=0, atol=1e-5)
-    assert saved["method"] == "platt_targets"
-    assert saved["temperature"] == pytest.approx(fit_temperature(logits, labels, "platt_targets"), rel=1e-6)
+    assert saved["method"] == "prior_nll"
+    assert saved["temperature"] == pytest.approx(fit_temperature(logits, labels, "prior_nll"), rel=1e-6)
     assert Calibration.load(tmp_path / "run" / "out" / "fold0" / "model.pt").temperature == saved["temperature"]

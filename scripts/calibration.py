@@ -9,8 +9,9 @@ and read back by evaluation, inference, the report and the MONAI Label app throu
 identity (T = 1, method ``"none"``).
 
 Small validation splits are often perfectly separated, where the NLL optimum is T -> 0 (sharpening
-probabilities towards 0 and 1); the default fit therefore uses Platt (1999)'s smoothed targets, which
-keep T finite (see :func:`fit_temperature`). The measures of calibration are the top-label expected
+probabilities towards 0 and 1); the default fit (``prior_nll``) therefore adds a log-normal prior on T
+centred on 1, which keeps T finite; Platt (1999)'s smoothed targets are the other bounded option (see
+:func:`fit_temperature`). The measures of calibration are the top-label expected
 calibration error (binned with MONAI's :func:`monai.metrics.calibration_binning`), the negative
 log-likelihood and the Brier score. Pure PyTorch apart from matplotlib for the reliability diagram.
 """
@@ -99,9 +100,9 @@ def _validated(scores: Tensor, labels: Tensor, name: str) -> tuple[Tensor, Tenso
 def calibration_targets(labels: Tensor, num_classes: int, method: str) -> Tensor:
     """Soft targets the temperature is fitted to.
 
-    ``"nll"`` and ``"prior_nll"``: one-hot. ``"platt_targets"``: Platt (1999)'s rule generalised to C classes: a case of
-    class c has target (N_c + 1)/(N_c + 2) on c and 1/(N_c + 2) spread evenly over the other C - 1
-    classes, N_c the number of cases of class c in ``labels``. For C = 2 these are Platt's
+    ``"nll"`` and ``"prior_nll"``: one-hot. ``"platt_targets"``: Platt (1999)'s rule generalised to C
+    classes: a case of class c has target (N_c + 1)/(N_c + 2) on c and 1/(N_c + 2) spread evenly over the
+    other C - 1 classes, N_c the number of cases of class c in ``labels``. For C = 2 these are Platt's
     t+ = (N+ + 1)/(N+ + 2) and t- = 1/(N- + 2).
 
     Args:
@@ -127,7 +128,7 @@ def calibration_targets(labels: Tensor, num_classes: int, method: str) -> Tensor
 def fit_temperature(
     logits: Tensor,
     labels: Tensor,
-    method: str = "platt_targets",
+    method: str = "prior_nll",
     bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
     iterations: int = 100,
     prior_width: float = PRIOR_WIDTH,

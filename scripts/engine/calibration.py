@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.networks import eval_mode
 from torch import Tensor, nn
 
 from scripts.calibration import CALIBRATION_JSON, Calibration, fit_calibration
@@ -31,17 +32,14 @@ logger = logging.getLogger(__name__)
 def validation_logits(network: nn.Module, loader: Any, device: str | torch.device) -> tuple[Tensor, Tensor, list[str]]:
     """Logits (N, C) float32, labels (N,) and case ids of every case of ``loader``, in eval mode, no gradient.
 
-    The network's train/eval mode is restored afterwards.
+    The network's train/eval mode is restored afterwards (MONAI's ``eval_mode``).
     """
-    was_training = network.training
-    network.eval()
     logits, labels, case_ids = [], [], []
-    with torch.no_grad():
+    with eval_mode(network):
         for batch in loader:
             logits.append(network(plain_tensor(batch["image"]).to(device)).float().cpu())
             labels.append(torch.as_tensor(batch["label"]).long().reshape(-1))
             case_ids.extend(str(c) for c in batch["case_id"])
-    network.train(was_training)
     if not logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), []
     return torch.cat(logits), torch.cat(labels), case_ids

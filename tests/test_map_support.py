@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
 from scripts.data.transforms import FlattenBackgroundd, RecordForegroundd, augmentation_transforms
@@ -115,6 +116,16 @@ def test_augmented_training_inputs_keep_the_brain_of_the_spatially_augmented_ima
     image = transforms({"image": x})["image"]
     assert not torch.equal(image[:, 0, 0, 0], x[:, 0, 0, 0])  # the intensities were augmented
     assert (brain_mask(image) ^ brain_mask(x)).sum() <= 4
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+def test_erode_equals_one_cubic_minimum_over_the_padded_mask(spatial):
+    mask = torch.rand(2, 1, *[11, 9, 7][:spatial], generator=torch.Generator().manual_seed(0)) > 0.2
+    for margin in (1, 2, 3):
+        padded = F.pad(mask.float(), [margin] * (2 * spatial), value=1.0)
+        pool = F.max_pool3d if spatial == 3 else F.max_pool2d
+        expected = -pool(-padded, 2 * margin + 1, stride=1)
+        assert torch.equal(erode(mask, margin), expected)
 
 
 def test_erode_removes_the_border_band_but_not_the_volume_edge():

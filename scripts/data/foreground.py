@@ -41,6 +41,10 @@ def foreground_mask(images: torch.Tensor, tolerance: float = FOREGROUND_TOLERANC
 def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
     """The mask without every voxel within ``margin`` voxels (Chebyshev distance) of its outside.
 
+    The minimum over a (2·margin + 1)-wide cube is taken one axis at a time (a cube is the product of
+    its edges), which gives the same mask as one cubic pooling at a fraction of the cost: 21 instead of
+    343 comparisons per voxel for margin 3.
+
     Args:
         mask: (B, 1, H, W, D) (or 2-D) bool or float.
         margin: voxels removed along the mask's border; 0 returns the mask as float.
@@ -51,13 +55,16 @@ def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
     mask = mask.float()
     if margin <= 0:
         return mask
-    size = 2 * margin + 1
-    padded = -F.pad(mask, [margin] * (2 * (mask.ndim - 2)), value=1.0)
-    if mask.ndim == 5:
-        return -F.max_pool3d(padded, size, stride=1)
-    if mask.ndim == 4:
-        return -F.max_pool2d(padded, size, stride=1)
-    raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
+    if mask.ndim not in (4, 5):
+        raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
+    pool = F.max_pool3d if mask.ndim == 5 else F.max_pool2d
+    spatial = mask.ndim - 2
+    outside = -F.pad(mask, [margin] * (2 * spatial), value=1.0)
+    for axis in range(spatial):
+        window = [1] * spatial
+        window[axis] = 2 * margin + 1
+        outside = pool(outside, window, stride=1)
+    return -outside
 
 
 def foreground_on_grid(mask: torch.Tensor, size: List[int]) -> torch.Tensor:

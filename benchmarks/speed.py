@@ -1,0 +1,277 @@
+"""How fast UM-ProtoShare runs at full size: the forward in fp32 and bf16 and the stage-1 step, as ratios.
+
+Command (from the bundle root)::
+
+    python -m benchmarks.speed [--tiny] [--repeats 3] [--official_src PATH] [--reference FILE]
+                               [--save_reference FILE] [--out report.json]
+
+One process builds the training config's network (``configs/train.json``: ResNet-152 encoder,
+4×128×128×96, 30 prototypes; ``--tiny`` overlays the quick start's) and times, interleaved round by round
+so that machine drift hits every variant alike:
+
+- ``forward``: the eval-mode forward without gradient, batch 1: fp32; fp32 with batch norms folded
+  into the convolutions (:func:`~scripts.networks.folding.fold_batch_norms`); bf16 autocast; the
+  same-backbone CNN; and, with ``--official_src`` pointing at the ``src`` folder of a checkout of the
+  authors' code (``AliGolbaf/um-protoshare``, which imports torchvision), their UM-ProtoShare
+  (``p_mode=5``, the paper's model) in fp32 and bf16. Printed beside each: achieved GFLOP/s (the
+  forward's FLOPs from ``torch.utils.flop_counter``), the machine's measured throughput of a lone
+  3×3×3 convolution, peak resident memory, and how far folded and bf16 outputs are from fp32.
+- ``stage1_step``: one stage-1 training step of the configured iteration (every stage-1 loss term,
+  decoder frozen, optimiser step) at batch 1 and 2.
+
+``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
+one written on an earlier commit) and prints today's medians over it. Every section says whether the
+machine was quiet: other processes' CPU time during it, from ``/proc/stat``, above 5 % of one core marks
+the section ``"quiet": false`` and its ratios are not to be reported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fire
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from scripts.engine.fingerprint import CPU_FLAGS, _cpuinfo
+from scripts.networks.folding import fold_batch_norms
+
+from .bundle import build_parts, engine_at, load_config
+from .measure import emit, median, side_by_side
+
+__all__ = ["OtherLoad", "conv_throughput", "official_network", "peak_rss", "report"]
+
+logger = logging.getLogger("benchmarks.speed")
+
+QUIET_SHARE = 0.05
+"""Largest share of one core that other processes may use during a section for it to count as quiet."""
+
+
+class OtherLoad:
+    """CPU seconds that processes other than this one used between ``start`` and ``stop`` (Linux /proc)."""
+
+    def __init__(self) -> None:
+        self.other = 0.0
+        self.wall = 0.0
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> OtherLoad:
+        self._start = (self._busy_seconds(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        busy, own, wall = self._busy_seconds(), time.process_time(), time.perf_counter()
+        self.other = max(0.0, (busy - self._start[0]) - (own - self._start[1]))
+        self.wall = wall - self._start[2]
+
+    def as_dict(self) -> dict[str, Any]:
+        share = self.other / self.wall if self.wall > 0 else 0.0
+        return {"other_processes_cpu_s": round(self.other, 2), "other_share_of_a_core": round(share, 3),
+                "quiet": share <= QUIET_SHARE}
+
+
+def peak_rss(fn: Callable[[], object]) -> int | None:
+    """Peak resident bytes of this process during ``fn()`` (Linux: VmHWM after resetting it); None elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        fn()
+        return None
+    fn()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def conv_throughput(repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a lone 64→64 3×3×3 convolution on 1×64×64×64×48 (the decoder's largest), median of ``repeats``."""
+    conv = nn.Conv3d(64, 64, 3, padding=1, bias=False).eval()
+    x = torch.randn(1, 64, 64, 64, 48)
+    flops = 2 * 64 * 64 * 27 * 64 * 64 * 48
+    context = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.no_grad()
+    seconds = []
+    with torch.no_grad(), context:
+        conv(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            conv(x)
+            seconds.append(time.perf_counter() - start)
+    return flops / median(seconds) / 1e9
+
+
+def official_network(src: str | Path, input_shape: tuple[int, ...]) -> nn.Module:
+    """The authors' UM-ProtoShare (``models.UM_Proto_Share``, ``p_mode=5``) from their ``src`` folder, in eval mode."""
+    folder = Path(src).resolve()
+    if not (folder / "models.py").is_file():
+        raise FileNotFoundError(f"--official_src must be the authors' src folder with models.py; got {folder}.")
+    sys.path.insert(0, str(folder))
+    try:
+        models = importlib.import_module("models")
+    finally:
+        sys.path.remove(str(folder))
+    return models.UM_Proto_Share(in_size=tuple(input_shape), p_mode=5).eval()
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return (output[0] if isinstance(output, (tuple, list)) else output).float()
+
+
+def _forward(network: nn.Module, x: torch.Tensor, bf16: bool = False) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return _logits(network(x))
+
+    return run
+
+
+def forward_section(parts: Any, repeats: int, official_src: str | None, seed: int) -> dict[str, Any]:
+    """Eval forwards at batch 1, interleaved: fp32, folded fp32, bf16, the CNN and (given) the authors' model."""
+    shape = (1, 4, *parts.input_size)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(parts.device)
+    network = parts.network.eval()
+    calls = {
+        "fp32": _forward(network, x),
+        "folded_fp32": _forward(fold_batch_norms(network), x),
+        "bf16": _forward(network, x, bf16=True),
+        "cnn_fp32": _forward(parts.cnn.eval(), x),
+    }
+    parameters = {"umprotoshare": sum(p.numel() for p in network.parameters())}
+    if official_src is not None:
+        official = official_network(official_src, shape[1:]).to(parts.device)
+        parameters["official"] = sum(p.numel() for p in official.parameters())
+        calls |= {"official_fp32": _forward(official, x), "official_bf16": _forward(official, x, bf16=True)}
+    outputs = {name: call() for name, call in calls.items()}  # untimed first calls (oneDNN set-up)
+    with FlopCounterMode(display=False) as counter:
+        calls["fp32"]()
+    with OtherLoad() as load:
+        runs = side_by_side(calls, repeats, parts.device)
+    memory = {name: peak_rss(call) for name, call in calls.items()}
+    seconds = {name: runs.median(name) for name in calls}
+    gflop = counter.get_total_flops() / 1e9
+    fp32 = outputs["fp32"]
+    section: dict[str, Any] = {
+        "seconds": seconds,
+        "cpu_seconds": {name: runs.median(name, "cpu") for name in calls},
+        "peak_rss_mib": {name: None if m is None else round(m / 2**20) for name, m in memory.items()},
+        "gflop": round(gflop, 1),
+        "achieved_gflops": {name: round(gflop / seconds[name], 1) for name in ("fp32", "folded_fp32", "bf16")},
+        "conv_gflops_fp32": round(conv_throughput(), 1),
+        "conv_gflops_bf16": round(conv_throughput(dtype=torch.bfloat16), 1),
+        "speedup_over_fp32": {name: round(seconds["fp32"] / s, 3) for name, s in seconds.items()},
+        "folded_max_abs_logit_difference": float((outputs["folded_fp32"] - fp32).abs().max()),
+        "bf16_max_probability_difference": float(
+            (outputs["bf16"].softmax(1) - fp32.softmax(1)).abs().max()
+        ),
+        "parameters": parameters,
+        "runs": runs.as_dict(),
+        **load.as_dict(),
+    }
+    if official_src is not None:
+        section["speedup_over_official_fp32"] = {
+            name: round(seconds["official_fp32"] / s, 3) for name, s in seconds.items()
+        }
+    return section
+
+
+def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed: int) -> dict[str, Any]:
+    """One stage-1 step of the configured iteration (loss terms, backward, optimiser) per batch size, interleaved."""
+    generator = torch.Generator().manual_seed(seed)
+    engine = engine_at(parts.schedule.warmup_epochs + 1, parts.device)
+    parts.network.set_trainable(parts.schedule.trainable_groups("stage1"))
+    batches = {
+        b: {"image": torch.randn(b, 4, *parts.input_size, generator=generator).to(parts.device),
+            "label": torch.arange(b) % len(parts.class_names)}
+        for b in batch_sizes
+    }
+    calls = {f"batch{b}": (lambda batch=batch: parts.iteration(engine, batch)) for b, batch in batches.items()}
+    for call in calls.values():
+        call()
+    with OtherLoad() as load:
+        runs = side_by_side(calls, repeats, parts.device)
+    memory = {name: peak_rss(call) for name, call in calls.items()}
+    return {
+        "seconds": {name: runs.median(name) for name in calls},
+        "cpu_seconds": {name: runs.median(name, "cpu") for name in calls},
+        "peak_rss_mib": {name: None if m is None else round(m / 2**20) for name, m in memory.items()},
+        "runs": runs.as_dict(),
+        **load.as_dict(),
+    }
+
+
+def _against(current: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """Today's medians over the reference's, for every section and variant both have (< 1: faster today)."""
+    ratios = {}
+    for section in ("forward", "stage1_step"):
+        for name, seconds in current.get(section, {}).get("seconds", {}).items():
+            before = reference.get(section, {}).get("seconds", {}).get(name)
+            if before:
+                ratios[f"{section}.{name}"] = round(seconds / before, 3)
+    return ratios
+
+
+def report(
+    configuration: str = "full",
+    repeats: int = 3,
+    official_src: str | None = None,
+    reference: str | None = None,
+    batch_sizes: tuple[int, ...] = (1, 2),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build the configuration's parts and run both sections; see the module docstring."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    parts = build_parts(load_config(configuration, "cpu"))
+    model, flags = _cpuinfo()
+    logger.info("forward: %d rounds", repeats)
+    forward = forward_section(parts, repeats, official_src, seed)
+    logger.info("stage-1 step: %d rounds at batch %s", repeats, list(batch_sizes))
+    stage1 = stage1_section(parts, repeats, tuple(int(b) for b in batch_sizes), seed)
+    result: dict[str, Any] = {
+        "settings": {
+            "configuration": configuration, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "repeats": repeats,
+            "input_shape": [4, *parts.input_size], "official_src": official_src,
+        },
+        "forward": forward,
+        "stage1_step": stage1,
+    }
+    if reference is not None:
+        result["reference"] = {"file": reference, "ratio": _against(result, json.loads(Path(reference).read_text()))}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def main(tiny: bool = False, out: str | None = None, save_reference: str | None = None, **options: Any) -> None:
+    """Print the report as JSON (and write it to ``out``); ``save_reference`` also keeps its medians for later runs."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = report("tiny" if tiny else "full", **options)
+    for name in ("forward", "stage1_step"):
+        if not result[name]["quiet"]:
+            logger.warning("%s: other processes used %.0f%% of a core; do not report its ratios",
+                           name, 100 * result[name]["other_share_of_a_core"])
+    if save_reference is not None:
+        Path(save_reference).write_text(json.dumps(
+            {k: {"seconds": result[k]["seconds"]} for k in ("forward", "stage1_step")} | {"settings": result["settings"]},
+            indent=2) + "\n")
+    emit(result, out)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

@@ -57,13 +57,15 @@ def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
         return mask
     if mask.ndim not in (4, 5):
         raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
-    pool = F.max_pool3d if mask.ndim == 5 else F.max_pool2d
     spatial = mask.ndim - 2
     outside = -F.pad(mask, [margin] * (2 * spatial), value=1.0)
     for axis in range(spatial):
         window = [1] * spatial
         window[axis] = 2 * margin + 1
-        outside = pool(outside, window, stride=1)
+        if spatial == 3:  # two calls, not one chosen function: TorchScript cannot hold F.max_pool3d as a value
+            outside = F.max_pool3d(outside, window, stride=1)
+        else:
+            outside = F.max_pool2d(outside, window, stride=1)
     return -outside
 
 

@@ -22,11 +22,15 @@ from .head import (
     soft_mask,
 )
 from .inflate import inflate_resnet_state_dict, load_imagenet_weights
+from .precision import PRECISIONS, resolve_precision, set_precision
 from .model import BACKBONE_GROUPS, CLASSIFIER_INITS, PROTOTYPE_SHARING, Explanation, ScaleExplanation, UMProtoShare
 from .voxel_similarity import best_voxel_features, topk_mean_similarity, voxel_similarity_maps
 from .wrappers import ExplainForward, unwrap
 
 __all__ = [
+    "PRECISIONS",
+    "resolve_precision",
+    "set_precision",
     "BACKBONE_GROUPS",
     "BASELINES",
     "ENCODER_ATTENTION",

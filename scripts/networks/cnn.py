@@ -104,5 +104,11 @@ class BackboneCNN(GroupedNetwork):
         return self.classifier(torch.cat(pooled, dim=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits (B, C) from x (B, C_in, H, W, D)."""
+        """Logits (B, C) from x (B, C_in, H, W, D); float32 at either ``precision``."""
+        if self.uses_autocast():
+            return self.logits_at_precision(x)
+        return self.logits(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits (B, C) from x (B, C_in, H, W, D), in the ambient precision."""
         return self.classify(self.embeddings(x))

@@ -1,12 +1,14 @@
 """Named parameter groups, freezing by group, and frozen parts kept in eval mode."""
 
-from __future__ import annotations
-
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import torch
 from monai.utils import look_up_option
-from torch import nn
+from torch import Tensor, nn
+
+from .precision import as_float32, autocast_for
 
 __all__ = ["PARAMETER_GROUPS", "GroupedNetwork", "group_of"]
 
@@ -31,7 +33,8 @@ def group_of(name: str) -> str | None:
 
 
 class GroupedNetwork(nn.Module):
-    """Base of the networks: parameters by named group, ``set_trainable``, frozen groups kept in eval mode.
+    """Base of the networks: parameters by named group, ``set_trainable``, frozen groups kept in eval mode,
+    and the eval-mode ``precision`` (``fp32`` or ``bf16``, see :mod:`scripts.networks.precision`).
 
     ignite/MONAI trainers call ``network.train()`` every iteration; the override puts the modules of
     frozen groups back in eval mode so that their batch-norm statistics do not drift.
@@ -40,6 +43,22 @@ class GroupedNetwork(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.frozen_groups: tuple[str, ...] = ()
+        self.precision = "fp32"
+
+    def uses_autocast(self) -> bool:
+        """Whether eval-mode calls run under bf16 autocast (never in training, nor in TorchScript)."""
+        return not torch.jit.is_scripting() and self.precision == "bf16" and not self.training
+
+    @torch.jit.unused
+    def at_precision(self, fn: Callable[..., Any], x: Tensor) -> Any:
+        """``fn(x)`` under the network's autocast, every floating-point tensor of the result made float32."""
+        with autocast_for(self, x):
+            return as_float32(fn(x))
+
+    @torch.jit.unused
+    def logits_at_precision(self, x: Tensor) -> Tensor:
+        """The subclass's ``logits(x)`` under the network's autocast, as float32 (kept out of TorchScript)."""
+        return self.at_precision(self.logits, x)
 
     def group_parameters(self, group: str) -> list[nn.Parameter]:
         """Parameters of one group of :data:`PARAMETER_GROUPS` (empty when the network has none of it)."""
@@ -54,7 +73,7 @@ class GroupedNetwork(nn.Module):
         self.frozen_groups = tuple(group for group in PARAMETER_GROUPS if group not in trainable)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> GroupedNetwork:
+    def train(self, mode: bool = True) -> "GroupedNetwork":
         """``nn.Module.train``, then eval mode again for the modules of frozen groups."""
         super().train(mode)
         if mode and self.frozen_groups:

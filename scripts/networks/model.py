@@ -274,11 +274,25 @@ class UMProtoShare(GroupedNetwork):
         return torch.cat(similarities, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits (B, C) from x (B, C_in, H, W, D)."""
+        """Logits (B, C) from x (B, C_in, H, W, D); float32 at either ``precision``."""
+        if self.uses_autocast():
+            return self.logits_at_precision(x)
+        return self.logits(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits (B, C) from x (B, C_in, H, W, D), in the ambient precision."""
         return self.classifier(self.similarities(x))
 
     def explain(self, x: Tensor) -> Explanation:
-        """Every intermediate of the forward pass (same code path), per prototype scale, with S and logits."""
+        """Every intermediate of the forward pass (same code path), per prototype scale, with S and logits.
+
+        At ``precision`` bf16 (eval mode) it runs under autocast and returns float32 tensors.
+        """
+        if self.uses_autocast():
+            return self.at_precision(self._explain, x)
+        return self._explain(x)
+
+    def _explain(self, x: Tensor) -> Explanation:
         taps, decoded = self.backbone.encode_decode(x)
         features = self.backbone.fuse(taps, decoded)
         gates = self.backbone.gates(taps, decoded)

@@ -200,6 +200,27 @@ def test_a_trained_fold_is_evaluated_on_every_case_of_another_cohort(evaluated, 
     assert metrics["cases"] == 6 and metrics["calibration"] == CALIBRATION.to_dict()  # the fold's, beside its weights
 
 
+def test_a_bf16_evaluation_follows_fp32_and_leaves_the_network_at_fp32(evaluated, data_synthetic_root, tmp_path):
+    workflow = _evaluation(tmp_path / "bf16", data_synthetic_root, precision="bf16", ids_steps=IDS_STEPS,
+                           model_file=str(evaluated.fold_dir / "model.pt"))
+    workflow.initialize()
+    workflow.run()
+    network = workflow.parser.get_parsed_content("fold_model")
+    workflow.finalize()
+    out = tmp_path / "bf16" / "out" / "fold0"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16" and evaluated.metrics["precision"] == "fp32"
+    assert network.precision == "fp32"  # restored after the evaluation
+    low = {row["case_id"]: row for row in read_case_table(out / "per_case.csv")}
+    full = {row["case_id"]: row for row in read_case_table(evaluated.fold_dir / "per_case.csv")}
+    assert low.keys() == full.keys()
+    logits = [(float(low[c]["logit_LGG"]), float(full[c]["logit_LGG"])) for c in full]
+    assert any(a != b for a, b in logits)  # bf16 really ran
+    for case in full:
+        assert float(low[case]["prob_HGG"]) == pytest.approx(float(full[case]["prob_HGG"]), abs=0.02), case
+    assert metrics["bac"] == evaluated.metrics["bac"]
+
+
 def test_missing_sequence_report_covers_every_subset(evaluated):
     report = json.loads((evaluated.fold_dir / "missing_sequences.json").read_text())
     assert report["bac_all_present"] == evaluated.metrics["bac"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +226,14 @@ def test_an_input_dir_without_cases_is_one_line_exit_2(served, tmp_path, capsys)
         _serve(served.root, tmp_path / "empty", tmp_path / "out")
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --input_dir {tmp_path / 'empty'}: ")
+
+
+def test_bf16_serving_gives_the_fp32_prediction(served, tmp_path):
+    cases = tmp_path / "cases"
+    shutil.copytree(Path(served.good["image"][0]).parent, cases / "good")
+    _serve(served.root, cases, tmp_path / "out", precision="bf16")
+    low = json.loads((tmp_path / "out" / "good" / "prediction.json").read_text())
+    assert low["predicted_class"] == served.prediction["predicted_class"]
+    assert low["logits"] != served.prediction["logits"]  # bf16 really ran
+    for name, probability in served.prediction["probabilities"].items():
+        assert low["probabilities"][name] == pytest.approx(probability, abs=0.01)

@@ -49,7 +49,7 @@ from scripts.metrics import (
     localisation_summary,
     similarity_spread,
 )
-from scripts.networks import UMProtoShare, unwrap
+from scripts.networks import UMProtoShare, resolve_precision, unwrap
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
@@ -294,6 +294,8 @@ class FoldEvaluator:
         check_voxels: read every voxel of every case first (truncated files, NaN/inf).
         top_prototypes: prototypes per case whose map peaks are read (largest contribution to the prediction).
         push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
+        precision: the network's precision during the evaluation (:data:`~scripts.networks.PRECISIONS`);
+            the network's own setting is restored afterwards.
 
     Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
     number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
@@ -324,6 +326,7 @@ class FoldEvaluator:
         check_voxels: bool = True,
         top_prototypes: int = TOP_PROTOTYPES,
         push_dir: str | PathLike | None = None,
+        precision: str = "fp32",
     ) -> None:
         if min(batch_size, ids_batch_size, ids_steps, top_prototypes) < 1:
             raise ValueError(
@@ -352,6 +355,7 @@ class FoldEvaluator:
         self.sequence_names = list(sequence_names)
         self.top_prototypes = int(top_prototypes)
         self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
+        self.precision = resolve_precision(precision, self.device)
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
@@ -373,6 +377,14 @@ class FoldEvaluator:
         load_fold_weights(self.network, self.model_file, self.device)
         self.network.eval()
         model = unwrap(self.network)
+        previous = getattr(model, "precision", "fp32")
+        model.precision = self.precision
+        try:
+            return self._evaluate(model)
+        finally:
+            model.precision = previous
+
+    def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         push = load_push_for(self.push_dir, model) if isinstance(model, UMProtoShare) else None
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
@@ -406,6 +418,7 @@ class FoldEvaluator:
             "deletion_curve": curve.tolist(),
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
+            "precision": self.precision,
         }
         extra = {f"raw_prob_{name}": result.probs[:, c] for c, name in enumerate(self.class_names)}
         extra.update({f"logit_{name}": result.logits[:, c] for c, name in enumerate(self.class_names)})

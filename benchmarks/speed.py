@@ -17,7 +17,7 @@ so that machine drift hits every variant alike:
   forward's FLOPs from ``torch.utils.flop_counter``), the machine's measured throughput of a lone
   3×3×3 convolution, peak resident memory, and how far folded and bf16 outputs are from fp32.
 - ``stage1_step``: one stage-1 training step of the configured iteration (every stage-1 loss term,
-  decoder frozen, optimiser step) at batch 1 and 2.
+  decoder frozen, optimiser step) at batch 1 and 2, in fp32 and under bf16 autocast (``amp``).
 
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
 one written on an earlier commit) and prints today's medians over it. Every section says whether the
@@ -115,7 +115,8 @@ def conv_throughput(repeats: int = 3, dtype: torch.dtype = torch.float32) -> flo
 
 
 def official_network(src: str | Path, input_shape: tuple[int, ...]) -> nn.Module:
-    """The authors' UM-ProtoShare (``models.UM_Proto_Share``, ``p_mode=5``) from their ``src`` folder, in eval mode."""
+    """The authors' UM-ProtoShare from their ``src`` folder, in eval mode, as their ``main_Code.py`` builds it
+    with its defaults: ``p_mode=5`` (the full model), cosine distances, 30 prototypes, the decoder frozen."""
     folder = Path(src).resolve()
     if not (folder / "models.py").is_file():
         raise FileNotFoundError(f"--official_src must be the authors' src folder with models.py; got {folder}.")
@@ -124,7 +125,7 @@ def official_network(src: str | Path, input_shape: tuple[int, ...]) -> nn.Module
         models = importlib.import_module("models")
     finally:
         sys.path.remove(str(folder))
-    return models.UM_Proto_Share(in_size=tuple(input_shape), p_mode=5).eval()
+    return models.UM_Proto_Share(in_size=tuple(input_shape), p_mode=5, f_dist="cos", freeze_unet=True).eval()
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -189,7 +190,8 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
 
 
 def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed: int) -> dict[str, Any]:
-    """One stage-1 step of the configured iteration (loss terms, backward, optimiser) per batch size, interleaved."""
+    """One stage-1 step of the configured iteration (loss terms, backward, optimiser) per batch size, fp32 and
+    bf16 autocast, interleaved."""
     generator = torch.Generator().manual_seed(seed)
     engine = engine_at(parts.schedule.warmup_epochs + 1, parts.device)
     parts.network.set_trainable(parts.schedule.trainable_groups("stage1"))
@@ -198,7 +200,18 @@ def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed:
             "label": torch.arange(b) % len(parts.class_names)}
         for b in batch_sizes
     }
-    calls = {f"batch{b}": (lambda batch=batch: parts.iteration(engine, batch)) for b, batch in batches.items()}
+    def step(batch: dict[str, Any], amp: bool) -> None:
+        parts.iteration.amp, configured = amp, parts.iteration.amp
+        try:
+            parts.iteration(engine, batch)
+        finally:
+            parts.iteration.amp = configured
+
+    calls = {
+        f"batch{b}{suffix}": (lambda batch=batch, amp=amp: step(batch, amp))
+        for b, batch in batches.items()
+        for suffix, amp in (("", False), ("_bf16", True))
+    }
     for call in calls.values():
         call()
     with OtherLoad() as load:

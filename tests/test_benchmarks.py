@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from benchmarks import gpu
+from benchmarks import gpu, speed
 from benchmarks.bundle import load_config
 from benchmarks.measure import MIB, Runs, peak_memory, side_by_side
 from benchmarks.run import TARGETS, main
@@ -131,3 +134,37 @@ def test_objectives_passes_the_thread_count_to_each_run(tmp_path, monkeypatch):
     objectives.run_variant(["configs/train.json"], "mean", 0, tmp_path / "a", num_threads=1)
     objectives.run_variant(["configs/train.json"], "mean", 0, tmp_path / "b")
     assert commands[0][-2:] == ["--num_threads", "1"] and "--num_threads" not in commands[1]
+
+
+def test_speed_report_with_a_reference_on_the_tiny_network(tmp_path, capsys):
+    reference = tmp_path / "reference.json"
+    speed.main(tiny=True, repeats=1, batch_sizes=(1,), save_reference=str(reference))
+    first = json.loads(capsys.readouterr().out)
+    speed.main(tiny=True, repeats=1, batch_sizes=(1,), reference=str(reference))
+    second = json.loads(capsys.readouterr().out)
+    assert set(first["forward"]["seconds"]) == {"fp32", "folded_fp32", "bf16", "cnn_fp32"}
+    assert set(first["stage1_step"]["seconds"]) == {"batch1", "batch1_bf16"}
+    assert first["forward"]["folded_max_abs_logit_difference"] < 1e-4
+    assert 0 < first["forward"]["bf16_max_probability_difference"] < 0.05
+    for name, before in first["forward"]["seconds"].items():
+        after = second["forward"]["seconds"][name]
+        assert second["reference"]["ratio"][f"forward.{name}"] == pytest.approx(after / before, abs=1e-3)
+    assert all(isinstance(first[section]["quiet"], bool) for section in ("forward", "stage1_step"))
+
+
+def test_other_load_sees_another_process_use_the_cpu():
+    with speed.OtherLoad() as idle:
+        time.sleep(0.5)
+    with speed.OtherLoad() as busy:
+        subprocess.run([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
+                       check=True)
+    assert busy.other >= 1.0 and busy.as_dict()["quiet"] is False
+    assert idle.other < busy.other
+
+
+def test_peak_rss_is_reset_before_each_call():
+    def allocate() -> None:
+        torch.ones(100 * MIB).add_(1)  # 400 MiB touched
+
+    small, large = speed.peak_rss(lambda: None), speed.peak_rss(allocate)
+    assert large - small >= 300 * MIB

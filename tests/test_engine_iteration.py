@@ -120,16 +120,17 @@ def test_explain_forward_is_the_explanation_and_unwraps(parts):
     assert unwrap(wrapper) is network and unwrap(network) is network
 
 
-def test_gpu_switches_run_on_cpu_in_fp32(parts):
+@pytest.mark.parametrize("amp, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_amp_and_channels_last_switches_run_on_the_cpu(parts, amp, dtype):
     network, cnn, _ = parts
     network.set_trainable(SCHEDULE.trainable_groups("stage1"))
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-2)
     iteration = StagedIteration(
         network, cnn, SCHEDULE, optimizer, optimizer, torch.nn.CrossEntropyLoss(), Stage1Loss(),
-        amp=True, channels_last_3d=True,
+        amp=amp, channels_last_3d=True,
     )
     dtypes = []
     hook = network.backbone.encoder.conv1.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     output = iteration(_engine(epoch=2), _batch())
     hook.remove()
-    assert set(dtypes) == {torch.float32} and torch.isfinite(torch.tensor(output["loss"]))
+    assert set(dtypes) == {dtype} and torch.isfinite(torch.tensor(output["loss"]))

@@ -33,9 +33,11 @@ def test_channels_last_placement_and_inputs():
     assert torch.allclose(conv(images), conv.to(memory_format=torch.contiguous_format)(images.contiguous()), atol=1e-6)
 
 
-def test_autocast_is_a_no_op_off_cuda():
+def test_autocast_runs_bf16_on_the_cpu_only_when_enabled():
     a = torch.randn(3, 3)
     with autocast(torch.device("cpu"), enabled=True):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), enabled=False):
         assert (a @ a).dtype == torch.float32
 
 

@@ -102,7 +102,7 @@ class PushAndLastLayer:
         classifier: module applying the classifier (a DDP wrapper under DDP); default the network's.
         write_files: write the push records (rank 0 only under DDP).
         input_size: grid of the recorded peak voxels; default each case's preprocessed size.
-        amp: bf16 autocast on CUDA in stage 3.
+        amp: bf16 autocast in stage 3 (CUDA or CPU).
         channels_last_3d: channels-last images in stage 3.
     """
 

@@ -28,9 +28,9 @@ __all__ = ["StagedIteration", "autocast", "plain_tensor", "train_last_layer_epoc
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU runs in fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA or the CPU when ``enabled``; a no-op otherwise."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -57,7 +57,7 @@ class StagedIteration:
         stage1_loss: the stage-1 objective.
         warmup_forward: module whose forward gives the CNN's logits; default ``warmup_network``.
         stage1_forward: module whose forward gives the explanation; default ``ExplainForward(network)``.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast (CUDA or CPU).
         channels_last_3d: feed channels-last images.
 
     Returns (per call) a dict: ``loss`` (float), ``terms`` (unweighted terms, floats), ``diagnostics``

@@ -3,7 +3,7 @@
 Command (from the bundle root)::
 
     python -m benchmarks.speed [--tiny] [--repeats 3] [--official_src PATH] [--reference FILE]
-                               [--save_reference FILE] [--out report.json]
+                               [--save_reference FILE] [--overrides "{'decoder_kind': 'lite'}"] [--out report.json]
 
 One process builds the training config's network (``configs/train.json``: ResNet-152 encoder,
 4×128×128×96, 30 prototypes; ``--tiny`` overlays the quick start's) and times, interleaved round by round
@@ -244,13 +244,17 @@ def report(
     reference: str | None = None,
     batch_sizes: tuple[int, ...] = (1, 2),
     seed: int = 0,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the configuration's parts and run both sections; see the module docstring."""
+    """Build the configuration's parts and run both sections; see the module docstring.
+
+    ``overrides`` are config ids → values set on the training config (e.g. ``{"decoder_kind": "lite"}``).
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    parts = build_parts(load_config(configuration, "cpu"))
+    parts = build_parts(load_config(configuration, "cpu", overrides))
     model, flags = _cpuinfo()
     logger.info("forward: %d rounds", repeats)
     forward = forward_section(parts, repeats, official_src, seed)
@@ -260,7 +264,7 @@ def report(
         "settings": {
             "configuration": configuration, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "repeats": repeats,
-            "input_shape": [4, *parts.input_size], "official_src": official_src,
+            "input_shape": [4, *parts.input_size], "official_src": official_src, "overrides": overrides or {},
         },
         "forward": forward,
         "stage1_step": stage1,

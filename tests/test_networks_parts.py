@@ -65,6 +65,40 @@ def test_decoder_has_no_skips_and_matches_odd_tap_sizes():
     assert decoder.blocks["scale3"].conv[0].kernel_size == (3, 3, 3)
 
 
+def test_lite_decoder_convolves_before_it_upsamples_with_the_same_weights():
+    torch.manual_seed(0)
+    taps = ResNetEncoder(layers=(1, 1), width=8)(torch.randn(1, 4, 34, 30, 26))
+    paper, lite = Decoder(3, (8, 32, 64)).eval(), Decoder(3, (8, 32, 64), kind="lite").eval()
+    lite.load_state_dict(paper.state_dict())  # the same parameters, key for key
+    with torch.no_grad():
+        expected = [paper.blocks["scale3"].conv(taps[2])]
+        for scale, tap in ((2, taps[1]), (1, taps[0])):
+            convolved = paper.blocks[f"scale{scale}"].conv(expected[-1])
+            expected.append(torch.nn.functional.interpolate(convolved, size=tap.shape[2:], mode="trilinear"))
+        decoded, upsampled_first = lite(taps), paper(taps)
+    assert [d.shape for d in decoded] == [d.shape for d in upsampled_first]  # the grids of the paper's decoder
+    for got, want in zip(decoded, expected):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(decoded[2], upsampled_first[2])  # a different function from the paper's
+    with pytest.raises(ValueError, match="lite"):
+        Decoder(3, (8, 32, 64), kind="light")
+
+
+def test_lite_decoder_cuts_the_forward_arithmetic():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scripts.networks import UMProtoShare
+
+    flops = {}
+    for kind in ("paper", "lite"):
+        network = UMProtoShare(encoder_layers=(1, 1), encoder_width=8, embed_dim=16, mapping_dim=12,
+                               decoder_kind=kind).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            network(torch.randn(1, 4, 32, 32, 24))
+        flops[kind] = counter.get_total_flops()
+    assert flops["lite"] < 0.7 * flops["paper"]
+
+
 def test_decoder_stops_at_finest_scale():
     decoder = Decoder(3, (8, 32, 64), finest_scale=2)
     assert list(decoder.blocks) == ["scale3", "scale2"]

@@ -73,6 +73,7 @@ class Backbone(nn.Module):
         encoder_last_layer: "layer2" or "layer1" (no scale 3, no decoder).
         encoder_attention: "none" or "quadruplet" (every bottleneck).
         feature_fusion: one of :data:`FEATURE_FUSION_KINDS`.
+        decoder_kind: one of :data:`~scripts.networks.decoder.DECODER_KINDS` (``paper``: upsample, then convolve).
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Backbone(nn.Module):
         encoder_last_layer: str = "layer2",
         encoder_attention: str = "none",
         feature_fusion: str = "none",
+        decoder_kind: str = "paper",
     ) -> None:
         super().__init__()
         self.scales = check_scales(scales)
@@ -120,7 +122,7 @@ class Backbone(nn.Module):
             self.stem_pool = StemPoolConcat(spatial_dims)
             self.out_channels = [2 * channels[0] + channels[1]]
         if self.fusion_kind != "none":
-            self.decoder = Decoder(spatial_dims, channels, finest_scale=self.scales[0])
+            self.decoder = Decoder(spatial_dims, channels, finest_scale=self.scales[0], kind=decoder_kind)
             for s in self.scales:
                 self.fusion[f"scale{s}"] = build_fusion(self.fusion_kind, spatial_dims, channels[s - 1])
 

@@ -49,6 +49,7 @@ class BackboneCNN(GroupedNetwork):
         pretrained_path: local torchvision ResNet state dict inflated into the encoder, or None.
         encoder_last_layer: "layer2" or "layer1" (see :class:`~scripts.networks.encoder.ResNetEncoder`).
         encoder_attention: "none" or "quadruplet".
+        decoder_kind: "paper" or "lite" (:data:`~scripts.networks.decoder.DECODER_KINDS`).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class BackboneCNN(GroupedNetwork):
         pretrained_path: str | PathLike | None = None,
         encoder_last_layer: str = "layer2",
         encoder_attention: str = "none",
+        decoder_kind: str = "paper",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -79,6 +81,7 @@ class BackboneCNN(GroupedNetwork):
             pretrained_path,
             encoder_last_layer=encoder_last_layer,
             encoder_attention=encoder_attention,
+            decoder_kind=decoder_kind,
         )
         self.scales = self.backbone.scales
         self.channels_per_scale = self.backbone.encoder.channels

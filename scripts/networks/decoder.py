@@ -5,35 +5,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn.functional as F
+from monai.utils import look_up_option
 from torch import Tensor, nn
 
 from .layers import conv_bn, interpolation_mode
 
-__all__ = ["Decoder", "DecoderBlock"]
+__all__ = ["DECODER_KINDS", "Decoder", "DecoderBlock"]
+
+DECODER_KINDS = ("paper", "lite")
+"""``paper``: each up-block upsamples, then convolves at the finer resolution (Appendix A.1); ``lite``:
+it convolves at the coarser resolution, then upsamples (the same weights' shapes, about an eighth of
+the up-blocks' arithmetic in 3-D; a different function, so a named option with its measured cost)."""
 
 
 class DecoderBlock(nn.Module):
-    """Optional linear upsampling to a target size, then Conv3³ + BN + ReLU.
+    """Optional linear upsampling to a target size and Conv3³ + BN + ReLU, in the order ``kind`` says.
 
     Args:
         spatial_dims: 3 (or 2).
         in_channels: input channels.
         out_channels: output channels.
-        upsample: resize the input to the ``size`` given to :meth:`forward` first (up-block); the
-            bottleneck block Q3 does not.
+        upsample: resize to the ``size`` given to :meth:`forward` (up-block); the bottleneck block Q3 does not.
+        kind: one of :data:`DECODER_KINDS`: upsample first (``paper``) or convolve first (``lite``).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, upsample: bool) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, upsample: bool, kind: str = "paper"
+    ) -> None:
         super().__init__()
         self.upsample = upsample
+        self.convolve_first = look_up_option(kind, DECODER_KINDS) == "lite"
         self.mode = interpolation_mode(spatial_dims)
         self.conv = nn.Sequential(*conv_bn(spatial_dims, in_channels, out_channels, 3), nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor, size: list[int]) -> Tensor:
         """(B, C_in, *S_in) → (B, C_out, *size) for an up-block, (B, C_out, *S_in) otherwise."""
-        if self.upsample:
-            x = F.interpolate(x, size=size, mode=self.mode, align_corners=False)
-        return self.conv(x)
+        if not self.upsample:
+            return self.conv(x)
+        if self.convolve_first:
+            return F.interpolate(self.conv(x), size=size, mode=self.mode, align_corners=False)
+        return self.conv(F.interpolate(x, size=size, mode=self.mode, align_corners=False))
 
 
 class Decoder(nn.Module):
@@ -47,9 +58,10 @@ class Decoder(nn.Module):
         spatial_dims: 3 (or 2).
         channels: encoder channels per scale (C1, C2, C3).
         finest_scale: 1, 2 or 3, the finest scale whose decoder feature is needed.
+        kind: one of :data:`DECODER_KINDS`.
     """
 
-    def __init__(self, spatial_dims: int, channels: Sequence[int], finest_scale: int = 1) -> None:
+    def __init__(self, spatial_dims: int, channels: Sequence[int], finest_scale: int = 1, kind: str = "paper") -> None:
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"channels must give C1, C2, C3, got {tuple(channels)}.")
@@ -57,7 +69,9 @@ class Decoder(nn.Module):
             raise ValueError(f"finest_scale must be 1, 2 or 3, got {finest_scale}.")
         blocks = {"scale3": DecoderBlock(spatial_dims, channels[2], channels[2], upsample=False)}
         for scale in range(2, finest_scale - 1, -1):
-            blocks[f"scale{scale}"] = DecoderBlock(spatial_dims, channels[scale], channels[scale - 1], upsample=True)
+            blocks[f"scale{scale}"] = DecoderBlock(
+                spatial_dims, channels[scale], channels[scale - 1], upsample=True, kind=kind
+            )
         self.blocks = nn.ModuleDict(blocks)
 
     def forward(self, taps: list[Tensor]) -> list[Tensor]:

@@ -119,6 +119,9 @@ class UMProtoShare(GroupedNetwork):
         encoder_attention: "none" or "quadruplet" (MAProtoNet, in every bottleneck).
         feature_fusion: "none" or "stem_pool_concat" (MAProtoNet: the mapping module sees
             [avg-pool(f1), max-pool(f1), f2]; the add-on sees f2).
+        decoder_kind: "paper" (each up-block upsamples, then convolves) or "lite" (convolves at the
+            coarser grid, then upsamples: about 2.4× fewer FLOPs in all at full size; not the paper's model),
+            see :data:`~scripts.networks.decoder.DECODER_KINDS`.
 
     The baselines of Table 1 are settings of these fields: see :mod:`scripts.networks.baselines`.
     """
@@ -149,6 +152,7 @@ class UMProtoShare(GroupedNetwork):
         map_init_coverage: float | None = None,
         map_support: str = "volume",
         map_support_margin: int = 0,
+        decoder_kind: str = "paper",
     ) -> None:
         super().__init__()
         self.map_support = look_up_option(map_support, MAP_SUPPORTS)
@@ -180,6 +184,7 @@ class UMProtoShare(GroupedNetwork):
             encoder_last_layer=encoder_last_layer,
             encoder_attention=encoder_attention,
             feature_fusion=feature_fusion,
+            decoder_kind=decoder_kind,
         )
         self.channels_per_scale = self.backbone.encoder.channels
         self.heads = nn.ModuleDict(

@@ -120,7 +120,7 @@ class UMProtoShare(GroupedNetwork):
         feature_fusion: "none" or "stem_pool_concat" (MAProtoNet: the mapping module sees
             [avg-pool(f1), max-pool(f1), f2]; the add-on sees f2).
         decoder_kind: "paper" (each up-block upsamples, then convolves) or "lite" (convolves at the
-            coarser grid, then upsamples: about 2.4× fewer FLOPs in all at full size; not the paper's model),
+            coarser grid, then upsamples: 192 instead of 496 GFLOP per full-size forward; not the paper's model),
             see :data:`~scripts.networks.decoder.DECODER_KINDS`.
 
     The baselines of Table 1 are settings of these fields: see :mod:`scripts.networks.baselines`.

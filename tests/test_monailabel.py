@@ -293,6 +293,26 @@ def test_concurrent_clients_get_the_bundles_scores_and_a_malformed_request_its_4
           f"server memory after the run: {rss:.0f} MiB resident (peak {peak:.0f} MiB)")
 
 
+SERVED_PRECISION = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/apps/monailabel"]
+from lib.infers import GliomaGradingInfer
+task = GliomaGradingInfer(sys.argv[1], sys.argv[2], sys.argv[3])
+print(task._get_network("cpu", {}).precision)
+"""
+"""Builds the app's infer task as the server does and prints the precision of the network it serves."""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_served_network_runs_at_the_bundles_precision(server, tmp_path, precision):
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({**TINY, "precision": precision}))
+    done = subprocess.run([sys.executable, "-c", SERVED_PRECISION, str(ROOT), str(server.tmp / "model.pt"), str(extra)],
+                          cwd=ROOT, env=_server_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip().splitlines()[-1] == precision
+
+
 @pytest.mark.parametrize("weights", ["missing.pt", "unreadable.pt"])
 def test_missing_or_unreadable_weights_stop_the_server_at_start(server, tmp_path, weights):
     path = tmp_path / weights

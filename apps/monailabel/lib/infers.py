@@ -89,6 +89,8 @@ class GliomaGradingInfer(BundleInferTask):
     ``prediction.json``; the result file is then the predicted class's evidence map (Eq. 28) on the
     study's grid.
 
+    The network runs at the bundle's ``precision`` (``configs/inference.json``; fp32 by default).
+
     Args:
         bundle_root: the bundle (``configs/inference.json``, ``configs/metadata.json``, ``scripts``).
         model_path: the weights, a state dict of ``network_def``; ``push.json`` beside it names the
@@ -114,6 +116,11 @@ class GliomaGradingInfer(BundleInferTask):
         except Exception as error:  # unpickling and state-dict errors alike: the weights are unusable
             raise RuntimeError(f"glioma_grading: cannot load weights {os.path.abspath(model_path)}: "
                                f"{type(error).__name__}: {error}") from error
+        from scripts.networks import set_precision  # the bundle's, found on its root
+
+        # the bundle's `precision` (fp32 | bf16 | auto); MONAI Label serves deep copies of this network
+        set_precision(self.network, self.bundle_config.get_parsed_content("precision"),
+                      self.bundle_config.get_parsed_content("device"))
         # one model file per server: never switch to another *.pt found under <bundle>/models
         self._config.pop("model_filename", None)
         self._config["evidence"] = True

@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from scripts.engine.fingerprint import CPU_FLAGS, _cpuinfo
 from scripts.networks.folding import fold_batch_norms
+from scripts.networks.precision import cpu_info
 
 from .bundle import build_parts, engine_at, load_config
 from .measure import emit, median, side_by_side
@@ -255,7 +255,7 @@ def report(
     start = time.perf_counter()
     torch.manual_seed(seed)
     parts = build_parts(load_config(configuration, "cpu", overrides))
-    model, flags = _cpuinfo()
+    model, flags = cpu_info()
     logger.info("forward: %d rounds", repeats)
     forward = forward_section(parts, repeats, official_src, seed)
     logger.info("stage-1 step: %d rounds at batch %s", repeats, list(batch_sizes))
@@ -263,7 +263,7 @@ def report(
     result: dict[str, Any] = {
         "settings": {
             "configuration": configuration, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "repeats": repeats,
+            "cpu": model, "cpu_flags": flags, "repeats": repeats,
             "input_shape": [4, *parts.input_size], "official_src": official_src, "overrides": overrides or {},
         },
         "forward": forward,

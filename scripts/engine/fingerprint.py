@@ -23,13 +23,13 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from scripts.networks.precision import cpu_info
+
 __all__ = ["FirstBatchFingerprint", "arithmetic_environment", "short_hash", "tensors_fingerprint",
            "volumes_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-"""/proc/cpuinfo flags oneDNN and MKL choose kernels by (oneDNN's ISA levels AVX2 ... AVX512_CORE_AMX)."""
 KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "ATEN_CPU_CAPABILITY",
               "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE")
 """Environment variables that change which kernels run."""
@@ -41,18 +41,6 @@ def short_hash(*parts: bytes | str) -> str:
     for part in parts:
         digest.update(part.encode() if isinstance(part, str) else part)
     return digest.hexdigest()[:12]
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    """CPU model name and which of :data:`CPU_FLAGS` it has (unknown off Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown", []
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    present = set(flags.group(1).split()) if flags else set()
-    return (model.group(1).strip() if model else "unknown"), [f for f in CPU_FLAGS if f in present]
 
 
 def _caches() -> str:
@@ -73,7 +61,7 @@ def arithmetic_environment() -> dict[str, str]:
     config = torch.__config__.show()
     mkl = re.search(r"Math Kernel Library Version (\S+)", config)
     onednn = re.search(r"MKL-DNN (v\S+)", config)
-    model, flags = _cpuinfo()
+    model, flags = cpu_info()
     environment = {
         "torch": torch.__version__,
         "mkl": mkl.group(1) if mkl else "none",

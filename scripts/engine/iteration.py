@@ -7,7 +7,6 @@ wrappers of them; the plain networks are still used for parameter groups and los
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -20,18 +19,12 @@ from torch.optim import Optimizer
 
 from scripts.losses import LastLayerLoss, Stage1Loss
 from scripts.networks import BackboneCNN, ExplainForward, UMProtoShare
+from scripts.networks.precision import autocast
 
 from .diagnostics import stage1_diagnostics
 from .stages import Schedule
 
 __all__ = ["StagedIteration", "autocast", "plain_tensor", "train_last_layer_epoch"]
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA or the CPU when ``enabled``; a no-op otherwise."""
-    if enabled and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def plain_tensor(images: Tensor, channels_last_3d: bool = False) -> Tensor:

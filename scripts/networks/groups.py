@@ -8,7 +8,7 @@ import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
-from .precision import as_float32, autocast_for
+from .precision import as_float32, autocast
 
 __all__ = ["PARAMETER_GROUPS", "GroupedNetwork", "group_of"]
 
@@ -52,7 +52,7 @@ class GroupedNetwork(nn.Module):
     @torch.jit.unused
     def at_precision(self, fn: Callable[..., Any], x: Tensor) -> Any:
         """``fn(x)`` under the network's autocast, every floating-point tensor of the result made float32."""
-        with autocast_for(self, x):
+        with autocast(x.device, True):
             return as_float32(fn(x))
 
     @torch.jit.unused

@@ -1,13 +1,16 @@
-"""Inference precision: the networks' eval-mode forward and explanation in fp32 or under bf16 autocast.
+"""Precision: bf16 autocast for the networks' eval-mode forward and explanation, and for training.
 
 bf16 autocast runs convolutions and matrix products in bfloat16 (AMX units on recent Intel CPUs, tensor
-cores on GPUs) and keeps reductions in float32; what a network returns is float32 either way. Training
-never uses this setting (its bf16 switch is the training config's ``amp``).
+cores on GPUs) and keeps reductions in float32; what a network returns is float32 either way. A
+network's ``precision`` is for inference only; training's bf16 switch is the config's ``amp``, which
+uses the same :func:`autocast`. :func:`cpu_info` reads the CPU flags that decide ``auto`` (and that
+the run fingerprints record).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +18,10 @@ import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "autocast_for", "as_float32", "resolve_precision", "set_precision"]
+__all__ = ["CPU_FLAGS", "PRECISIONS", "as_float32", "autocast", "cpu_info", "resolve_precision", "set_precision"]
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+"""/proc/cpuinfo flags oneDNN and MKL choose kernels by (oneDNN's ISA levels AVX2 ... AVX512_CORE_AMX)."""
 
 PRECISIONS = ("fp32", "bf16", "auto")
 """``fp32``: full precision (the default); ``bf16``: bf16 autocast; ``auto``: bf16 where the hardware has
@@ -24,11 +30,23 @@ fast bf16 (a CUDA device that supports it, a CPU with ``amx_bf16``), fp32 elsewh
 NetworkT = TypeVar("NetworkT", bound=nn.Module)
 
 
-def _cpu_has_amx() -> bool:
+def cpu_info() -> tuple[str, list[str]]:
+    """CPU model name and which of :data:`CPU_FLAGS` it has (unknown off Linux)."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return "unknown", []
+    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    present = set(flags.group(1).split()) if flags else set()
+    return (model.group(1).strip() if model else "unknown"), [f for f in CPU_FLAGS if f in present]
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA or the CPU when ``enabled``; a no-op otherwise."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def resolve_precision(precision: str, device: str | torch.device, cpu_has_amx: bool | None = None) -> str:
@@ -46,7 +64,8 @@ def resolve_precision(precision: str, device: str | torch.device, cpu_has_amx: b
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if (_cpu_has_amx() if cpu_has_amx is None else cpu_has_amx) else "fp32"
+        amx = "amx_bf16" in cpu_info()[1] if cpu_has_amx is None else cpu_has_amx
+        return "bf16" if amx else "fp32"
     return "fp32"
 
 
@@ -56,13 +75,6 @@ def set_precision(network: NetworkT, precision: str = "fp32", device: str | torc
         device = next(network.parameters()).device
     network.precision = resolve_precision(precision, device)
     return network
-
-
-def autocast_for(network: nn.Module, x: Tensor) -> contextlib.AbstractContextManager:
-    """bf16 autocast for an eval-mode ``network`` set to ``bf16``; a no-op in training or at fp32."""
-    if getattr(network, "precision", "fp32") == "bf16" and not network.training:
-        return torch.autocast(x.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def as_float32(value: Any) -> Any:

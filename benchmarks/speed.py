@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from scripts.networks.folding import fold_batch_norms
-from scripts.networks.precision import cpu_info
+from scripts.networks.precision import autocast, cpu_info
 
 from .bundle import build_parts, engine_at, load_config
 from .measure import emit, median, side_by_side
@@ -98,14 +98,13 @@ def peak_rss(fn: Callable[[], object]) -> int | None:
     return None
 
 
-def conv_throughput(repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+def conv_throughput(repeats: int = 3, bf16: bool = False) -> float:
     """GFLOP/s of a lone 64→64 3×3×3 convolution on 1×64×64×64×48 (the decoder's largest), median of ``repeats``."""
     conv = nn.Conv3d(64, 64, 3, padding=1, bias=False).eval()
     x = torch.randn(1, 64, 64, 64, 48)
     flops = 2 * 64 * 64 * 27 * 64 * 64 * 48
-    context = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.no_grad()
     seconds = []
-    with torch.no_grad(), context:
+    with torch.no_grad(), autocast(x.device, bf16):
         conv(x)
         for _ in range(repeats):
             start = time.perf_counter()
@@ -134,7 +133,7 @@ def _logits(output: Any) -> torch.Tensor:
 
 def _forward(network: nn.Module, x: torch.Tensor, bf16: bool = False) -> Callable[[], torch.Tensor]:
     def run() -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), autocast(x.device, bf16):
             return _logits(network(x))
 
     return run
@@ -172,7 +171,7 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         "gflop": round(gflop, 1),
         "achieved_gflops": {name: round(gflop / seconds[name], 1) for name in ("fp32", "folded_fp32", "bf16")},
         "conv_gflops_fp32": round(conv_throughput(), 1),
-        "conv_gflops_bf16": round(conv_throughput(dtype=torch.bfloat16), 1),
+        "conv_gflops_bf16": round(conv_throughput(bf16=True), 1),
         "speedup_over_fp32": {name: round(seconds["fp32"] / s, 3) for name, s in seconds.items()},
         "folded_max_abs_logit_difference": float((outputs["folded_fp32"] - fp32).abs().max()),
         "bf16_max_probability_difference": float(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -219,6 +220,21 @@ def test_a_bf16_evaluation_follows_fp32_and_leaves_the_network_at_fp32(evaluated
     for case in full:
         assert float(low[case]["prob_HGG"]) == pytest.approx(float(full[case]["prob_HGG"]), abs=0.02), case
     assert metrics["bac"] == evaluated.metrics["bac"]
+
+
+def test_a_bad_calibration_file_stops_the_evaluation_before_any_forward_pass(evaluated, data_synthetic_root, tmp_path):
+    fold = tmp_path / "fold"
+    shutil.copytree(evaluated.fold_dir, fold)  # weights, push record
+    (fold / "calibration.json").write_text(json.dumps({"temperature": -1.0, "method": "nll"}))
+    workflow = _evaluation(tmp_path / "bad", data_synthetic_root, ids_steps=IDS_STEPS, model_file=str(fold / "model.pt"),
+                           save_maps="true")  # maps are written during the forward passes
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as stopped:  # the bundle's config wraps what the evaluator raised
+        workflow.run()
+    assert isinstance(stopped.value.__cause__, ValueError)
+    assert "calibration.json: not a readable calibration file" in str(stopped.value.__cause__)
+    out = tmp_path / "bad" / "out" / "fold0"
+    assert not (out / "maps").exists() and not (out / "per_case.csv").exists()
 
 
 def test_missing_sequence_report_covers_every_subset(evaluated):

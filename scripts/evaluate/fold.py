@@ -386,13 +386,13 @@ class FoldEvaluator:
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         push = load_push_for(self.push_dir, model) if isinstance(model, UMProtoShare) else None
+        calibration = Calibration.load(self.model_file)  # a bad file stops the run before the forward passes
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
         result = predict_fold(
             self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only,
             self.top_prototypes,
         )
-        calibration = Calibration.load(self.model_file)
         probs = calibration.apply(result.logits)
         images = _Images(self.dataset)
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)

@@ -73,6 +73,9 @@ def confidence_summary(
     raw = torch.tensor([[row[f"raw_prob_{n}"] for n in class_names] for row in rows], dtype=torch.float64)
     top = calibrated.max(dim=1).values.numpy()
     correct = (calibrated.argmax(dim=1) == labels).numpy()
+    unknown = [row["case_id"] for row in rows if row["case_id"] not in appearance]
+    if unknown:
+        raise KeyError(f"cases {unknown} have no appearance in the info file: is it another cohort's synthetic_info.csv?")
     look = np.array([appearance[row["case_id"]] for row in rows])
     groups = {
         "ambiguous": (look >= AMBIGUOUS[0]) & (look <= AMBIGUOUS[1]),

@@ -49,5 +49,5 @@ def test_pooled_calibration_and_confidence_by_ambiguity(tmp_path, capsys):
     main(runs=f"UM={tmp_path / 's0'},{tmp_path / 's1'}", info=str(info), plot=str(tmp_path / "c.png"))
     assert "| UM | 6 |" in capsys.readouterr().out
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"\['unknown'\] have no appearance"):
         confidence_summary([{**rows[0], "case_id": "unknown"}], read_appearance(info), ["LGG", "HGG"])

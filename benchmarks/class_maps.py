@@ -50,7 +50,7 @@ def fold_report(parser: ConfigParser, fold_dir: Path) -> dict[str, Any]:
 
 def _per_scale_ap(network: torch.nn.Module, loader: DataLoader) -> dict[str, dict[str, float]]:
     """Mean AP of each scale's class map alone (Eq. 27 of that scale), the stride's own localisation."""
-    zeta = soft_class_coefficients(network.classifier.weight)
+    zeta = soft_class_coefficients(network.classifier.effective_weight)
     values: dict[int, list[float]] = {s: [] for s in network.scales}
     network.eval()
     for batch in loader:

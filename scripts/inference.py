@@ -413,7 +413,7 @@ class EvidenceWriter:
             class_map = class_map_from_maps(self.network, per_scale, [evidence.predicted], grid, self.scale_combination)
         chosen = {
             c: evidence.prototype_map(*columns[c], grid)
-            for c in top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale)
+            for c in top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale, evidence.active)
         }
         stems = {CLASS_MAP_KEY: class_map[0].cpu()}
         stems |= {f"scale{s}": volume[0].cpu() for s, volume in zip(evidence.scales, scale_maps)}

@@ -93,8 +93,10 @@ def test_top_columns_per_scale_by_contribution():
     assert top_columns(contributions, columns, per_scale=5) == [1, 0, 2, 4, 3]
 
 
-def _evidence(calibration: Calibration | None = None) -> CaseEvidence:
+def _evidence(calibration: Calibration | None = None, active: list[bool] | None = None) -> CaseEvidence:
     weight = torch.tensor([[1.0, -1.0, 0.5], [-0.5, 2.0, 0.0]])
+    active = torch.tensor([True] * 3 if active is None else active)
+    weight = weight * active
     similarities = torch.tensor([0.2, 0.6, -0.4])
     contributions = prototype_contributions(similarities[None], weight)[0]
     logits = contributions.sum(1)
@@ -104,7 +106,7 @@ def _evidence(calibration: Calibration | None = None) -> CaseEvidence:
         calibration=calibration, predicted=int(logits.argmax()),
         similarities=similarities, classifier_weight=weight, zeta=torch.zeros(2, 3), contributions=contributions,
         sequence_delta=torch.tensor([[0.0, -0.1, 0.2], [-0.3, 0.0, 0.0], [0.1, -0.4, 0.0], [0.0, 0.0, -0.01]]),
-        maps_per_scale=[torch.zeros(3, 2, 2, 2)], scales=[1],
+        maps_per_scale=[torch.zeros(3, 2, 2, 2)], scales=[1], active=active,
     )
 
 
@@ -119,6 +121,16 @@ def test_prediction_record_sorted_by_predicted_class_contribution():
     first = record["prototypes"][0]
     assert first["class_weights"] == {"LGG": -1.0, "HGG": 2.0}
     assert first["driving_sequence"] == "T2" and first["source"] is None
+
+
+def test_a_pruned_prototype_is_neither_listed_nor_chosen():
+    # column 1 pruned: logits LGG 0.2 - 0.2 = 0.0, HGG -0.1 + 0 = -0.1 → LGG; LGG contributions 0.2, -, -0.2
+    evidence = _evidence(active=[True, False, True])
+    record = prediction_record(evidence, [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])
+    assert record["predicted_class"] == "LGG"
+    assert [p["column"] for p in record["prototypes"]] == [0, 2]
+    assert top_columns(evidence.contributions[0], [(1, 0), (1, 1), (1, 2)], 3, evidence.active) == [0, 2]
+    assert top_columns(evidence.contributions[0], [(1, 0), (1, 1), (1, 2)], 3) == [0, 1, 2]
 
 
 def test_the_banner_reads_the_calibrated_probability():

@@ -45,6 +45,8 @@ TINY = {"device": "cpu", "encoder_layers": [1, 1], "encoder_width": 4, "prototyp
         "embed_dim": 8, "mapping_dim": 8, "roi_size": [48, 48, 48], "target_spacing": 2.0}
 """Network and geometry overrides of configs/inference.json, for the server (extra_config) and the reference."""
 CASES = ("BraTS20_Training_001", "BraTS20_Training_002")
+PRUNED = [0, 3]
+"""Columns the served weights have pruned (s1_k0, s2_k1)."""
 HOST = "127.0.0.1"
 START_TIMEOUT = 300.0  # generous: on a loaded shared machine the start alone took over 90 s
 
@@ -135,7 +137,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_synthetic_root: Path) 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / "inference.json"), str(extra)])
     torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    network = parser.get_parsed_content("network_def")
+    network.classifier.prune(PRUNED)  # a pruned model is served from its weights alone
+    torch.save(network.state_dict(), weights)
     Calibration(temperature=3.0, method="platt_targets", cases=12, separated=True).save(tmp)  # beside the weights
     reference = {}
     for case in CASES:
@@ -172,6 +176,7 @@ def test_json_scores_are_the_bundles_own_inference_with_its_evidence_record(serv
     assert status == 200, body
     answer, reference = json.loads(body), server.reference[case]
     assert [(p["idx"], p["label"]) for p in answer["prediction"]] == [(0, "lgg"), (1, "hgg")]
+    assert not {p["column"] for p in answer["evidence"]["prototypes"]} & set(PRUNED)
     scores = [p["score"] for p in answer["prediction"]]
     assert sum(scores) == pytest.approx(1.0, abs=1e-6)
     expected = [reference["probabilities"][name] for name in reference["class_names"]]

@@ -184,7 +184,7 @@ def predict_fold(
                 explanation = model.explain(images)
                 similarities.append(explanation.similarities.float())
                 logits = explanation.logits
-                contributions = prototype_contributions(explanation.similarities, model.classifier.weight)
+                contributions = prototype_contributions(explanation.similarities, model.classifier.effective_weight)
                 eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
             else:
                 logits = network(images)
@@ -205,7 +205,7 @@ def predict_fold(
                 values.append(case.get(key, float("nan")))
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
-                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes)
+                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes, model.active_columns)
                 case_maps = [entry.maps[i] for entry in explanation.per_scale]
                 within = brain if model.map_support == "brain" else None
                 case_peaks = prototype_peaks(case_maps, model.prototype_columns, chosen, images.shape[2:], within)
@@ -405,10 +405,14 @@ class FoldEvaluator:
             "ap": float(result.ap.mean()),
             "ids": ids,
             "localisation": {key: float(values.mean()) for key, values in result.localisation.items()},
-            "similarity_spread": None if result.similarities is None else similarity_spread(result.similarities),
+            "similarity_spread": None if result.similarities is None else similarity_spread(
+                result.similarities[:, model.active_columns.cpu()]
+            ),
             **(dict.fromkeys(READOUT_KEYS) if result.peaks is None else fold_readouts(
                 result.ap_eq28, result.peaks, probs.argmax(dim=1) == result.labels, self.top_prototypes,
-                None if push is None else source_agreement(push.records, model.classifier.weight, self.class_names),
+                None if push is None else source_agreement(
+                    push.records, model.classifier.effective_weight, self.class_names, model.active_columns
+                ),
             )),
             "fold": self.fold,
             "cases": len(result.case_ids),

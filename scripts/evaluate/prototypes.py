@@ -46,16 +46,18 @@ READOUT_KEYS = (
 """The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
 
 
-def top_prototype_columns(contributions: Tensor, top_k: int = TOP_PROTOTYPES) -> list[int]:
+def top_prototype_columns(contributions: Tensor, top_k: int = TOP_PROTOTYPES, active: Tensor | None = None) -> list[int]:
     """Classifier columns of the ``top_k`` largest contributions, largest first (lower column first on ties).
 
     Args:
         contributions: one case's contribution of each prototype to one class, (K_total,).
-        top_k: how many (all columns when there are fewer).
+        top_k: how many (all active columns when there are fewer).
+        active: (K_total,) bool, the prototypes not pruned (``model.active_columns``); None: all.
     """
     if contributions.ndim != 1 or top_k < 1:
         raise ValueError(f"need contributions (K_total,) and top_k >= 1, got {tuple(contributions.shape)}, {top_k}.")
-    return torch.sort(contributions, descending=True, stable=True).indices[:top_k].tolist()
+    order = torch.sort(contributions, descending=True, stable=True).indices.tolist()
+    return [c for c in order if active is None or bool(active[c])][:top_k]
 
 
 def prototype_peaks(
@@ -115,7 +117,10 @@ def peak_shares(peaks: Sequence[Sequence[int]], brain: Tensor, tumour: Tensor | 
 
 
 def source_agreement(
-    records: Sequence[Mapping[str, Any]], classifier_weight: Tensor, class_names: Sequence[str]
+    records: Sequence[Mapping[str, Any]],
+    classifier_weight: Tensor,
+    class_names: Sequence[str],
+    active: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Per prototype: the class of its push source, the class its weights favour, and whether they agree.
 
@@ -123,9 +128,10 @@ def source_agreement(
         records: the push record (``push.json``), one per classifier column, in column order.
         classifier_weight: w_cls, (C, K_total); the favoured class is the argmax of a column (first on ties).
         class_names: the C names, in label order.
+        active: (K_total,) bool, the prototypes not pruned; None: all.
 
     Returns:
-        One dict per column: ``column``, ``scale``, ``k``, ``source_case``, ``source_class``,
+        One dict per active column: ``column``, ``scale``, ``k``, ``source_case``, ``source_class``,
         ``favoured_class`` (names) and ``agrees``.
     """
     if classifier_weight.ndim != 2 or classifier_weight.shape[1] != len(records):
@@ -136,6 +142,8 @@ def source_agreement(
     for column, (record, cls) in enumerate(zip(records, favoured)):
         if record["column"] != column:
             raise ValueError(f"push record {column} is for column {record['column']}: records out of column order.")
+        if active is not None and not bool(active[column]):
+            continue
         rows.append(
             {
                 "column": column,

@@ -103,9 +103,10 @@ def scale_class_maps(
     """
     target = torch.as_tensor(target).long().reshape(-1)
     if model.ownership is not None:
-        return [owned_prototype_map(maps, model.ownership[model.columns(s)], target, size)
+        owned = model.ownership * model.active_columns[:, None]  # a pruned prototype is no class's any more
+        return [owned_prototype_map(maps, owned[model.columns(s)], target, size)
                 for s, maps in sorted(maps_per_scale.items())]
-    zeta = soft_class_coefficients(model.classifier.weight)
+    zeta = soft_class_coefficients(model.classifier.effective_weight)
     return [class_attention_map([maps], zeta[:, model.columns(s)], target, size)
             for s, maps in sorted(maps_per_scale.items())]
 
@@ -135,8 +136,8 @@ def class_map_from_maps(
         return torch.stack(scale_class_maps(model, maps_per_scale, target, size)).sum(dim=0)
     scales = sorted(maps_per_scale)
     target = torch.as_tensor(target).long().reshape(-1)
-    return class_attention_map([maps_per_scale[s] for s in scales], soft_class_coefficients(model.classifier.weight),
-                               target, size, combination)
+    zeta = soft_class_coefficients(model.classifier.effective_weight)
+    return class_attention_map([maps_per_scale[s] for s in scales], zeta, target, size, combination)
 
 
 def prototype_class_map(

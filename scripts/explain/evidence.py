@@ -177,20 +177,23 @@ def unit_scaled(volume: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
     return (data / peak if peak > 0 else np.zeros_like(data)), peak
 
 
-def top_columns(contributions: Tensor, columns: Sequence[tuple[int, int]], per_scale: int) -> list[int]:
+def top_columns(
+    contributions: Tensor, columns: Sequence[tuple[int, int]], per_scale: int, active: Tensor | None = None
+) -> list[int]:
     """Classifier columns of the ``per_scale`` prototypes of each scale with the largest contribution.
 
     Args:
         contributions: one class's Δy per column, (K_total,).
         columns: (scale, k) of each column (``model.prototype_columns``).
         per_scale: how many per scale (fewer where a scale has fewer prototypes).
+        active: (K_total,) bool, the prototypes not pruned (``model.active_columns``); None: all.
 
     Returns:
-        Columns by scale, then by contribution, largest first.
+        Columns by scale, then by contribution, largest first; never a pruned one.
     """
     chosen: list[int] = []
     for scale in sorted({s for s, _ in columns}):
-        mine = [c for c, (s, _) in enumerate(columns) if s == scale]
+        mine = [c for c, (s, _) in enumerate(columns) if s == scale and (active is None or bool(active[c]))]
         chosen += sorted(mine, key=lambda c: -float(contributions[c]))[:per_scale]
     return chosen
 
@@ -223,6 +226,8 @@ class CaseEvidence:
     """M_s, (K_s, h_s, w_s, d_s) per prototype scale."""
     scales: list[int]
     """The prototype scales, ascending."""
+    active: Tensor
+    """(K,) bool: the prototypes the classifier reads (False where pruned)."""
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
@@ -240,7 +245,7 @@ def explain_case(model: UMProtoShare, image: Tensor, calibration: Calibration | 
     calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
         explanation = model.explain(image[None])
-        weight = model.classifier.weight.detach()
+        weight = model.classifier.effective_weight.detach()
         contributions = prototype_contributions(explanation.similarities, weight)[0]
         delta = sequence_evidence(model, image, explanation.similarities)
     logits = explanation.logits[0].float().cpu()
@@ -257,6 +262,7 @@ def explain_case(model: UMProtoShare, image: Tensor, calibration: Calibration | 
         sequence_delta=delta.float().cpu(),
         maps_per_scale=[entry.maps[0].float().cpu() for entry in explanation.per_scale],
         scales=[entry.scale for entry in explanation.per_scale],
+        active=model.active_columns.cpu(),
     )
 
 
@@ -343,7 +349,7 @@ def prediction_record(
     fitted on; method "none" when the model has none), ``raw_probabilities`` the plain softmax; the
     low-confidence warning reads the calibrated ones.
 
-    Prototypes are sorted by their contribution to the predicted class, largest first; each lists
+    Prototypes (pruned ones left out) are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
     similarity change per sequence replaced by its mean (and :func:`driving_sequence`: the sequence that
     drives the match, or None), and the case and class it was pushed from (``push_records``, in column
@@ -363,6 +369,8 @@ def prediction_record(
     sequences = SEQUENCE_NAMES[: evidence.sequence_delta.shape[0]]
     entries = []
     for column, (scale, k) in enumerate(columns):
+        if not evidence.active[column]:
+            continue  # pruned: no evidence
         delta = evidence.sequence_delta[:, column]
         source = None
         if push_records is not None:
@@ -394,6 +402,6 @@ def prediction_record(
         "probabilities": probabilities,
         "raw_probabilities": _by_class(evidence.raw_probabilities, class_names),
         "calibration": evidence.calibration.to_dict(),
-        "warnings": confidence_warnings(probabilities, evidence.similarities.tolist()),
+        "warnings": confidence_warnings(probabilities, evidence.similarities[evidence.active].tolist()),
         "prototypes": entries,
     }

@@ -30,7 +30,7 @@ def write_gallery(push: PushResult, items: Sequence[dict], preprocessing: Compos
     grid and brought back to the source case's own files (shape, affine; the preprocessing inverted),
     so it overlays ``image_files`` in 3D Slicer or ITK-SNAP; ``s<s>_k<k>.png``, the source case's four
     sequences at the map's peak slice. ``provenance.json``: the push records with those file names and
-    the source's image files.
+    the source's image files. Pruned prototypes (``"pruned": true`` in their record) are left out.
 
     Args:
         push: the fold's last push (records and maps).
@@ -50,6 +50,8 @@ def write_gallery(push: PushResult, items: Sequence[dict], preprocessing: Compos
     images = {}
     entries = []
     for record in push.records:
+        if record.get("pruned"):
+            continue
         case_id = record["case_id"]
         if case_id not in images:
             images[case_id] = preprocessing({"case_id": case_id, "image": by_id[case_id]["image"]})["image"]

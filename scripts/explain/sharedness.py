@@ -14,6 +14,7 @@ contribution to every class logit on each case.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -57,18 +58,19 @@ def most_shared(scores: Tensor, columns: Sequence[tuple[int, int]]) -> dict[int,
     """The most shared prototype of each scale, k_s* = argmax_k φ_s^k (Eq. 30); first k on ties.
 
     Args:
-        scores: φ, (K_total,).
+        scores: φ, (K_total,); −inf for a prototype that may not be chosen (pruned).
         columns: (scale, k) of each column.
 
     Returns:
-        scale → classifier column of k_s*.
+        scale → classifier column of k_s* (a scale whose prototypes are all pruned is left out).
     """
     if scores.ndim != 1 or scores.numel() != len(columns):
         raise ValueError(f"scores must be ({len(columns)},) for the given columns, got {tuple(scores.shape)}.")
     chosen: dict[int, int] = {}
     for scale in sorted({s for s, _ in columns}):
-        mine = [c for c, (s, _) in enumerate(columns) if s == scale]
-        chosen[scale] = mine[int(scores[mine].argmax())]
+        mine = [c for c, (s, _) in enumerate(columns) if s == scale and not torch.isneginf(scores[c])]
+        if mine:
+            chosen[scale] = mine[int(scores[mine].argmax())]
     return chosen
 
 
@@ -78,6 +80,7 @@ def sharedness_report(
     columns: Sequence[tuple[int, int]],
     class_names: Sequence[str],
     push_records: Sequence[Mapping[str, Any]] | None = None,
+    active: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Per scale: the most shared prototype (Eq. 29–30) and Δy_c = w_cls[c, col]·S on each case (Eq. 31).
 
@@ -87,6 +90,7 @@ def sharedness_report(
         columns: (scale, k) of each column.
         class_names: C names in label order.
         push_records: push provenance in column order (source case and class), or None.
+        active: (K_total,) bool, the prototypes not pruned (``model.active_columns``); None: all.
 
     Returns:
         One dict per scale: scale, k, column, sharedness φ, class weights, and per case its similarity and
@@ -96,6 +100,8 @@ def sharedness_report(
         raise ValueError(f"sharedness compares two cases, got {list(similarities)}.")
     names = list(similarities)
     scores = sharedness_scores(similarities[names[0]], similarities[names[1]])
+    if active is not None:
+        scores = scores.masked_fill(~active.bool(), -math.inf)
     report = []
     for scale, column in most_shared(scores, columns).items():
         cases = {}
@@ -143,8 +149,8 @@ def case_sharedness(
     device = next(network.parameters()).device
     evidence = {name: explain_case(network, torch.as_tensor(image).to(device)) for name, image in images.items()}
     report = sharedness_report({name: e.similarities for name, e in evidence.items()},
-                               network.classifier.weight.detach().cpu(), network.prototype_columns, class_names,
-                               push_records)
+                               network.classifier.effective_weight.detach().cpu(), network.prototype_columns,
+                               class_names, push_records, network.active_columns.cpu())
     for entry in report:
         for name, case in entry["cases"].items():
             delta = evidence[name].sequence_delta[:, entry["column"]]

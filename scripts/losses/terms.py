@@ -299,3 +299,26 @@ def l1_regularisation(classifier_weight: torch.Tensor, ownership: torch.Tensor |
         expected = tuple(classifier_weight.shape[::-1])
         raise ValueError(f"ownership must be (K_total, C) = {expected}, got {tuple(ownership.shape)}.")
     return (classifier_weight * (1 - ownership.t().to(classifier_weight.dtype))).abs().sum()
+
+
+def forget_loss(descriptors: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
+    """Forgetting term of ProtoPDebug (Bontempelli et al., ICLR 2023; not a term of the paper) on one scale.
+
+    ``mean_{b, k, f} max(0, cos(H_s^k(x_b), f))``: how much the descriptors of the scale's prototypes on
+    a batch resemble the forbidden patches f (each the descriptor of a forbidden prototype's pushed map
+    on its source case). Lowering it moves every map of the scale away from what those patches show.
+
+    Args:
+        descriptors: H_s, `(B, K_s, E)`.
+        forbidden: the forbidden patches' descriptors `(F, E)` (no gradient needed).
+
+    Returns:
+        Scalar in [0, 1].
+    """
+    if descriptors.ndim != 3 or forbidden.ndim != 2 or descriptors.shape[-1] != forbidden.shape[-1]:
+        raise ValueError(
+            f"expected descriptors (B, K_s, E) and forbidden patches (F, E), got {tuple(descriptors.shape)} "
+            f"and {tuple(forbidden.shape)}."
+        )
+    cosine = F.cosine_similarity(descriptors[:, :, None, :], forbidden[None, None].to(descriptors.dtype), dim=-1)
+    return cosine.clamp_min(0.0).mean()

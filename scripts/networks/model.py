@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import NamedTuple, Optional
@@ -15,6 +16,7 @@ from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
 from scripts.losses import ScaleTerms
 
 from .backbone import Backbone
+from .classifier import PrototypeClassifier
 from .groups import GroupedNetwork, group_of
 from .head import PrototypeHead
 
@@ -209,7 +211,7 @@ class UMProtoShare(GroupedNetwork):
         )
         self.prototype_columns = [(s, k) for s in self.scales for k in range(self.prototypes_per_scale[s - 1])]
         self.num_prototypes = len(self.prototype_columns)
-        self.classifier = nn.Linear(self.num_prototypes, num_classes, bias=False)
+        self.classifier = PrototypeClassifier(self.num_prototypes, num_classes)
         ownership = None
         if self.prototype_sharing == "class_specific":
             ownership = self._hard_ownership()
@@ -251,6 +253,27 @@ class UMProtoShare(GroupedNetwork):
         self._check_scale(scale)
         start = sum(self.prototypes_per_scale[: scale - 1])
         return slice(start, start + self.prototypes_per_scale[scale - 1])
+
+    def prototype_name(self, column: int) -> str:
+        """``s<s>_k<k>``, the name reports, galleries and ``prune_prototypes`` give classifier column ``column``."""
+        scale, k = self.prototype_columns[column]
+        return f"s{scale}_k{k}"
+
+    def column_of(self, name: str) -> int:
+        """The classifier column of a prototype named ``s<s>_k<k>`` (or ``prototype_s<s>_k<k>``, a report's file stem)."""
+        match = re.fullmatch(r"(?:prototype_)?s(\d+)_k(\d+)", str(name).strip())
+        if match is None:
+            raise ValueError(f"{name!r} is not a prototype name: expected s<scale>_k<k>, e.g. 's1_k3'.")
+        key = (int(match.group(1)), int(match.group(2)))
+        if key not in self.prototype_columns:
+            counts = {s: self.prototypes_per_scale[s - 1] for s in self.scales}
+            raise ValueError(f"no prototype {name!r}: this model has k = 0..K_s-1 per scale s, K_s = {counts}.")
+        return self.prototype_columns.index(key)
+
+    @property
+    def active_columns(self) -> Tensor:
+        """(K_total,) bool: the prototypes the classifier reads (False where pruned)."""
+        return self.classifier.active > 0
 
     def head(self, scale: int) -> PrototypeHead:
         """The prototype head of scale ``scale`` (add-on, mapping module, prototypes)."""

@@ -179,5 +179,5 @@ def test_stage_wrappers_survive_stage3_steps_between_stage1_steps(one_rank_group
 
 def test_a_wrapper_without_parameters_of_its_groups_is_refused():
     model = tiny(seed=0)
-    with pytest.raises(ValueError, match=r"Linear holds no parameter of the groups \['prototypes'\]"):
+    with pytest.raises(ValueError, match=r"PrototypeClassifier holds no parameter of the groups \['prototypes'\]"):
         distributed_forward(model.classifier, model, ["prototypes"], "cpu")

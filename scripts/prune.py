@@ -13,8 +13,8 @@ evaluation's ``metrics.json`` and ``per_case.csv``.
 The rules, on the fold's training cases (no augmentation):
 
 - ``duplicate``: two prototypes of one scale pushed from the same voxel of the same case, or whose
-  vectors have cosine ≥ ``duplicate_cosine``; the one with the smaller classifier weights goes, its
-  weights added to those of the one that stays (their similarities are nearly equal on every case).
+  vectors have cosine ≥ ``duplicate_cosine`` *and* whose maps have mean cosine ≥ ``duplicate_map_cosine``;
+  the one with the smaller classifier weights goes, its weights added to those of the one that stays.
 - ``outside_brain``: the map (on the whole grid) peaks outside the brain on more than
   ``outside_brain_share`` of the cases.
 - ``unused``: never among a case's ``unused_top_k`` largest contributions to its predicted class, or
@@ -87,6 +87,8 @@ class PrototypeUsage:
     read it (inside the brain for ``map_support="brain"``, where it is then 0 by design; else the whole grid)."""
     top_count: Tensor
     """(K,) cases on which the prototype is among the top contributions to the predicted class."""
+    map_cosine: dict[int, Tensor] = field(default_factory=dict)
+    """Scale → (K_s, K_s): cosine of two prototypes' maps on a case (the maps as vectors), mean over the cases."""
     images: dict[str, Tensor] = field(default_factory=dict)
     """Preprocessed images (C_in, H, W, D) of the cases asked for (forbidden patches' sources)."""
 
@@ -111,6 +113,7 @@ def prototype_usage(
     outside = torch.zeros(model.num_prototypes)
     top = torch.zeros(model.num_prototypes, dtype=torch.long)
     images: dict[str, Tensor] = {}
+    gram = {s: torch.zeros(model.prototypes_per_scale[s - 1], model.prototypes_per_scale[s - 1]) for s in model.scales}
     cases = 0
     everything = list(range(model.num_prototypes))
     with torch.no_grad():
@@ -120,6 +123,9 @@ def prototype_usage(
             contributions = prototype_contributions(explanation.similarities, model.classifier.effective_weight)
             predicted = explanation.logits.argmax(dim=1)
             brains = foreground_mask(x.cpu())[:, 0]
+            for entry in explanation.per_scale:
+                unit = F.normalize(entry.maps.flatten(2).float(), dim=-1)
+                gram[entry.scale] += torch.einsum("bkn,bjn->kj", unit, unit).cpu()
             for i, case_id in enumerate(batch["case_id"]):
                 maps = [entry.maps[i].float().cpu() for entry in explanation.per_scale]
                 within = brains[i] if model.map_support == "brain" else None  # read as the reports read it
@@ -131,18 +137,26 @@ def prototype_usage(
             cases += x.shape[0]
     if cases == 0:
         raise ValueError("prototype usage: the loader yielded no case.")
-    return PrototypeUsage(cases, outside / cases, top, images)
+    return PrototypeUsage(cases, outside / cases, top, {s: g / cases for s, g in gram.items()}, images)
 
 
 def duplicate_prototypes(
-    model: UMProtoShare, records: Sequence[Mapping[str, Any]], cosine: float, candidates: Sequence[int]
+    model: UMProtoShare,
+    records: Sequence[Mapping[str, Any]],
+    usage: PrototypeUsage,
+    cosine: float,
+    map_cosine: float,
+    candidates: Sequence[int],
 ) -> dict[int, dict[str, Any]]:
-    """Prototypes of one scale that repeat another: the same pushed voxel of the same case, or cos(p_i, p_j) ≥ ``cosine``.
+    """Prototypes of one scale that repeat another: pushed from the same voxel of the same case, or alike in
+    both what they match and where: cos(p_i, p_j) ≥ ``cosine`` and their maps' mean cosine (``usage``) ≥ ``map_cosine``.
 
+    The vectors alone do not make a duplicate here: each prototype is compared with the descriptor under its
+    own map, and on the quick start many pairs have cos(p_i, p_j) > 0.99 with maps in different places.
     Of each pair the one with the larger weight norm stays (ties: the lower column); a prototype already
     chosen to go is not a partner. Returns column → figures (``duplicate_of``, ``merged_into`` (the partner's
-    column), ``cosine``, ``same_source``). The caller adds the duplicate's weights to its partner's
-    (:func:`merge_duplicates`): S of the two is nearly the same on every case, so the logits hardly move.
+    column), ``cosine``, ``map_cosine``, ``same_source``). The caller adds the duplicate's weights to its
+    partner's (:func:`merge_duplicates`): the two match alike, so the logits hardly move.
     """
     weights = model.classifier.effective_weight.detach().norm(dim=0).cpu()
     order = sorted(candidates, key=lambda c: (-float(weights[c]), c))
@@ -157,12 +171,13 @@ def duplicate_prototypes(
                 continue
             other = model.head(scale).prototypes[other_k].detach().float().cpu()
             similarity = float(F.cosine_similarity(vector, other, dim=0))
+            maps = float(usage.map_cosine[scale][k, other_k])
             same = (records[column]["case_id"], records[column]["peak_voxel"]) == (
                 records[partner]["case_id"], records[partner]["peak_voxel"]
             )
-            if same or similarity >= cosine:
+            if same or (similarity >= cosine and maps >= map_cosine):
                 removed[column] = {"duplicate_of": model.prototype_name(partner), "merged_into": partner,
-                                   "cosine": similarity, "same_source": same}
+                                   "cosine": similarity, "map_cosine": maps, "same_source": same}
                 break
         else:
             kept.append(column)
@@ -283,7 +298,7 @@ class PruneFold:
         device: where everything runs.
         prune_prototypes: names (``s1_k3`` or ``prototype_s1_k3``) to remove.
         prune_rules: any of :data:`PRUNE_RULES`.
-        duplicate_cosine, outside_brain_share, unused_top_k, unused_weight: the rules' thresholds.
+        duplicate_cosine, duplicate_map_cosine, outside_brain_share, unused_top_k, unused_weight: the rules' thresholds.
         forbid_prototypes: names to forget (kept, fine-tuned away from their pushed patches, re-pushed).
         forget_epochs, forget_weight, forget_lr: the forgetting fine-tune (stage-1 groups, AdamW).
         stage1_weight_decay: weight decay of that fine-tune.
@@ -311,6 +326,7 @@ class PruneFold:
         prune_prototypes: Sequence[str] = (),
         prune_rules: Sequence[str] = PRUNE_RULES,
         duplicate_cosine: float = 0.99,
+        duplicate_map_cosine: float = 0.85,
         outside_brain_share: float = 0.5,
         unused_top_k: int = 6,
         unused_weight: float = 1e-3,
@@ -340,6 +356,7 @@ class PruneFold:
         self.prune_names = [str(name) for name in prune_prototypes]
         self.rules = [look_up_option(rule, PRUNE_RULES) for rule in prune_rules]
         self.duplicate_cosine = float(duplicate_cosine)
+        self.duplicate_map_cosine = float(duplicate_map_cosine)
         self.outside_brain_share = float(outside_brain_share)
         self.unused_top_k = int(unused_top_k)
         self.unused_weight = float(unused_weight)
@@ -369,7 +386,9 @@ class PruneFold:
                 if c not in removed and c not in keep and bool(model.active_columns[c])
             ]
             if rule == "duplicate":
-                found = duplicate_prototypes(model, push.records, self.duplicate_cosine, candidates)
+                found = duplicate_prototypes(
+                    model, push.records, usage, self.duplicate_cosine, self.duplicate_map_cosine, candidates
+                )
             elif rule == "outside_brain":
                 found = outside_brain_prototypes(usage, self.outside_brain_share, candidates)
             else:
@@ -449,6 +468,7 @@ class PruneFold:
             "fold_dir": str(self.fold_dir),
             "removed": list(removed.values()),
             "rules": {"applied": self.rules, "duplicate_cosine": self.duplicate_cosine,
+                      "duplicate_map_cosine": self.duplicate_map_cosine,
                       "outside_brain_share": self.outside_brain_share, "unused_top_k": self.unused_top_k,
                       "unused_weight": self.unused_weight, "training_cases": usage.cases},
             "forbidden": [],

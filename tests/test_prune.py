@@ -115,12 +115,16 @@ def test_duplicates_by_vector_or_by_source_go_to_the_partner_with_larger_weights
         prototypes[2] = torch.tensor([1.0, -1.0] * 4)  # cosine about 0.1 with k0
     records = [{"case_id": "a", "peak_voxel": [1, 2, 3]}, {"case_id": "b", "peak_voxel": [1, 2, 3]},
                {"case_id": "c", "peak_voxel": [4, 4, 4]}]
-    found = duplicate_prototypes(model, records, 0.99, [0, 1, 2])
+    maps = torch.tensor([[1.0, 0.5, 0.9], [0.5, 1.0, 0.2], [0.9, 0.2, 1.0]])  # k0 and k1 look at different places
+    usage = PrototypeUsage(cases=4, outside_brain=torch.zeros(3), top_count=torch.ones(3), map_cosine={1: maps})
+    assert duplicate_prototypes(model, records, usage, 0.99, 0.85, [0, 1, 2]) == {}
+    usage.map_cosine[1][0, 1] = usage.map_cosine[1][1, 0] = 0.9  # now alike in what and where
+    found = duplicate_prototypes(model, records, usage, 0.99, 0.85, [0, 1, 2])
     assert list(found) == [1]
     assert found[1]["duplicate_of"] == "s1_k0" and found[1]["merged_into"] == 0
     assert found[1]["cosine"] == pytest.approx(1.0, abs=1e-6) and not found[1]["same_source"]
     records[2] = {"case_id": "a", "peak_voxel": [1, 2, 3]}  # k2 pushed from k0's voxel
-    found = duplicate_prototypes(model, records, 0.99, [0, 1, 2])
+    found = duplicate_prototypes(model, records, usage, 0.99, 0.85, [0, 1, 2])
     assert sorted(found) == [1, 2] and found[2]["same_source"] and found[2]["duplicate_of"] == "s1_k0"
     weight = model.classifier.weight.detach().clone()
     merge_duplicates(model, {c: {"figures": f} for c, f in found.items()})
@@ -146,6 +150,9 @@ def test_a_constant_map_peaks_outside_the_brain_and_is_flagged(phantoms):
         model.head(1).mapping.out_norm.bias[2] = 0.0
     usage = prototype_usage(model, phantoms, 3, torch.device("cpu"), keep_images=["p1"])
     assert usage.cases == 4 and list(usage.images) == ["p1"]
+    cosines = usage.map_cosine[1]
+    assert torch.allclose(cosines.diagonal(), torch.ones(3), atol=1e-4) and torch.allclose(cosines, cosines.T)
+    assert cosines[0, 1] > 0.9 > 0.5 > cosines[0, 2]  # k0, k1 both follow FLAIR; the constant map does not
     assert usage.outside_brain.tolist() == [0.0, 0.0, 1.0]  # k0, k1 peak in the bright FLAIR of the tumour
     assert list(outside_brain_prototypes(usage, 0.5, [0, 1, 2])) == [2]
     assert outside_brain_prototypes(usage, 0.5, [0, 1]) == {}

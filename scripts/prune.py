@@ -3,8 +3,8 @@
 A person (``prune_prototypes``, names as the reports give them: ``s1_k3``) or a rule (``prune_rules``)
 removes prototypes: the classifier stops reading them (:class:`~scripts.networks.classifier.PrototypeClassifier`),
 the last layer is retrained (stage 3) on the training split, the calibration refitted and the fold
-re-evaluated. ``forbid_prototypes`` instead fine-tunes stage 1 for a few epochs with ProtoPDebug's
-forgetting term (:func:`~scripts.losses.terms.forget_loss`) against each forbidden prototype's pushed patch,
+re-evaluated. ``forbid_prototypes`` instead fine-tunes the mapping modules and prototypes for a few
+epochs with the stage-1 objective plus ProtoPDebug's forgetting term (:func:`~scripts.losses.terms.forget_loss`) against each forbidden prototype's pushed patch,
 then pushes and runs stage 3. Everything lands in ``<fold_dir>/pruned/``: ``model.pt``, ``calibration.json``,
 ``push.json`` + ``push_maps.pt`` (pruned prototypes marked), ``prune.json`` (what was removed or
 forbidden, by whom or which rule, with the figures that decided it; before and after), and the
@@ -52,6 +52,7 @@ from scripts.networks import UMProtoShare, prototype_descriptors
 from scripts.push import PushResult, load_push, push_prototypes, save_push
 
 __all__ = [
+    "FORGET_GROUPS",
     "PRUNED_DIR",
     "PRUNE_JSON",
     "PRUNE_RULES",
@@ -73,6 +74,8 @@ PRUNE_RULES = ("outside_brain", "unused", "duplicate")
 only sought among the prototypes the other rules keep, so none goes for a partner that goes too."""
 PRUNE_JSON = "prune.json"
 PRUNED_DIR = "pruned"
+FORGET_GROUPS = ("mapping", "prototypes")
+"""What the forgetting fine-tune trains: where each prototype looks, and the prototypes; G stays fixed."""
 SUMMARY_KEYS = ("bac", "ap", "ids", "ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour", "prototype_source_agrees")
 """The figures of ``metrics.json`` compared before and after, in the log line and in ``prune.json``."""
 
@@ -293,14 +296,14 @@ class PruneFold:
         calibration_loader: the validation split (calibration refit).
         heldout_loader: the held-out fold (the forbidden patches' similarity before and after).
         evaluator: the fold evaluation of ``<output_dir>/model.pt`` into ``output_dir`` (``FoldEvaluator``), called last.
-        schedule: the run's schedule (stage-1 and stage-3 groups, ``stage3_epochs``).
+        schedule: the run's schedule (stage-3 groups, ``stage3_epochs``).
         stage1_loss, stage3_loss: the training objectives.
         device: where everything runs.
         prune_prototypes: names (``s1_k3`` or ``prototype_s1_k3``) to remove.
         prune_rules: any of :data:`PRUNE_RULES`.
         duplicate_cosine, duplicate_map_cosine, outside_brain_share, unused_top_k, unused_weight: the rules' thresholds.
         forbid_prototypes: names to forget (kept, fine-tuned away from their pushed patches, re-pushed).
-        forget_epochs, forget_weight, forget_lr: the forgetting fine-tune (stage-1 groups, AdamW).
+        forget_epochs, forget_weight, forget_lr: the forgetting fine-tune (:data:`FORGET_GROUPS`, AdamW).
         stage1_weight_decay: weight decay of that fine-tune.
         stage3_lr: Adam's learning rate for the retrained last layer.
         calibration: the calibration method refitted on ``calibration_loader``.
@@ -324,7 +327,7 @@ class PruneFold:
         device: str | torch.device = "cpu",
         output_dir: str | PathLike | None = None,
         prune_prototypes: Sequence[str] = (),
-        prune_rules: Sequence[str] = PRUNE_RULES,
+        prune_rules: Sequence[str] = ("outside_brain", "duplicate"),
         duplicate_cosine: float = 0.99,
         duplicate_map_cosine: float = 0.85,
         outside_brain_share: float = 0.5,
@@ -332,7 +335,7 @@ class PruneFold:
         unused_weight: float = 1e-3,
         forbid_prototypes: Sequence[str] = (),
         forget_epochs: int = 5,
-        forget_weight: float = 1.0,
+        forget_weight: float = 5.0,
         forget_lr: float = 1e-4,
         stage1_weight_decay: float = 0.01,
         stage3_lr: float = 1e-3,
@@ -397,15 +400,21 @@ class PruneFold:
                 removed[column] = {"prototype": model.prototype_name(column), "by": f"rule:{rule}", "figures": figures}
         return dict(sorted(removed.items()))
 
-    def forget(self, push: PushResult, columns: Sequence[int], images: Mapping[str, Tensor]) -> list[dict[str, float]]:
-        """Fine-tune the stage-1 groups with L_stage1 + λ_forget Σ_s forget_loss (patches re-embedded each epoch)."""
+    def forget(self, patches: Mapping[int, Sequence[Tensor]]) -> list[dict[str, float]]:
+        """Fine-tune the mapping modules and prototypes (:data:`FORGET_GROUPS`) with L_stage1 + λ_forget Σ_s forget_loss.
+
+        The encoder, decoder, fusion and add-ons stay frozen, so the embeddings G, and with them the
+        forbidden patches and the similarity reported before and after, keep one meaning: what changes
+        is where each prototype looks.
+        """
         model = self.network
-        groups = self.schedule.trainable_groups("stage1")
-        optimizer = torch.optim.AdamW(parameter_groups(model, groups, self.stage1_weight_decay), lr=self.forget_lr)
+        patches = {s: torch.stack(list(p)) for s, p in patches.items()}
+        optimizer = torch.optim.AdamW(
+            parameter_groups(model, FORGET_GROUPS, self.stage1_weight_decay), lr=self.forget_lr
+        )
         history = []
         for epoch in range(1, self.forget_epochs + 1):
-            patches = {s: torch.stack(p) for s, p in forbidden_patches(model, push, columns, images, self.device).items()}
-            model.set_trainable(groups)
+            model.set_trainable(FORGET_GROUPS)
             model.train()
             sums = {"loss": 0.0, "forget": 0.0}
             seen = 0
@@ -475,15 +484,11 @@ class PruneFold:
         }
         if forbidden:
             pushed = push  # the forbidden patches are the maps of this push on its source cases
-            heldout = self.loaders["heldout"]
-            similarity_before = patch_similarity(
-                model, heldout, forbidden_patches(model, pushed, forbidden, usage.images, self.device), self.device
-            )
-            history = self.forget(pushed, forbidden, usage.images)
+            patches = forbidden_patches(model, pushed, forbidden, usage.images, self.device)
+            similarity_before = patch_similarity(model, self.loaders["heldout"], patches, self.device)
+            history = self.forget(patches)
             push = push_prototypes(model, self.loaders["push"], self.class_names, self.device, self.input_size)
-            similarity_after = patch_similarity(
-                model, heldout, forbidden_patches(model, pushed, forbidden, usage.images, self.device), self.device
-            )
+            similarity_after = patch_similarity(model, self.loaders["heldout"], patches, self.device)
             record["forbidden"] = [
                 {"prototype": model.prototype_name(c), "by": "user", "source_case": case_id,
                  "peak_voxel": pushed.records[c]["peak_voxel"], "now_pushed_from": push.records[c]["case_id"]}

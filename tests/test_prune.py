@@ -100,8 +100,9 @@ def test_stage_3_cannot_give_a_pruned_prototype_weight_back():
 def test_forget_loss_hand_computed():
     descriptors = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [1.0, 1.0]]])  # (B=2, K=2, E=2)
     forbidden = torch.tensor([[1.0, 0.0]])
-    # cosines: (1, 0), (-1 → 0, 1/√2): mean of 1, 0, 0, 0.7071 = 0.4268
-    assert forget_loss(descriptors, forbidden).item() == pytest.approx((1 + 1 / math.sqrt(2)) / 4, abs=1e-6)
+    # cosines: case 0 (1, 0) → max 1; case 1 (-1, 1/√2) → max 0.7071; mean 0.8536
+    assert forget_loss(descriptors, forbidden).item() == pytest.approx((1 + 1 / math.sqrt(2)) / 2, abs=1e-6)
+    assert forget_loss(-descriptors[:1], forbidden).item() == 0.0  # cosines (-1, 0): nothing alike
     with pytest.raises(ValueError, match="forbidden patches"):
         forget_loss(descriptors, torch.ones(3))
 

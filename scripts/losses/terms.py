@@ -302,11 +302,13 @@ def l1_regularisation(classifier_weight: torch.Tensor, ownership: torch.Tensor |
 
 
 def forget_loss(descriptors: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
-    """Forgetting term of ProtoPDebug (Bontempelli et al., ICLR 2023; not a term of the paper) on one scale.
+    """Forgetting term after ProtoPDebug (Bontempelli et al., ICLR 2023; not a term of the paper) on one scale.
 
-    ``mean_{b, k, f} max(0, cos(H_s^k(x_b), f))``: how much the descriptors of the scale's prototypes on
-    a batch resemble the forbidden patches f (each the descriptor of a forbidden prototype's pushed map
-    on its source case). Lowering it moves every map of the scale away from what those patches show.
+    ``mean_b max_{k, f} max(0, cos(H_s^k(x_b), f))``: how much the scale's evidence on each case of a batch
+    resembles the forbidden patches f (each the descriptor of a forbidden prototype's pushed map on its
+    source case), through the prototype that resembles them most. Lowering it moves the maps of the
+    scale away from what those patches show. (The mean over k instead of the max barely moved on the
+    quick start: 0.49 → 0.47 in five epochs, while the held-out max rose.)
 
     Args:
         descriptors: H_s, `(B, K_s, E)`.
@@ -321,4 +323,4 @@ def forget_loss(descriptors: torch.Tensor, forbidden: torch.Tensor) -> torch.Ten
             f"and {tuple(forbidden.shape)}."
         )
     cosine = F.cosine_similarity(descriptors[:, :, None, :], forbidden[None, None].to(descriptors.dtype), dim=-1)
-    return cosine.clamp_min(0.0).mean()
+    return cosine.flatten(1).amax(dim=1).clamp_min(0.0).mean()

@@ -54,6 +54,15 @@ def micro_workflow(
     )
 
 
+def run_micro(workdir: Path, dataset_dir: Path, *args: Any, **overrides: Any) -> ConfigWorkflow:
+    """:func:`micro_workflow` (same arguments) initialised, run and finalised; returns it (its ``parser`` stays)."""
+    workflow = micro_workflow(workdir, dataset_dir, *args, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
 def test_micro_settings_cover_every_stage(data_synthetic_root, tmp_path):
     workflow = micro_workflow(tmp_path / "run", data_synthetic_root)
     workflow.initialize()

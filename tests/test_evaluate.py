@@ -15,7 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, run
 from conftest import DATA_SMALL_SHAPE
-from test_engine_micro import MICRO, micro_workflow
+from test_engine_micro import MICRO, micro_workflow, run_micro
 
 from scripts.calibration import Calibration, calibration_metrics
 from scripts.explain.attribution import class_map
@@ -51,10 +51,7 @@ def _evaluation(workdir: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow
 def evaluated(data_synthetic_root, tmp_path_factory):
     """A micro fold 0 trained through train.json, then evaluated with maps and missing sequences."""
     workdir = tmp_path_factory.mktemp("evaluate") / "run"
-    training = micro_workflow(workdir, data_synthetic_root, **SHORT)
-    training.initialize()
-    training.run()
-    training.finalize()
+    run_micro(workdir, data_synthetic_root, **SHORT)
     fold_dir = workdir / "out" / "fold0"
     CALIBRATION.save(fold_dir)  # over the identity that training wrote (the micro runs hold no validation split)
     workflow = _evaluation(workdir, data_synthetic_root, save_maps="true", missing_sequences=True, ids_steps=IDS_STEPS)

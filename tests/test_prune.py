@@ -10,7 +10,8 @@ import pytest
 import torch
 from monai.bundle import run
 from monai.data import DataLoader, Dataset
-from test_engine_micro import MICRO, micro_workflow
+from test_engine_micro import MICRO, run_micro
+from test_evaluate import SHORT as EVALUATED_FOLD
 from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, constructed_model, write_case
 
 from scripts.data import preprocessing_transforms
@@ -171,16 +172,7 @@ def test_unused_prototypes_by_top_contributions_and_by_weight(phantoms):
     assert list(unused_prototypes(model, usage, 1e-5, 1, [0, 1, 2])) == [1]
 
 
-SHORT = {
-    "target_spacing": 3.0,
-    "batch_size": 3,
-    "warmup_epochs": 1,
-    "stage1_epochs": 1,
-    "push_every": 1,
-    "stage3_epochs": 1,
-    "evaluate_test_fold": False,
-    "ids_steps": 2,
-}
+SHORT = {**EVALUATED_FOLD, "ids_steps": 2}
 """One epoch of each stage on a 16^3 grid (as the evaluation tests); two IDS steps."""
 
 
@@ -188,17 +180,11 @@ SHORT = {
 def pruned(data_synthetic_root, tmp_path_factory):
     """A micro fold trained, then ``run prune`` with a name, the unused rule and a forbidden prototype."""
     workdir = tmp_path_factory.mktemp("prune") / "run"
-    training = micro_workflow(workdir, data_synthetic_root, **SHORT)
-    training.initialize()
-    training.run()
-    training.finalize()
+    run_micro(workdir, data_synthetic_root, **SHORT)
     configs = ["configs/train.json", "configs/evaluate.json", "configs/prune.json"]
     options = {"prune_prototypes": ["s1_k0", "s2_k3"], "prune_rules": ["unused"], "forbid_prototypes": ["s3_k1"],
                "forget_epochs": 1}
-    workflow = micro_workflow(workdir, data_synthetic_root, "prune", configs, None, **SHORT, **options)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    run_micro(workdir, data_synthetic_root, "prune", configs, None, **SHORT, **options)
     fold_dir = workdir / "out" / "fold0"
     out = fold_dir / "pruned"
     return SimpleNamespace(fold_dir=fold_dir, out=out, record=json.loads((out / "prune.json").read_text()),

@@ -62,8 +62,10 @@ def confidence_summary(
 
     Returns:
         ``cases``; ``ece``/``nll``/``brier`` and their ``_raw`` forms; for ``ambiguous`` and ``clear`` cases
-        the count, mean and median calibrated top probability, the share flagged (< :data:`LOW_PROBABILITY`)
-        and the accuracy; ``points``: (appearance, calibrated top probability, correct) per case.
+        the count, mean and median calibrated top probability, the share flagged (< :data:`LOW_PROBABILITY`),
+        the share ``cautioned`` (the report's banner fires for any reason, the flip spread included; NaN for
+        tables without the ``caution`` column) and the accuracy; ``points``: (appearance, calibrated top
+        probability, correct) per case.
 
     Raises:
         KeyError: a case has no appearance (another cohort's info file).
@@ -90,6 +92,8 @@ def confidence_summary(
             "mean_top_probability": float(values.mean()) if values.size else math.nan,
             "median_top_probability": float(np.median(values)) if values.size else math.nan,
             "flagged": float((values < LOW_PROBABILITY).mean()) if values.size else math.nan,
+            "cautioned": float(np.mean([rows[i]["caution"] for i in np.flatnonzero(chosen)]))
+            if values.size and "caution" in rows[0] else math.nan,
             "accuracy": float(correct[chosen].mean()) if values.size else math.nan,
         }
     summary["points"] = [[float(a), float(p), bool(c)] for a, p, c in zip(look, top, correct)]
@@ -100,8 +104,8 @@ def format_confidence(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: one row per run."""
     lines = [
         "| run | cases | ECE raw → cal. | NLL raw → cal. | Brier (cal.) | ambiguous: n, mean top p, flagged, acc. "
-        "| clear: n, median top p, flagged, acc. |",
-        "|---|---|---|---|---|---|---|",
+        "| clear: n, median top p, flagged, acc. | banner (all signals): ambiguous, clear |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():
         a, c = s["ambiguous"], s["clear"]
@@ -109,7 +113,7 @@ def format_confidence(summaries: Mapping[str, Mapping[str, Any]]) -> str:
             f"| {name} | {s['cases']} | {s['ece_raw']:.3f} → {s['ece']:.3f} | {s['nll_raw']:.3f} → {s['nll']:.3f} | "
             f"{s['brier']:.3f} | {a['cases']}, {a['mean_top_probability']:.3f}, {a['flagged']:.2f}, "
             f"{a['accuracy']:.2f} | {c['cases']}, {c['median_top_probability']:.3f}, {c['flagged']:.2f}, "
-            f"{c['accuracy']:.2f} |"
+            f"{c['accuracy']:.2f} | {a['cautioned']:.2f}, {c['cautioned']:.2f} |"
         )
     return "\n".join(lines)
 

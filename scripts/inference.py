@@ -312,6 +312,8 @@ class EvidenceWriter:
             ``evaluate.json`` uses the same).
         calibration: the model's calibration (``Calibration.load`` of the checkpoint: ``calibration.json``
             beside it); None: uncalibrated, and every output says so.
+        uncertainty_flips: measure each case's flip spread (:func:`scripts.uncertainty.flip_spread`, 8 more
+            forward passes) for ``prediction.json`` and the caution banner.
     """
 
     def __init__(
@@ -327,6 +329,7 @@ class EvidenceWriter:
         write_report: bool = True,
         scale_combination: str = "product",
         calibration: Calibration | None = None,
+        uncertainty_flips: bool = True,
     ) -> None:
         if top_per_scale < 1:
             raise ValueError(f"top_per_scale must be at least 1, got {top_per_scale}.")
@@ -343,6 +346,7 @@ class EvidenceWriter:
         self.write_report = write_report
         self.scale_combination = scale_combination
         self.calibration = Calibration() if calibration is None else calibration
+        self.uncertainty_flips = bool(uncertainty_flips)
         self._sources: SourceImages | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -403,7 +407,8 @@ class EvidenceWriter:
         sources = self.sources()
         device = next(self.network.parameters()).device
         with eval_mode(self.network):  # the evaluator restores train mode after its own forward
-            evidence = explain_case(self.network, image.as_tensor().to(device), self.calibration)
+            evidence = explain_case(self.network, image.as_tensor().to(device), self.calibration,
+                                    self.uncertainty_flips)
         columns = self.network.prototype_columns
         predicted = self.class_names[evidence.predicted]
         grid = list(image.shape[1:])

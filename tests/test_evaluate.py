@@ -22,7 +22,9 @@ from scripts.explain.attribution import class_map
 from scripts.data import preprocessing_transforms, split_fold
 from scripts.data.synthetic import generate_dataset
 from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_table, replace_missing
+from scripts.explain.evidence import LOW_PROBABILITY
 from scripts.metrics import activation_precision
+from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
 
 SHORT = {
     "target_spacing": 3.0,
@@ -92,6 +94,19 @@ def test_metrics_json_agrees_with_the_per_case_csv(evaluated):
     assert metrics["sensitivity"] == pytest.approx(np.mean([r["prediction"] == 1 for r in rows if r["label"] == 1]))
     assert metrics["specificity"] == pytest.approx(np.mean([r["prediction"] == 0 for r in rows if r["label"] == 0]))
     assert metrics["ap"] == pytest.approx(np.mean([r["ap"] for r in rows]), abs=1e-12)
+
+
+def test_flip_spread_and_caution_per_case_recomputed_from_the_network(evaluated):
+    rows = {r["case_id"]: r for r in read_case_table(evaluated.fold_dir / "per_case.csv")}
+    for case_id, case in evaluated.cases.items():
+        spread = float(flip_spread(evaluated.network, case["image"].as_tensor()[None], CALIBRATION)[0])
+        assert rows[case_id]["flip_spread"] == pytest.approx(spread, abs=1e-6)
+        shown = {"LGG": rows[case_id]["prob_LGG"], "HGG": rows[case_id]["prob_HGG"]}
+        caution = shown[max(shown, key=shown.get)] < LOW_PROBABILITY or spread > FLIP_SPREAD_CAUTION
+        assert rows[case_id]["caution"] == 1.0 or not caution  # (the similarity spread may fire it too)
+    metrics = evaluated.metrics
+    assert metrics["flip_spread"] == pytest.approx(np.mean([r["flip_spread"] for r in rows.values()]), abs=1e-9)
+    assert metrics["caution_rate"] == pytest.approx(np.mean([r["caution"] for r in rows.values()]), abs=1e-12)
 
 
 def test_ids_is_the_trapezoid_of_the_normalised_deletion_curve(evaluated):

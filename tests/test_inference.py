@@ -23,6 +23,7 @@ from scripts.data.synthetic import brats_affine
 from scripts.explain.evidence import DRIVING_THRESHOLD
 from scripts.inference import find_cases
 from scripts.push import save_push
+from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
 
 SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}
 CALIBRATION = Calibration(temperature=4.0, method="platt_targets", cases=10, separated=True)
@@ -99,6 +100,9 @@ def test_contributions_sum_to_the_models_logits(served):
     for name, raw, calibrated in zip(prediction["class_names"], torch.softmax(logits, 0), torch.softmax(logits / 4, 0)):
         assert prediction["raw_probabilities"][name] == pytest.approx(float(raw), abs=1e-5)
         assert prediction["probabilities"][name] == pytest.approx(float(calibrated), abs=1e-5)
+    spread = float(flip_spread(served.model, torch.as_tensor(image)[None], CALIBRATION)[0])
+    assert prediction["flip_spread"] == pytest.approx(spread, abs=1e-6)
+    assert any("orientation" in w for w in prediction["warnings"]) == (spread > FLIP_SPREAD_CAUTION)
 
 
 def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):

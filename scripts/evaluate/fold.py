@@ -37,7 +37,7 @@ from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
 from scripts.engine.iteration import plain_tensor
 from scripts.explain.attribution import class_map
-from scripts.explain.evidence import prototype_contributions
+from scripts.explain.evidence import confidence_warnings, prototype_contributions
 from scripts.explain.sources import load_push_for
 from scripts.metrics import (
     LOCALISATION_KEYS,
@@ -50,6 +50,7 @@ from scripts.metrics import (
     similarity_spread,
 )
 from scripts.networks import UMProtoShare, resolve_precision, unwrap
+from scripts.uncertainty import flip_spread
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
@@ -296,6 +297,10 @@ class FoldEvaluator:
         push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
         precision: the network's precision during the evaluation (:data:`~scripts.networks.PRECISIONS`);
             the network's own setting is restored afterwards.
+        uncertainty_flips: also measure each case's flip spread (:func:`scripts.uncertainty.flip_spread`, 8
+            forward passes per case): ``flip_spread`` and ``caution`` (the report's banner would fire, for any
+            of :func:`~scripts.explain.evidence.confidence_warnings`' reasons) in ``per_case.csv``, their
+            means in ``metrics.json``; bool or "true"/"false".
 
     Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
     number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
@@ -327,6 +332,7 @@ class FoldEvaluator:
         top_prototypes: int = TOP_PROTOTYPES,
         push_dir: str | PathLike | None = None,
         precision: str = "fp32",
+        uncertainty_flips: bool | str = True,
     ) -> None:
         if min(batch_size, ids_batch_size, ids_steps, top_prototypes) < 1:
             raise ValueError(
@@ -356,9 +362,27 @@ class FoldEvaluator:
         self.top_prototypes = int(top_prototypes)
         self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
         self.precision = resolve_precision(precision, self.device)
+        self.uncertainty_flips = as_flag(uncertainty_flips, "uncertainty_flips")
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
+
+    def _caution(
+        self, model: nn.Module, images: Sequence[Tensor], probs: Tensor, similarities: Tensor | None,
+        calibration: Calibration,
+    ) -> dict[str, Tensor] | None:
+        """Per case ``flip_spread`` and ``caution`` (the banner's verdict), or None without ``uncertainty_flips``."""
+        if not self.uncertainty_flips:
+            return None
+        active = model.active_columns.cpu() if isinstance(model, UMProtoShare) else None
+        spreads, flags = [], []
+        for i, image in enumerate(images):
+            spread = float(flip_spread(self.network, image[None].to(self.device), calibration)[0])
+            shown = dict(zip(self.class_names, probs[i].tolist()))
+            case_similarities = None if similarities is None else similarities[i][active].tolist()
+            spreads.append(spread)
+            flags.append(bool(confidence_warnings(shown, case_similarities, spread)))
+        return {"flip_spread": torch.tensor(spreads), "caution": torch.tensor(flags, dtype=torch.float64)}
 
     @property
     def errors_file(self) -> Path:
@@ -397,6 +421,7 @@ class FoldEvaluator:
         images = _Images(self.dataset)
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
         ids = incremental_deletion_score(curve)
+        caution = self._caution(model, images, probs, result.similarities, calibration)
         metrics: dict[str, Any] = {
             **classification_metrics(result.labels, probs),
             **calibration_metrics(probs, result.labels),
@@ -423,10 +448,13 @@ class FoldEvaluator:
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
             "precision": self.precision,
+            "flip_spread": None if caution is None else float(caution["flip_spread"].mean()),
+            "caution_rate": None if caution is None else float(caution["caution"].mean()),
         }
         extra = {f"raw_prob_{name}": result.probs[:, c] for c, name in enumerate(self.class_names)}
         extra.update({f"logit_{name}": result.logits[:, c] for c, name in enumerate(self.class_names)})
         extra.update({} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks})
+        extra.update({} if caution is None else caution)
         write_case_table(
             self.output_dir / CASES_CSV, result.case_ids, result.labels, probs, result.ap, self.class_names, extra
         )

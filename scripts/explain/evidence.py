@@ -9,6 +9,7 @@ image and gathers what a reader is shown; :func:`to_original_space` undoes the p
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -26,6 +27,7 @@ from scripts.calibration import Calibration, format_probability
 from scripts.explain.maps import resize_to_input
 from scripts.losses import soft_class_coefficients
 from scripts.networks import UMProtoShare
+from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
 
 __all__ = [
     "DRIVING_DOMINANCE",
@@ -138,14 +140,25 @@ def driving_sequence(delta: Mapping[str, float]) -> str | None:
     return drops[0][1] if drops[0][0] >= DRIVING_DOMINANCE * runner_up else None
 
 
-def confidence_warnings(probabilities: Mapping[str, float], similarities: Sequence[float]) -> list[str]:
-    """Reasons to read an answer with caution: empty when the top probability and the spread of the case's
-    similarities over its prototypes clear :data:`LOW_PROBABILITY` and :data:`LOW_SIMILARITY_SPREAD`."""
+def confidence_warnings(
+    probabilities: Mapping[str, float], similarities: Sequence[float] | None, flip_spread: float | None = None
+) -> list[str]:
+    """Reasons to read an answer with caution: empty when the top probability, the spread of the case's
+    similarities over its prototypes and, when measured, its flip spread (:func:`scripts.uncertainty.flip_spread`)
+    clear :data:`LOW_PROBABILITY`, :data:`LOW_SIMILARITY_SPREAD` and :data:`~scripts.uncertainty.FLIP_SPREAD_CAUTION`
+    (``similarities`` None: a model without prototypes, not checked)."""
     warnings = []
     top = max(probabilities.values())
     if top < LOW_PROBABILITY:
         warnings.append(f"low confidence: top probability {top:.2f} < {LOW_PROBABILITY}")
-    spread = float(np.std(np.asarray(similarities, dtype=np.float64))) if len(similarities) else 0.0
+    if flip_spread is not None and flip_spread > FLIP_SPREAD_CAUTION:
+        warnings.append(
+            f"unstable: the probability moves with the image's orientation (spread {flip_spread:.3f} over its 8 "
+            f"mirror images > {FLIP_SPREAD_CAUTION})"
+        )
+    spread = math.inf if similarities is None else (
+        float(np.std(np.asarray(similarities, dtype=np.float64))) if len(similarities) else 0.0
+    )
     if spread < LOW_SIMILARITY_SPREAD:
         warnings.append(
             f"prototypes not distinguishable on this case: similarity spread {spread:.3f} < {LOW_SIMILARITY_SPREAD}"
@@ -228,19 +241,24 @@ class CaseEvidence:
     """The prototype scales, ascending."""
     active: Tensor
     """(K,) bool: the prototypes the classifier reads (False where pruned)."""
+    flip_spread: float | None = None
+    """Spread of the predicted class's calibrated probability over the image's mirror images; None: not measured."""
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
         return resize_to_input(self.maps_per_scale[self.scales.index(scale)][None, [k]], size)[0, 0]
 
 
-def explain_case(model: UMProtoShare, image: Tensor, calibration: Calibration | None = None) -> CaseEvidence:
+def explain_case(
+    model: UMProtoShare, image: Tensor, calibration: Calibration | None = None, flips: bool = False
+) -> CaseEvidence:
     """Run ``model`` (in its current mode, without gradient) on one preprocessed case and collect its evidence.
 
     Args:
         model: a UM-ProtoShare (call ``eval()`` first).
         image: (C_in, H, W, D), on the model's device.
         calibration: the model's calibration (``calibration.json`` beside its weights); None: uncalibrated.
+        flips: also measure the flip spread (:func:`scripts.uncertainty.flip_spread`: 8 more forward passes).
     """
     calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
@@ -263,6 +281,7 @@ def explain_case(model: UMProtoShare, image: Tensor, calibration: Calibration | 
         maps_per_scale=[entry.maps[0].float().cpu() for entry in explanation.per_scale],
         scales=[entry.scale for entry in explanation.per_scale],
         active=model.active_columns.cpu(),
+        flip_spread=float(flip_spread(model, image[None], calibration)[0]) if flips else None,
     )
 
 
@@ -347,7 +366,7 @@ def prediction_record(
 
     ``probabilities`` are calibrated (``calibration``: the temperature, method and validation cases it was
     fitted on; method "none" when the model has none), ``raw_probabilities`` the plain softmax; the
-    low-confidence warning reads the calibrated ones.
+    low-confidence warning reads the calibrated ones. ``flip_spread`` is the evidence's (None: not measured).
 
     Prototypes (pruned ones left out) are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
@@ -402,6 +421,9 @@ def prediction_record(
         "probabilities": probabilities,
         "raw_probabilities": _by_class(evidence.raw_probabilities, class_names),
         "calibration": evidence.calibration.to_dict(),
-        "warnings": confidence_warnings(probabilities, evidence.similarities[evidence.active].tolist()),
+        "flip_spread": evidence.flip_spread,
+        "warnings": confidence_warnings(
+            probabilities, evidence.similarities[evidence.active].tolist(), evidence.flip_spread
+        ),
         "prototypes": entries,
     }

@@ -1,0 +1,53 @@
+"""The flip spread (scripts/uncertainty.py) and the caution it adds to the banner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scripts.calibration import Calibration
+from scripts.explain.evidence import confidence_warnings
+from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_axes, flip_spread
+
+
+class _Sided(nn.Module):
+    """Logits [0, g·(mean of the first half along H − mean of the second half)] of channel 0."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[2] // 2
+        side = x[:, 0, :half].flatten(1).mean(1) - x[:, 0, half:].flatten(1).mean(1)
+        return torch.stack([torch.zeros_like(side), self.gain * side], dim=1)
+
+
+def test_flip_axes_are_every_subset_of_the_spatial_axes():
+    assert flip_axes(3) == [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    assert len(flip_axes(2)) == 4
+
+
+def test_flip_spread_hand_computed():
+    image = torch.zeros(1, 1, 4, 2, 2)
+    image[0, 0, :2] = 1.0  # first half bright: side = 1 unflipped, −1 when H is flipped (4 of the 8 flips)
+    model = _Sided(gain=2.0)
+    # unflipped: p(class 1) = σ(2) = 0.8808 → predicted 1; flips along H: σ(−2) = 0.1192. Population std of
+    # four 0.8808 and four 0.1192 = (0.8808 − 0.1192) / 2 = σ(2) − 0.5
+    expected = 1 / (1 + math.exp(-2.0)) - 0.5
+    assert flip_spread(model, image).item() == pytest.approx(expected, abs=1e-6)
+    # calibrated with T = 2: σ(1) − 0.5
+    calibration = Calibration(temperature=2.0, method="nll", cases=10)
+    assert flip_spread(model, image, calibration).item() == pytest.approx(1 / (1 + math.exp(-1.0)) - 0.5, abs=1e-6)
+    symmetric = torch.ones(2, 1, 4, 2, 2)  # no side: every flip gives the same answer
+    assert torch.equal(flip_spread(model, symmetric), torch.zeros(2))
+
+
+def test_the_banner_fires_on_an_unstable_answer_whose_probability_is_high():
+    assert confidence_warnings({"LGG": 0.05, "HGG": 0.95}, [0.1, 0.9], FLIP_SPREAD_CAUTION / 2) == []
+    warnings = confidence_warnings({"LGG": 0.05, "HGG": 0.95}, [0.1, 0.9], FLIP_SPREAD_CAUTION * 2)
+    assert len(warnings) == 1 and "orientation" in warnings[0]
+    assert confidence_warnings({"LGG": 0.05, "HGG": 0.95}, None) == []  # no prototypes: no similarity check

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.engines.utils import default_prepare_batch
+from monai.transforms import Compose
 from monai.utils import look_up_option
 from torch import Tensor
 
@@ -47,6 +48,7 @@ from scripts.evaluate.fold import METRICS_JSON, load_fold_weights
 from scripts.evaluate.outputs import write_json
 from scripts.evaluate.prototypes import prototype_peaks, top_prototype_columns
 from scripts.explain.evidence import prototype_contributions
+from scripts.explain.gallery import write_gallery
 from scripts.losses import LastLayerLoss, Stage1Loss, forget_loss
 from scripts.networks import UMProtoShare, prototype_descriptors
 from scripts.push import PushResult, load_push, push_prototypes, save_push
@@ -309,6 +311,9 @@ class PruneFold:
         calibration: the calibration method refitted on ``calibration_loader``.
         input_size: grid of the push's peak voxels.
         amp: bf16 autocast in stage 3.
+        gallery_items, gallery_preprocessing: the training items and the uncached preprocessing; when both
+            are given and forgetting re-pushed the prototypes, ``<output_dir>/gallery`` shows the new ones
+            (pruned ones left out). Pruning alone pushes nothing: the fold's gallery still holds.
     """
 
     def __init__(
@@ -342,6 +347,8 @@ class PruneFold:
         calibration: str = "prior_nll",
         input_size: Sequence[int] | None = None,
         amp: bool = False,
+        gallery_items: Sequence[dict] | None = None,
+        gallery_preprocessing: Compose | None = None,
     ) -> None:
         if not isinstance(network, UMProtoShare):
             raise TypeError(f"pruning needs a prototype network, got {type(network).__name__}.")
@@ -372,6 +379,8 @@ class PruneFold:
         self.calibration = calibration
         self.input_size = input_size
         self.amp = amp
+        self.gallery_items = gallery_items
+        self.gallery_preprocessing = gallery_preprocessing
 
     def decide(self, push: PushResult, usage: PrototypeUsage, keep: Sequence[int] = ()) -> dict[int, dict[str, Any]]:
         """Column → {prototype, by, figures} for everything to remove: the names first, then each rule in turn
@@ -505,6 +514,8 @@ class PruneFold:
         for column, entry in enumerate(push.records):
             entry["pruned"] = column in removed
         save_push(push, self.output_dir)
+        if forbidden and self.gallery_items is not None and self.gallery_preprocessing is not None:
+            write_gallery(push, self.gallery_items, self.gallery_preprocessing, self.output_dir / "gallery")
         calibrate_network(model, self.loaders["calibration"], self.device, self.calibration, self.output_dir)
         record["seconds_prune"] = time.perf_counter() - start
         after_metrics = self.evaluator()

@@ -213,6 +213,10 @@ def test_the_record_says_what_went_by_whom_and_before_and_after(pruned):
     push = json.loads((pruned.out / "push.json").read_text())
     assert [r["column"] for r in push["records"] if r["pruned"]] == pruned_columns
     assert 0 < record["seconds_prune"] <= record["seconds_total"]
+    gallery = json.loads((pruned.out / "gallery" / "provenance.json").read_text())["records"]
+    assert [r["column"] for r in gallery] == [r["column"] for r in push["records"] if not r["pruned"]]
+    forbidden = next(r for r in gallery if (r["scale"], r["k"]) == (3, 1))  # re-pushed after forgetting
+    assert forbidden["case_id"] == push["records"][9 + 15 + 1]["case_id"] and (pruned.out / "gallery" / "s3_k1.png").is_file()
 
 
 def test_inference_serves_the_pruned_folder_without_extra_settings(pruned, tmp_path):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from scripts.data import DataError
-from scripts.weights import fit, read_state_dict, suggest_stack
+from scripts.weights import fit, optional_state_keys, read_state_dict, suggest_stack
 
 __all__ = [
     "ERRORS_JSON",
@@ -123,7 +123,7 @@ def load_weights(
     if state is None:
         found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise input_error(option, value, f"holds no network weights (found {found})", errors_dir, debug=debug)
-    result = fit(state, network.state_dict())
+    result = fit(state, network.state_dict(), optional_state_keys(network))
     if not result.ok:
         reason = f"does not fit the network: {result.describe()}; {suggest_stack(state, bundle_root)}"
         raise input_error(option, value, reason, errors_dir, debug=debug)

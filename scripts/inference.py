@@ -418,17 +418,19 @@ class EvidenceWriter:
             class_map = class_map_from_maps(self.network, per_scale, [evidence.predicted], grid, self.scale_combination)
         chosen = {
             c: evidence.prototype_map(*columns[c], grid)
-            for c in top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale, evidence.active)
+            for c in top_columns(
+                evidence.contributions[evidence.predicted], columns, self.top_per_scale, evidence.active
+            )
         }
         stems = {CLASS_MAP_KEY: class_map[0].cpu()}
         stems |= {f"scale{s}": volume[0].cpu() for s, volume in zip(evidence.scales, scale_maps)}
-        stems |= {f"prototype_s{columns[c][0]}_k{columns[c][1]}": volume for c, volume in chosen.items()}
+        stems |= {f"prototype_{self.network.prototype_name(c)}": volume for c, volume in chosen.items()}
         folder = self.output_dir / case_id
         on_input = InputCase.from_files(case["image"])
         written = self._write_maps(folder, on_input, case["image"][0], image, stems, predicted)
         sidecar = _maps_sidecar(written, predicted, self.scale_combination)
         (folder / MAPS_JSON).write_text(json.dumps(sidecar, indent=2) + "\n")
-        prototype_maps = {c: written[f"prototype_s{columns[c][0]}_k{columns[c][1]}"] for c in chosen}
+        prototype_maps = {c: written[f"prototype_{self.network.prototype_name(c)}"] for c in chosen}
         details = {c: {"map_file": m.file, **{k: v for k, v in m.entry().items() if k.startswith("peak_")}}
                    for c, m in prototype_maps.items()}
         push = sources.push

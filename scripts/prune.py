@@ -1,14 +1,16 @@
 """Pruning and forgetting prototypes of a trained fold (``configs/prune.json``, run id ``prune``).
 
 A person (``prune_prototypes``, names as the reports give them: ``s1_k3``) or a rule (``prune_rules``)
-removes prototypes: the classifier stops reading them (:class:`~scripts.networks.classifier.PrototypeClassifier`),
-the last layer is retrained (stage 3) on the training split, the calibration refitted and the fold
-re-evaluated. ``forbid_prototypes`` instead fine-tunes the mapping modules and prototypes for a few
-epochs with the stage-1 objective plus ProtoPDebug's forgetting term (:func:`~scripts.losses.terms.forget_loss`) against each forbidden prototype's pushed patch,
-then pushes and runs stage 3. Everything lands in ``<fold_dir>/pruned/``: ``model.pt``, ``calibration.json``,
-``push.json`` + ``push_maps.pt`` (pruned prototypes marked), ``prune.json`` (what was removed or
-forbidden, by whom or which rule, with the figures that decided it; before and after), and the
-evaluation's ``metrics.json`` and ``per_case.csv``.
+removes prototypes: the classifier stops reading them
+(:class:`~scripts.networks.classifier.PrototypeClassifier`), the last layer is retrained (stage 3) on the
+training split, the calibration refitted and the fold re-evaluated. ``forbid_prototypes`` instead
+fine-tunes the mapping modules and prototypes for a few epochs with the stage-1 objective plus
+ProtoPDebug's forgetting term (:func:`~scripts.losses.terms.forget_loss`) against each forbidden
+prototype's pushed patch, then pushes and runs stage 3. Everything lands in ``prune_dir`` (default
+``<fold_dir>/pruned/``): ``model.pt``, ``calibration.json``, ``push.json`` + ``push_maps.pt`` (pruned
+prototypes marked), ``prune.json`` (what was removed or forbidden, by whom or which rule, with the
+figures that decided it; before and after), the evaluation's ``metrics.json`` and ``per_case.csv``, and
+after forgetting a ``gallery/`` of the re-pushed prototypes.
 
 The rules, on the fold's training cases (no augmentation):
 
@@ -121,6 +123,7 @@ def prototype_usage(
     gram = {s: torch.zeros(model.prototypes_per_scale[s - 1], model.prototypes_per_scale[s - 1]) for s in model.scales}
     cases = 0
     everything = list(range(model.num_prototypes))
+    active = model.active_columns.cpu()
     with torch.no_grad():
         for batch in loader:
             x = plain_tensor(batch["image"]).to(device)
@@ -136,7 +139,7 @@ def prototype_usage(
                 within = brains[i] if model.map_support == "brain" else None  # read as the reports read it
                 peaks = prototype_peaks(maps, model.prototype_columns, everything, x.shape[2:], within)
                 outside += torch.tensor([0.0 if brains[i][tuple(p)] else 1.0 for p in peaks])
-                top[top_prototype_columns(contributions[i, predicted[i]].cpu(), top_k, model.active_columns.cpu())] += 1
+                top[top_prototype_columns(contributions[i, predicted[i]].cpu(), top_k, active)] += 1
                 if str(case_id) in keep_images:
                     images[str(case_id)] = x[i].cpu()
             cases += x.shape[0]
@@ -154,7 +157,8 @@ def duplicate_prototypes(
     candidates: Sequence[int],
 ) -> dict[int, dict[str, Any]]:
     """Prototypes of one scale that repeat another: pushed from the same voxel of the same case, or alike in
-    both what they match and where: cos(p_i, p_j) ≥ ``cosine`` and their maps' mean cosine (``usage``) ≥ ``map_cosine``.
+    both what they match and where: cos(p_i, p_j) ≥ ``cosine`` and their maps' mean cosine (``usage``)
+    ≥ ``map_cosine``.
 
     The vectors alone do not make a duplicate here: each prototype is compared with the descriptor under its
     own map, and on the quick start many pairs have cos(p_i, p_j) > 0.99 with maps in different places.
@@ -247,9 +251,13 @@ def forbidden_patches(
 
 
 def patch_similarity(
-    model: UMProtoShare, loader: Iterable[Mapping[str, Any]], patches: Mapping[int, Sequence[Tensor]], device: torch.device
+    model: UMProtoShare,
+    loader: Iterable[Mapping[str, Any]],
+    patches: Mapping[int, Sequence[Tensor]],
+    device: torch.device,
 ) -> dict[str, float]:
-    """Mean over the loader's cases of max_{k active, f} cos(H_s^k(x), f): how much the model's evidence resembles the forbidden patches.
+    """Mean over the loader's cases of max_{k active, f} cos(H_s^k(x), f): how much the model's evidence
+    resembles the forbidden patches.
 
     Also ``mean``: the mean over cases, active prototypes of the patches' scales and patches.
     """
@@ -410,7 +418,8 @@ class PruneFold:
         return dict(sorted(removed.items()))
 
     def forget(self, patches: Mapping[int, Sequence[Tensor]]) -> list[dict[str, float]]:
-        """Fine-tune the mapping modules and prototypes (:data:`FORGET_GROUPS`) with L_stage1 + λ_forget Σ_s forget_loss.
+        """Fine-tune the mapping modules and prototypes (:data:`FORGET_GROUPS`) with
+        L_stage1 + λ_forget Σ_s forget_loss.
 
         The encoder, decoder, fusion and add-ons stay frozen, so the embeddings G, and with them the
         forbidden patches and the similarity reported before and after, keep one meaning: what changes

@@ -12,7 +12,7 @@ CPU (under a second each; the networks' initialisation does not run on the ``met
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +21,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-__all__ = ["Fit", "fit", "known_stacks", "read_state_dict", "suggest_stack"]
+__all__ = ["Fit", "fit", "known_stacks", "optional_state_keys", "read_state_dict", "suggest_stack"]
 
 MODEL_KEY = "model"
 """The key MONAI's ``CheckpointLoader`` (``load_dict={"model": ...}``) accepts a state dict under."""
@@ -59,14 +59,28 @@ def read_state_dict(checkpoint: Any) -> dict[str, torch.Tensor] | None:
     return dict(checkpoint)
 
 
-def fit(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> Fit:
-    """Compare a checkpoint's ``state`` with a network's ``expected`` state dict (names and shapes)."""
+def optional_state_keys(network: nn.Module) -> set[str]:
+    """State-dict keys ``network`` fills itself when a checkpoint lacks them: each module's ``optional_state``
+    entries (the classifier's pruning mask, which checkpoints from before pruning do not have)."""
+    return {
+        f"{name}.{key}" if name else key
+        for name, module in network.named_modules()
+        for key in getattr(module, "optional_state", ())
+    }
+
+
+def fit(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], optional: Collection[str] = ()
+) -> Fit:
+    """Compare a checkpoint's ``state`` with a network's ``expected`` state dict (names and shapes); the
+    ``optional`` keys (:func:`optional_state_keys`) may be missing."""
     mismatch = next(
         ((k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
          if k in state and state[k].shape != v.shape),
         None,
     )
-    return Fit([k for k in expected if k not in state], [k for k in state if k not in expected], mismatch)
+    missing = [k for k in expected if k not in state and k not in optional]
+    return Fit(missing, [k for k in state if k not in expected], mismatch)
 
 
 def _network_fields(base: Mapping[str, Any]) -> set[str]:
@@ -99,8 +113,10 @@ def known_stacks(bundle_root: str | PathLike) -> dict[str, dict[str, Any]]:
     return stacks
 
 
-def _stack_shapes(bundle_root: Path, overrides: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, torch.Size]]]:
-    """``("network_def", shapes)`` and ``("warmup_network_def", shapes)`` of one stack."""
+def _stack_shapes(
+    bundle_root: Path, overrides: Mapping[str, Any]
+) -> Iterator[tuple[str, dict[str, torch.Size], set[str]]]:
+    """``("network_def", shapes, optional keys)`` and the same for ``"warmup_network_def"`` of one stack."""
     configs = bundle_root / "configs"
     config = json.loads((configs / "inference.json").read_text())
     config["warmup_network_def"] = json.loads((configs / "train.json").read_text())["warmup_network_def"]
@@ -108,7 +124,7 @@ def _stack_shapes(bundle_root: Path, overrides: Mapping[str, Any]) -> Iterator[t
     parser = ConfigParser(config)
     for key in ("network_def", "warmup_network_def"):
         network: nn.Module = parser.get_parsed_content(key, instantiate=True)
-        yield key, {k: v.shape for k, v in network.state_dict().items()}
+        yield key, {k: v.shape for k, v in network.state_dict().items()}, optional_state_keys(network)
 
 
 def suggest_stack(state: Mapping[str, torch.Tensor], bundle_root: str | PathLike) -> str:
@@ -119,12 +135,12 @@ def suggest_stack(state: Mapping[str, torch.Tensor], bundle_root: str | PathLike
     seen: set[tuple[str, frozenset]] = set()  # stacks with one network's shapes are named once, by the first
     best, best_score = None, 0
     for name, overrides in known_stacks(root).items():
-        for key, shapes in _stack_shapes(root, overrides):
+        for key, shapes, optional in _stack_shapes(root, overrides):
             signature = (key, frozenset((k, tuple(v)) for k, v in shapes.items()))
             if signature in seen:
                 continue
             seen.add(signature)
-            if fit(state, {k: torch.empty(s, device="meta") for k, s in shapes.items()}).ok:
+            if fit(state, {k: torch.empty(s, device="meta") for k, s in shapes.items()}, optional).ok:
                 fits[key].append(name)
             score = sum(k in shapes and shapes[k] == v.shape for k, v in state.items())
             if score > best_score:

@@ -14,6 +14,7 @@ from test_engine_micro import MICRO, run_micro
 from test_evaluate import SHORT as EVALUATED_FOLD
 from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, constructed_model, write_case
 
+from scripts.cli import load_weights
 from scripts.data import preprocessing_transforms
 from scripts.data.synthetic import brats_affine
 from scripts.engine import train_last_layer_epoch
@@ -27,6 +28,7 @@ from scripts.prune import (
     prototype_usage,
     unused_prototypes,
 )
+from scripts.weights import fit, optional_state_keys
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8, "prototypes_per_scale": (3, 4, 2)}
 
@@ -66,7 +68,7 @@ def test_bad_names_and_pruning_everything_are_refused():
         model.classifier.prune(range(9))
 
 
-def test_a_state_dict_from_before_pruning_loads_with_every_prototype_active():
+def test_a_state_dict_from_before_pruning_loads_with_every_prototype_active(tmp_path):
     model = _tiny()
     state = model.state_dict()
     del state["classifier.active"]
@@ -74,6 +76,17 @@ def test_a_state_dict_from_before_pruning_loads_with_every_prototype_active():
     other.classifier.prune([0])
     other.load_state_dict(state)
     assert other.active_columns.all()
+    # the command-line loader (inference, MONAI Label's checks) takes it too, and still refuses a real gap
+    torch.save(state, tmp_path / "before.pt")
+    other.classifier.prune([0])
+    load_weights(other, tmp_path / "before.pt", "ckpt_path")
+    assert other.active_columns.all()
+    assert optional_state_keys(other) == {"classifier.active"}
+    assert fit(state, other.state_dict()).missing == ["classifier.active"]
+    del state["classifier.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(SystemExit):
+        load_weights(other, tmp_path / "broken.pt", "ckpt_path", errors_dir=tmp_path)
 
 
 def test_the_mask_travels_in_the_state_dict():
@@ -216,7 +229,8 @@ def test_the_record_says_what_went_by_whom_and_before_and_after(pruned):
     gallery = json.loads((pruned.out / "gallery" / "provenance.json").read_text())["records"]
     assert [r["column"] for r in gallery] == [r["column"] for r in push["records"] if not r["pruned"]]
     forbidden = next(r for r in gallery if (r["scale"], r["k"]) == (3, 1))  # re-pushed after forgetting
-    assert forbidden["case_id"] == push["records"][9 + 15 + 1]["case_id"] and (pruned.out / "gallery" / "s3_k1.png").is_file()
+    assert forbidden["case_id"] == push["records"][9 + 15 + 1]["case_id"]
+    assert (pruned.out / "gallery" / "s3_k1.png").is_file()
 
 
 def test_inference_serves_the_pruned_folder_without_extra_settings(pruned, tmp_path):

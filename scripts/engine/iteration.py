@@ -102,10 +102,12 @@ class StagedIteration:
                 explanation = self.stage1_forward(images)
                 net = self.network
                 loss, terms = self.stage1_loss(
-                    net.loss_inputs(explanation), explanation.logits, labels, net.classifier.effective_weight, net.ownership
+                    net.loss_inputs(explanation), explanation.logits, labels, net.classifier.effective_weight,
+                    net.ownership,
                 )
                 diagnostics = stage1_diagnostics(
-                    explanation.similarities, explanation.logits, net.classifier.effective_weight, self.stage1_loss.lambdas, terms
+                    explanation.similarities, explanation.logits, net.classifier.effective_weight,
+                    self.stage1_loss.lambdas, terms,
                 )
         loss.backward()
         optimizer.step()
@@ -151,7 +153,8 @@ def train_last_layer_epoch(
         with autocast(images.device, amp):
             with torch.no_grad():
                 similarities = network.similarities(images)
-            loss, terms = loss_function(classifier(similarities), labels, network.classifier.effective_weight, network.ownership)
+            weight = network.classifier.effective_weight
+            loss, terms = loss_function(classifier(similarities), labels, weight, network.ownership)
         loss.backward()
         optimizer.step()
         count = int(labels.numel())

@@ -26,6 +26,9 @@ class PrototypeClassifier(nn.Linear):
     """
 
     __jit_unused_properties__ = ["effective_weight"]
+    optional_state = ("active",)
+    """State-dict entries a checkpoint may lack (:func:`scripts.weights.optional_state_keys`): written before
+    pruning existed, it is loaded with every prototype active."""
 
     def __init__(self, num_prototypes: int, num_classes: int) -> None:
         super().__init__(num_prototypes, num_classes, bias=False)
@@ -58,9 +61,8 @@ class PrototypeClassifier(nn.Linear):
             self.active.copy_(active)
             self.weight[:, columns] = 0
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         """A state dict written before pruning existed has no ``active``: every prototype is active."""
-        state_dict.setdefault(prefix + "active", torch.ones_like(self.active))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        for name in self.optional_state:
+            state_dict.setdefault(prefix + name, torch.ones_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args)

@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-from scripts.engine import ClassBalance, PushAndLastLayer, class_balance_weights, class_balanced_sampler
+from scripts.engine import ClassBalance, LastLayerHandler, class_balance_weights, class_balanced_sampler
 from scripts.losses import ClassificationLoss, LastLayerLoss, Stage1Loss
 from tests.test_engine_micro import micro_workflow
 
@@ -77,7 +77,7 @@ def test_config_weighted_focal_loss_reaches_the_warmup_stage1_and_stage3(data_sy
     labels = [item["label"] for item in items]
     expected = [1 / labels.count(0), 1 / labels.count(1)]
     iteration = workflow.parser.get_parsed_content("train#iteration")
-    stage3 = next(h for h in workflow.parser.get_parsed_content("train#handlers") if isinstance(h, PushAndLastLayer))
+    stage3 = next(h for h in workflow.parser.get_parsed_content("train#handlers") if isinstance(h, LastLayerHandler))
     for loss in (iteration.warmup_loss, iteration.stage1_loss, stage3.loss_function):
         assert loss.class_weights == pytest.approx(expected)
         assert (loss.classification, loss.focal_gamma) == ("focal", 1.5)
@@ -89,5 +89,5 @@ def test_config_sampler_feeds_the_training_and_stage3_loader(data_synthetic_root
     trainer, items = _started(workflow)
     assert isinstance(trainer.data_loader.sampler, WeightedRandomSampler)
     assert len(trainer.data_loader.sampler) == len(items)
-    stage3 = next(h for h in workflow.parser.get_parsed_content("train#handlers") if isinstance(h, PushAndLastLayer))
+    stage3 = next(h for h in workflow.parser.get_parsed_content("train#handlers") if isinstance(h, LastLayerHandler))
     assert stage3.train_loader is trainer.data_loader and stage3.loss_function.class_weights is None

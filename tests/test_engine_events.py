@@ -13,7 +13,8 @@ import scripts.engine.persistence as persistence_module
 from scripts.engine import (
     EpochCheckpoint,
     EpochLog,
-    PushAndLastLayer,
+    LastLayerHandler,
+    PushHandler,
     Schedule,
     StageHandler,
     StageValidationHandler,
@@ -44,9 +45,10 @@ def _handlers(calls: list[str], tmp_path) -> list:
     validation = StageValidationHandler(interval=1, schedule=SCHEDULE)
     validation.validator = _Validator(calls)  # any object with run(epoch), as in test_engine_handlers
     optimizer = SimpleNamespace(param_groups=[{"lr": 0.0}])
-    push = PushAndLastLayer(network, SCHEDULE, [], [], optimizer, None, ["LGG", "HGG"], tmp_path, write_files=False)
+    push = PushHandler(network, SCHEDULE, [], ["LGG", "HGG"], tmp_path, write_files=False)
+    stage3 = LastLayerHandler(network, SCHEDULE, [], optimizer, None)
     checkpoint = EpochCheckpoint(tmp_path / "checkpoint.pt", {"model": torch.nn.Linear(1, 1)}, resume=False)
-    return [StageHandler(network, cnn, SCHEDULE, lr_scheduler), EpochLog(), push, validation, checkpoint]
+    return [StageHandler(network, cnn, SCHEDULE, lr_scheduler), EpochLog(), push, stage3, validation, checkpoint]
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def calls(monkeypatch) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("order", [(0, 1, 2, 3, 4), (4, 3, 2, 1, 0), (2, 4, 0, 3, 1)])
+@pytest.mark.parametrize("order", [(0, 1, 2, 3, 4, 5), (5, 4, 3, 2, 1, 0), (3, 5, 0, 4, 2, 1)])
 def test_push_then_stage3_then_validation_then_checkpoint_in_any_attach_order(calls, tmp_path, order):
     engine = Engine(lambda e, b: {"loss": 0.0, "terms": {}, "lr": 0.0, "batch_size": 1})
     engine.prepare_batch = None

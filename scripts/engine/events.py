@@ -1,8 +1,8 @@
 """The order of the work that ends an epoch, as ignite events fired in sequence by one driver.
 
 At every EPOCH_COMPLETED the driver fires :class:`StageEvents` in their declared order, so push runs
-before stage 3 (inside one handler), both before validation, and the checkpoint after all of them,
-whatever order the handlers were attached in (``train#handlers`` in ``configs/train.json``).
+before stage 3, both before validation, and the checkpoint after all of them, whatever order the
+handlers were attached in (``train#handlers`` in ``configs/train.json``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ class StageEvents(EventEnum):
     EPOCH_TRAINED = "epoch_trained"
     """The epoch's warm-up or stage-1 iterations are done: epoch means, LR step, backbone hand-over."""
     PUSH = "push"
-    """Push (stage 2), then stage 3; the handler filters the schedule's push epochs."""
+    """Push (stage 2); the handler filters the schedule's push epochs."""
+    LAST_LAYER = "last_layer"
+    """Stage 3, right after the push on the same epochs (the handler filters them too)."""
     STAGES_COMPLETED = "stages_completed"
     """The epoch's training is complete, push and stage 3 included: validation."""
     CHECKPOINT = "checkpoint"

@@ -1,4 +1,4 @@
-"""ignite handlers of the schedule: stage switching, push + stage 3, per-epoch reseeding."""
+"""ignite handlers of the schedule: stage switching, push, stage 3, per-epoch reseeding."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .events import StageEvents, attach_stage_events
 from .iteration import train_last_layer_epoch
 from .stages import Schedule
 
-__all__ = ["EpochSeeder", "PushAndLastLayer", "StageHandler", "epoch_seed"]
+__all__ = ["EpochSeeder", "LastLayerHandler", "PushHandler", "StageHandler", "epoch_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,33 +77,32 @@ class StageHandler:
             logger.info("epoch %d: UM-ProtoShare starts from the warm-up backbone (unused CNN keys: %s)", epoch, unused)
 
 
-class PushAndLastLayer:
-    """Push (Stage 2) then ``stage3_epochs`` classifier epochs (Stage 3), after each push epoch's iterations.
+def _attach_on_push_epochs(engine: Engine, event: StageEvents, handler: Any, schedule: Schedule) -> None:
+    """Run ``handler`` on ``event`` of the schedule's push epochs."""
+    attach_stage_events(engine)
+    engine.add_event_handler(event(lambda _, epoch: schedule.is_push_epoch(epoch)), handler)
+
+
+class PushHandler:
+    """Push (Stage 2) after each push epoch's iterations.
 
     It runs on :attr:`~scripts.engine.events.StageEvents.PUSH`, after the epoch's means and before
-    validation and the checkpoint, so that every checkpoint includes its work. The push runs
-    on every rank (``push_prototypes`` is DDP-aware); files are written only with ``write_files``:
-    ``<output_dir>/push/epoch_<e>/push.json`` and ``push_maps.pt``. The last push's provenance is copied
-    into ``record``, the fold's :class:`~scripts.push.PushResult` that the checkpoint and the final
-    writer share (the handler itself holds no state). Puts ``push/similarity`` (mean pushed similarity),
-    ``stage3/loss|cls|l1|lr`` (last stage-3 epoch) and ``time/push``, ``time/stage3`` (seconds) into
-    ``engine.state.metrics``.
+    stage 3 (:class:`LastLayerHandler`), validation and the checkpoint, so that every checkpoint
+    includes its work. The push runs on every rank (``push_prototypes`` is DDP-aware); files are
+    written only with ``write_files``: ``<output_dir>/push/epoch_<e>/push.json`` and ``push_maps.pt``.
+    The last push's provenance is copied into ``record``, the fold's :class:`~scripts.push.PushResult`
+    that the checkpoint and the final writer share (the handler itself holds no state). Puts
+    ``push/similarity`` (mean pushed similarity) and ``time/push`` (seconds) into ``engine.state.metrics``.
 
     Args:
         network: UM-ProtoShare (plain).
         schedule: which epochs push.
         push_loader: preprocessing-only loader over the training cases (no augmentation).
-        train_loader: the augmented training loader (stage 3).
-        optimizer: the fold's Adam over the classifier.
-        loss_function: stage-3 objective.
         class_names: names in label order.
         output_dir: the fold's directory.
         record: receives each push's provenance; default a new one (:attr:`record`).
-        classifier: module applying the classifier (a DDP wrapper under DDP); default the network's.
         write_files: write the push records (rank 0 only under DDP).
         input_size: grid of the recorded peak voxels; default each case's preprocessed size.
-        amp: bf16 autocast in stage 3 (CUDA or CPU).
-        channels_last_3d: channels-last images in stage 3.
     """
 
     def __init__(
@@ -111,40 +110,27 @@ class PushAndLastLayer:
         network: UMProtoShare,
         schedule: Schedule,
         push_loader: Iterable[Mapping[str, Any]],
-        train_loader: Iterable[Mapping[str, Any]],
-        optimizer: Optimizer,
-        loss_function: LastLayerLoss,
         class_names: Sequence[str],
         output_dir: str | PathLike,
         record: PushResult | None = None,
-        classifier: nn.Module | None = None,
         write_files: bool = True,
         input_size: Sequence[int] | None = None,
-        amp: bool = False,
-        channels_last_3d: bool = False,
     ) -> None:
         self.network = network
         self.schedule = schedule
         self.push_loader = push_loader
-        self.train_loader = train_loader
-        self.optimizer = optimizer
-        self.loss_function = loss_function
         self.class_names = list(class_names)
         self.output_dir = Path(output_dir)
-        self.classifier = classifier
         self.write_files = write_files
         self.input_size = input_size
-        self.amp = amp
-        self.channels_last_3d = channels_last_3d
         self.record = PushResult(class_names=self.class_names) if record is None else record
 
     def attach(self, engine: Engine) -> None:
         """Run on PUSH of the schedule's push epochs."""
-        attach_stage_events(engine)
-        engine.add_event_handler(StageEvents.PUSH(lambda _, epoch: self.schedule.is_push_epoch(epoch)), self)
+        _attach_on_push_epochs(engine, StageEvents.PUSH, self, self.schedule)
 
     def __call__(self, engine: Engine) -> None:
-        """Push, record, then train the classifier alone for ``stage3_epochs`` epochs."""
+        """Push the prototypes and record the result."""
         epoch = engine.state.epoch
         for warning in collapse_warnings(engine.state.metrics, self.class_names):
             logger.warning("epoch %d, before push: %s", epoch, warning)
@@ -155,6 +141,54 @@ class PushAndLastLayer:
         engine.state.metrics["push/similarity"] = float(np.mean([r["similarity"] for r in result.records]))
         if self.write_files:
             save_push(result, self.output_dir / "push" / f"epoch_{epoch}")
+
+
+class LastLayerHandler:
+    """``stage3_epochs`` classifier epochs (Stage 3) after each push.
+
+    It runs on :attr:`~scripts.engine.events.StageEvents.LAST_LAYER` of the push epochs, right after
+    the push (:class:`PushHandler`) and before validation and the checkpoint. Puts
+    ``stage3/loss|cls|l1|lr`` (last stage-3 epoch) and ``time/stage3`` (seconds) into
+    ``engine.state.metrics``.
+
+    Args:
+        network: UM-ProtoShare (plain).
+        schedule: which epochs push, and ``stage3_epochs``.
+        train_loader: the augmented training loader.
+        optimizer: the fold's Adam over the classifier.
+        loss_function: stage-3 objective.
+        classifier: module applying the classifier (a DDP wrapper under DDP); default the network's.
+        amp: bf16 autocast (CUDA or CPU).
+        channels_last_3d: channels-last images.
+    """
+
+    def __init__(
+        self,
+        network: UMProtoShare,
+        schedule: Schedule,
+        train_loader: Iterable[Mapping[str, Any]],
+        optimizer: Optimizer,
+        loss_function: LastLayerLoss,
+        classifier: nn.Module | None = None,
+        amp: bool = False,
+        channels_last_3d: bool = False,
+    ) -> None:
+        self.network = network
+        self.schedule = schedule
+        self.train_loader = train_loader
+        self.optimizer = optimizer
+        self.loss_function = loss_function
+        self.classifier = classifier
+        self.amp = amp
+        self.channels_last_3d = channels_last_3d
+
+    def attach(self, engine: Engine) -> None:
+        """Run on LAST_LAYER of the schedule's push epochs."""
+        _attach_on_push_epochs(engine, StageEvents.LAST_LAYER, self, self.schedule)
+
+    def __call__(self, engine: Engine) -> None:
+        """Train the classifier alone for ``stage3_epochs`` epochs."""
+        epoch = engine.state.epoch
         self.network.set_trainable(self.schedule.trainable_groups("stage3"))
         seconds = 0.0
         for i in range(1, self.schedule.stage3_epochs + 1):

@@ -3,7 +3,7 @@
 One ignite run per fold has ``warmup_epochs + stage1_epochs`` epochs: backbone warm-up, then stage 1.
 Push (stage 2) and stage 3 run inside the epochs listed by :meth:`Schedule.push_epochs`, after their
 stage-1 iterations and before the checkpoint (see :class:`~scripts.engine.events.StageEvents` and
-:class:`~scripts.engine.handlers.PushAndLastLayer`).
+:class:`~scripts.engine.handlers.PushHandler`, :class:`~scripts.engine.handlers.LastLayerHandler`).
 """
 
 from __future__ import annotations

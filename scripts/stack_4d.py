@@ -20,7 +20,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from scripts.inference import find_cases
+from scripts.data import find_cases
 
 __all__ = ["stack_case", "main"]
 

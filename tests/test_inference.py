@@ -18,10 +18,9 @@ from monai.bundle import ConfigWorkflow, run
 from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, push_on, write_case
 
 from scripts.calibration import Calibration
-from scripts.data import DataError, preprocessing_transforms
+from scripts.data import DataError, find_cases, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
 from scripts.explain.evidence import DRIVING_THRESHOLD
-from scripts.inference import find_cases
 from scripts.push import save_push
 from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
 

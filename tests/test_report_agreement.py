@@ -19,11 +19,10 @@ from matplotlib.image import imread
 from monai.bundle import run
 from test_evidence_fixtures import CONSTRUCTED, GAIN, GEOMETRY, THRESHOLDS, constructed_model, write_case
 
-from scripts.data import preprocessing_transforms
+from scripts.data import find_cases, preprocessing_transforms
 from scripts.explain.attribution import class_map
 from scripts.explain.evidence import to_original_space
 from scripts.explain.report import OUTSIDE
-from scripts.inference import find_cases
 from scripts.networks import UMProtoShare
 
 SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}

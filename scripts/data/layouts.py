@@ -17,6 +17,22 @@ from monai.utils import look_up_option
 
 from .errors import DataError
 
+__all__ = [
+    "CSV_COLUMNS",
+    "FINDERS",
+    "LAYOUTS",
+    "NAME_MAPPING",
+    "SEQUENCES",
+    "detect_layout",
+    "find_brats2020",
+    "find_case_files",
+    "find_csv",
+    "find_grade_folders",
+    "has_nifti",
+    "nifti_stem",
+    "read_csv",
+]
+
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 """Sequence suffixes in channel order [T1, T1-CE, T2, FLAIR]."""
 LAYOUTS = ("auto", "brats2020", "grade_folders", "csv")
@@ -26,7 +42,7 @@ CSV_COLUMNS = ("case_id", *SEQUENCES, "label")
 _MISSING = ("", "na", "nan", "none")
 
 
-def _nifti_stem(path: Path) -> str | None:
+def nifti_stem(path: Path) -> str | None:
     """File name without ``.nii``/``.nii.gz`` (any case), or ``None`` for other files."""
     name = path.name
     for suffix in (".nii.gz", ".nii"):
@@ -46,14 +62,14 @@ def find_case_files(case_dir: Path, case_id: str) -> tuple[list[str], str | None
         DataError: sequences are missing (all of them named; the file is the first one's expected name),
             or several files match one role.
     """
-    stems = {p: _nifti_stem(p) for p in sorted(case_dir.iterdir()) if p.is_file()}
+    stems = {p: nifti_stem(p) for p in sorted(case_dir.iterdir()) if p.is_file()}
     stems = {p: s.lower() for p, s in stems.items() if s is not None}
     found = {sequence: [p for p, s in stems.items() if s.endswith(f"_{sequence}")] for sequence in SEQUENCES}
     missing = [sequence for sequence in SEQUENCES if not found[sequence]]
     if missing:
         present = next(((p, sequence) for sequence in SEQUENCES for p in found[sequence]), None)
         # named as the case's other files are, else after the case id
-        prefix = _nifti_stem(present[0])[: -len(present[1]) - 1] if present else case_id
+        prefix = nifti_stem(present[0])[: -len(present[1]) - 1] if present else case_id
         expected = case_dir / f"{prefix}_{missing[0]}.nii.gz"
         names = ", ".join(missing)
         patterns = ", ".join(f"*_{sequence}.nii[.gz]" for sequence in missing)
@@ -72,7 +88,7 @@ def find_case_files(case_dir: Path, case_id: str) -> tuple[list[str], str | None
     return images, os.path.abspath(masks[0]) if masks else None
 
 
-def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+def read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows (as dicts) and header of a CSV file."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -88,8 +104,9 @@ def _check_grade(case_id: str, grade: str, class_names: Sequence[str], source: P
         raise DataError(case_id, str(source), f"unknown grade {grade!r} (class_names are {list(class_names)})")
 
 
-def _has_nifti(folder: Path) -> bool:
-    return any(_nifti_stem(p) is not None for p in folder.iterdir() if p.is_file())
+def has_nifti(folder: Path) -> bool:
+    """Whether ``folder`` holds a NIfTI file (a case folder, not a folder of cases)."""
+    return any(nifti_stem(p) is not None for p in folder.iterdir() if p.is_file())
 
 
 def find_brats2020(root: Path, class_names: Sequence[str]) -> tuple[list[dict], list[DataError]]:
@@ -99,14 +116,14 @@ def find_brats2020(root: Path, class_names: Sequence[str]) -> tuple[list[dict], 
     patient, if any, land in the same fold), else the case id.
     """
     mapping_path = root / NAME_MAPPING
-    rows, columns = _read_csv(mapping_path)
+    rows, columns = read_csv(mapping_path)
     for column in ("Grade", "BraTS_2020_subject_ID"):
         if column not in columns:
             raise DataError(None, str(mapping_path), f"column {column!r} missing (found {list(columns)})")
     rows_by_id = {row["BraTS_2020_subject_ID"].strip(): row for row in rows}
     folders = {p.name: p for p in root.iterdir() if p.is_dir()}
     cases, errors = [], []
-    for case_id in sorted(set(rows_by_id) | {n for n, p in folders.items() if _has_nifti(p)}):
+    for case_id in sorted(set(rows_by_id) | {n for n, p in folders.items() if has_nifti(p)}):
         row = rows_by_id.get(case_id)
         try:
             if row is None:
@@ -145,7 +162,7 @@ def find_csv(csv_path: Path, class_names: Sequence[str]) -> tuple[list[dict], li
 
     Relative paths are taken relative to the CSV's folder; an empty ``mask`` cell means no mask.
     """
-    rows, columns = _read_csv(csv_path)
+    rows, columns = read_csv(csv_path)
     missing = [c for c in CSV_COLUMNS if c not in columns]
     if missing:
         raise DataError(None, str(csv_path), f"columns {missing} missing (found {list(columns)})")

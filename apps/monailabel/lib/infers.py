@@ -157,7 +157,8 @@ class GliomaGradingInfer(BundleInferTask):
             Its ``prediction.json`` content (``files`` naming the study's file) and a temporary NIfTI
             of the predicted class's evidence map on the study's grid (MONAI Label deletes it once sent).
         """
-        from scripts.inference import EvidenceWriter, InferenceCases  # the bundle's, found on its root
+        from scripts.data import InferenceCases  # the bundle's, found on its root
+        from scripts.inference import EvidenceWriter
 
         path = str(data["image_path"])
         name = study_id(path)

@@ -1,12 +1,15 @@
-"""Assertions shared by several test files."""
+"""Assertions and builders shared by several test files."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
+from torch import nn
 
 
 def assert_identical(a, b, path: str = "") -> None:
@@ -68,3 +71,37 @@ def run_process_group(command: list[str], env: dict[str, str], timeout: float) -
         stdout, stderr = process.communicate()
         raise AssertionError(f"{command} ran past {timeout} s and was killed:\n{stdout[-4000:]}\n{stderr[-8000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+BASELINE_DIR = Path(__file__).resolve().parents[1] / "configs" / "baselines"
+BASELINE_CONFIGS = sorted(path.stem for path in BASELINE_DIR.glob("*.json"))
+"""Every override file of ``configs/baselines``: the one description of the Table 1 baselines."""
+
+
+def baseline_parser(name: str, **overrides) -> ConfigParser:
+    """``configs/train.json`` with ``configs/baselines/<name>.json`` on top, on the CPU, with ``overrides``."""
+    parser = ConfigParser()
+    parser.read_config([str(BASELINE_DIR.parent / "train.json"), str(BASELINE_DIR / f"{name}.json")])
+    parser.update({"device": "cpu", **overrides})
+    return parser
+
+
+def is_cnn_baseline(name: str) -> bool:
+    """Whether the baseline's model is the warm-up CNN itself (its config's ``fold_model``)."""
+    return baseline_parser(name)["fold_model"] == "@warmup_network"
+
+
+PROTOTYPE_BASELINES = [name for name in BASELINE_CONFIGS if not is_cnn_baseline(name)]
+
+
+def tiny_sizes(name: str, width: int = 8, embed: int = 16, mapping: int = 12) -> dict:
+    """Tiny widths for a baseline's config; a one-stage encoder (MAProtoNet's) keeps one block."""
+    stages = len(baseline_parser(name).get_parsed_content("encoder_layers"))
+    return {"encoder_layers": [1] * stages, "encoder_width": width, "embed_dim": embed, "mapping_dim": mapping}
+
+
+def tiny_baseline(name: str, seed: int = 0, **overrides) -> nn.Module:
+    """The model a baseline config trains (``fold_model``), at tiny widths, built after ``torch.manual_seed(seed)``."""
+    parser = baseline_parser(name, **{**tiny_sizes(name), **overrides})
+    torch.manual_seed(seed)
+    return parser.get_parsed_content("fold_model")

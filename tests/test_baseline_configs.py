@@ -1,4 +1,4 @@
-"""configs/baselines/*.json: the BASELINES table's fields, a micro epoch of the configured iteration, a class map."""
+"""configs/baselines/*.json: their fields reach the network and the loss, a micro epoch of the configured iteration, a class map."""
 
 from __future__ import annotations
 
@@ -7,80 +7,59 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
-from scripts.explain.attribution import class_map
 from scripts.engine import StageHandler
-from scripts.networks import BASELINES, BackboneCNN, UMProtoShare, group_of
+from scripts.explain.attribution import CLASS_MAP_METHODS, class_map
+from scripts.networks import BackboneCNN, UMProtoShare, group_of
+from tests.helpers import BASELINE_CONFIGS, baseline_parser, is_cnn_baseline, tiny_sizes
 
-# config file: (BASELINES entry, class-map method)
-CONFIGS = {
-    "cnn_gradcam": ("cnn", "grad_cam"),
-    "cnn_occlusion": ("cnn", "occlusion"),
-    "protopnet": ("protopnet", "prototype_maps"),
-    "xprotonet": ("xprotonet", "prototype_maps"),
-    "mprotonet": ("mprotonet", "prototype_maps"),
-    "maprotonet": ("maprotonet", "prototype_maps"),
-}
 SHAPE = (4, 16, 16, 16)
-
-
-def _parser(name: str, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(["configs/train.json", f"configs/baselines/{name}.json"])
-    parser.update({"device": "cpu", **overrides})
-    return parser
-
-
-def _tiny(name: str) -> dict:
-    layers = [1] if name == "maprotonet" else [1, 1]
-    return {"encoder_layers": layers, "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8}
 
 
 def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_baseline_config_sets_exactly_the_table_fields(name):
-    key, method = CONFIGS[name]
-    baseline = BASELINES[key]
+@pytest.mark.parametrize("name", BASELINE_CONFIGS)
+def test_baseline_config_reaches_the_network_and_the_loss(name):
     overlay = json.loads(Path(f"configs/baselines/{name}.json").read_text())
     assert name in overlay["output_dir"]
-    parser = _parser(name)
-    assert parser.get_parsed_content("class_map_method") in (method, None)
-    assert method == (parser.get_parsed_content("class_map_method") or baseline.class_map_methods[0])
-    assert method in baseline.class_map_methods
-    if baseline.network is BackboneCNN:
-        assert parser["fold_model"] == "@warmup_network"
+    parser = baseline_parser(name)
+    method = parser.get_parsed_content("class_map_method")  # None: the model's own (prototype maps)
+    assert method in (CLASS_MAP_METHODS if is_cnn_baseline(name) else (None,))
+    if is_cnn_baseline(name):
         assert parser.get_parsed_content("schedule").stage1_epochs == 0  # the warm-up CNN is the whole model
-        assert parser.get_parsed_content("warmup_network_def#fusion") == baseline.fields["fusion"]
         return
-    for field, value in baseline.fields.items():
-        assert _plain(parser.get_parsed_content(f"network_def#{field}")) == _plain(value), field
-    for field, value in baseline.warmup.items():
-        if field != "scales":  # the CNN's scales follow the model's (checked on the tiny build)
-            assert _plain(parser.get_parsed_content(f"warmup_network_def#{field}")) == _plain(value), field
+    network_fields = parser["network_def"]
     loss = parser.get_parsed_content("loss")
-    for field, value in baseline.stage1_loss.items():
-        assert getattr(loss, field) == value, field
-    assert loss.lambdas["div"] == 0.0  # no reference model has a diversity loss
+    reached = []
+    for field, value in overlay.items():
+        if field in network_fields:
+            assert _plain(parser.get_parsed_content(f"network_def#{field}")) == _plain(value), field
+            reached.append(field)
+        if hasattr(loss, field):
+            assert getattr(loss, field) == value, field
+            reached.append(field)
+    assert {"prototypes_per_scale", "prototype_sharing"} <= set(reached)
+    assert loss.prototype_sharing == "class_specific" and loss.lambdas["div"] == 0.0  # no reference model has L_div
+    for field in ("fusion", "addon_activation", "encoder_layers", "encoder_last_layer", "encoder_attention"):
+        assert _plain(parser.get_parsed_content(f"warmup_network_def#{field}")) == _plain(
+            parser.get_parsed_content(f"network_def#{field}")
+        ), field  # the warm-up CNN that initialises the model has its backbone
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", BASELINE_CONFIGS)
 def test_baseline_config_trains_a_micro_epoch_and_maps_the_input(name):
-    key, method = CONFIGS[name]
-    parser = _parser(name, **_tiny(name))
+    parser = baseline_parser(name, **tiny_sizes(name, width=4, embed=8, mapping=8))
     stage1_epochs = min(parser.get_parsed_content("stage1_epochs"), 1)
     parser.update({"warmup_epochs": 1, "stage1_epochs": stage1_epochs, "lr_warmup_epochs": 1})
     network, cnn = parser.get_parsed_content("network"), parser.get_parsed_content("warmup_network")
     model = parser.get_parsed_content("fold_model")
-    assert type(model) is BASELINES[key].network
-    if isinstance(model, UMProtoShare):
-        assert cnn.scales == model.scales == list(BASELINES[key].warmup["scales"])
+    if is_cnn_baseline(name):
+        assert model is cnn and isinstance(model, BackboneCNN)
     else:
-        assert model is cnn and model.scales == list(BASELINES[key].fields["scales"])
+        assert isinstance(model, UMProtoShare) and cnn.scales == model.scales
     schedule = parser.get_parsed_content("schedule")
     torch.manual_seed(0)
     images, labels = torch.randn(2, *SHAPE), torch.tensor([0, 1])

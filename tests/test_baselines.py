@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from scripts.explain.attribution import class_map
-from scripts.losses import Stage1Loss
-from scripts.networks import BASELINES, BackboneCNN, build_baseline
+from scripts.explain.attribution import CLASS_MAP_METHODS, class_map
+from scripts.networks import BackboneCNN, UMProtoShare
 from scripts.push import push_prototypes
+from tests.helpers import BASELINE_CONFIGS, PROTOTYPE_BASELINES, baseline_parser, tiny_baseline, tiny_sizes
 
-PROTOTYPE_BASELINES = ["protopnet", "xprotonet", "mprotonet", "maprotonet"]
 SHAPE = (4, 32, 32, 24)
 CLASSES = ["LGG", "HGG"]
-
-
-def tiny(name: str, seed: int = 0) -> nn.Module:
-    """A baseline with tiny widths; MAProtoNet keeps one layer1 block."""
-    torch.manual_seed(seed)
-    layers = (1,) if name == "maprotonet" else (1, 1)
-    sizes = {"encoder_layers": layers, "encoder_width": 8, "embed_dim": 16}
-    if name != "cnn":
-        sizes["mapping_dim"] = 12
-    return build_baseline(name, **sizes)
 
 
 def cases(labels: list[int], seed: int = 1) -> list[dict]:
@@ -38,8 +28,7 @@ def cases(labels: list[int], seed: int = 1) -> list[dict]:
 
 @pytest.mark.parametrize("name", PROTOTYPE_BASELINES)
 def test_prototype_baseline_builds_trains_pushes_and_maps(name):
-    model = tiny(name)
-    baseline = BASELINES[name]
+    model = tiny_baseline(name)
     assert model.num_prototypes == 30 and model.prototype_sharing == "class_specific"
     assert model.ownership.sum(dim=0).tolist() == [15.0, 15.0]
     expected_weight = torch.where(model.ownership.T.bool(), 1.0, -0.5)
@@ -49,7 +38,7 @@ def test_prototype_baseline_builds_trains_pushes_and_maps(name):
     # one stage-1 step with the baseline's loss switches; the loss reports exactly the switched-on terms
     model.train()
     model.set_trainable(["encoder", "addon", "mapping", "prototypes"])
-    loss_function = Stage1Loss(**baseline.stage1_loss, seed=0)
+    loss_function = baseline_parser(name).get_parsed_content("loss")
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     images, labels = torch.randn(2, *SHAPE), torch.tensor([0, 1])
     explanation = model.explain(images)
@@ -75,15 +64,15 @@ def test_prototype_baseline_builds_trains_pushes_and_maps(name):
     assert maps.shape == (2, *SHAPE[1:]) and torch.isfinite(maps).all()
 
 
-@pytest.mark.parametrize("name", [*PROTOTYPE_BASELINES, "cnn"])
+@pytest.mark.parametrize("name", [*PROTOTYPE_BASELINES, "cnn_gradcam"])
 def test_torchscript_forward_of_each_baseline(name):
-    model = tiny(name).eval()
+    model = tiny_baseline(name).eval()
     x = torch.randn(2, *SHAPE)
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
 
 
 def test_cnn_baseline_trains_and_gives_both_class_maps():
-    model = tiny("cnn")
+    model = tiny_baseline("cnn_gradcam")
     assert isinstance(model, BackboneCNN) and model.scales == [1, 2, 3] and model.backbone.decoder is not None
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, labels = torch.randn(2, *SHAPE), torch.tensor([0, 1])
@@ -96,24 +85,26 @@ def test_cnn_baseline_trains_and_gives_both_class_maps():
     small = torch.randn(1, 4, 16, 16, 10)
     with pytest.raises(ValueError, match="smaller than the occlusion window"):
         class_map(model, small, [1], "occlusion")
-    for method in BASELINES["cnn"].class_map_methods:
+    methods = {baseline_parser(name).get_parsed_content("class_map_method") for name in BASELINE_CONFIGS}
+    assert methods - {None} == {"grad_cam", "occlusion"} <= set(CLASS_MAP_METHODS)  # the CNN rows' methods
+    for method in ("grad_cam", "occlusion"):
         maps = class_map(model, torch.randn(1, 4, 16, 16, 16), [1], method)
         assert maps.shape == (1, 16, 16, 16) and 0 <= float(maps.min()) and float(maps.max()) <= 1
 
 
 @pytest.mark.parametrize("name", PROTOTYPE_BASELINES)
 def test_warmup_cnn_initialises_the_baseline(name):
-    warmup = BASELINES[name].warmup
-    layers = (1,) if name == "maprotonet" else (1, 1)
-    cnn = BackboneCNN(**{**warmup, "encoder_layers": layers, "encoder_width": 8, "embed_dim": 16}).eval()
-    model = tiny(name).eval()
+    parser = baseline_parser(name, **tiny_sizes(name))
+    cnn = parser.get_parsed_content("warmup_network").eval()
+    model = parser.get_parsed_content("network").eval()
+    assert isinstance(model, UMProtoShare) and cnn.scales == model.scales
     assert model.load_backbone(cnn.state_dict()) == ["classifier.weight", "classifier.bias"]
     x = torch.randn(1, *SHAPE)
     torch.testing.assert_close(model.explain(x).per_scale[0].embeddings, cnn.embeddings(x)[0], rtol=0, atol=0)
 
 
 def test_protopnet_push_copies_the_best_voxel_of_the_best_own_class_case():
-    model = tiny("protopnet")
+    model = tiny_baseline("protopnet")
     before = copy.deepcopy(model).eval()
     labels = [0, 1, 0, 1, 1]
     loader = cases(labels)
@@ -137,7 +128,7 @@ def test_protopnet_push_copies_the_best_voxel_of_the_best_own_class_case():
     torch.testing.assert_close(sources, torch.ones(30))
 
 
-def test_baseline_table_names_and_bad_name():
-    assert list(BASELINES) == ["cnn", "protopnet", "xprotonet", "mprotonet", "maprotonet"]
-    with pytest.raises(ValueError, match="protopnet"):
-        build_baseline("prototypenet")
+def test_every_baseline_config_is_in_the_readme_table():
+    table = Path("configs/baselines/README.md").read_text()
+    assert BASELINE_CONFIGS and all(f"`{name}.json`" in table for name in BASELINE_CONFIGS)
+    assert PROTOTYPE_BASELINES == ["maprotonet", "mprotonet", "protopnet", "xprotonet"]

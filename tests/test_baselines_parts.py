@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scripts.losses import ScaleTerms, Stage1Loss, mapping_loss, multiscale_mapping_loss
+from scripts.losses import Stage1Loss, mapping_loss, multiscale_mapping_loss
 from scripts.networks import (
     Backbone,
     Bottleneck,
@@ -21,7 +21,6 @@ from scripts.networks import (
     StemPoolConcat,
     UMProtoShare,
     best_voxel_features,
-    build_baseline,
     inflate_resnet_state_dict,
     load_imagenet_weights,
     minmax_soft_mask,
@@ -29,6 +28,8 @@ from scripts.networks import (
     voxel_similarity_maps,
 )
 from scripts.networks.attention import AxisGate
+from scripts.prototypes import ScaleTerms
+from tests.helpers import tiny_baseline
 from tests.test_inflate import ResNet2d
 
 BN = 1 / math.sqrt(1 + 1e-5)
@@ -209,12 +210,12 @@ def test_protopnet_head_has_no_mapping_module():
     torch.testing.assert_close(out.similarities, topk_mean_similarity(out.maps).clamp_min(0))
     with pytest.raises(ValueError, match="no mapping module"):
         head.soft_maps(torch.randn(1, 8, 2, 2, 2))
-    model = build_baseline("protopnet", encoder_layers=(1, 1), encoder_width=8, embed_dim=16)
+    model = tiny_baseline("protopnet")
     assert model.group_parameters("mapping") == []
 
 
 def test_maprotonet_addon_reads_layer1_and_refuse_recomputes_features():
-    model = build_baseline("maprotonet", encoder_layers=(1,), encoder_width=8, embed_dim=16, mapping_dim=12).eval()
+    model = tiny_baseline("maprotonet").eval()
     assert model.scales == [2] and model.backbone.encoder.layer2 is None
     assert model.backbone.out_channels == [2 * 8 + 32]
     head = model.head(2)
@@ -250,7 +251,7 @@ def test_truncated_encoder_with_attention_inflates_only_torchvision_keys(tmp_pat
     torch.save(ResNet2d(layers=(2, 1)).state_dict(), tmp_path / "deeper.pth")
     with pytest.raises(ValueError, match=re.escape("file key 'layer1.1.")):
         load_imagenet_weights(ResNetEncoder(layers=(1,), width=8, last_layer="layer1"), tmp_path / "deeper.pth")
-    model = build_baseline("maprotonet", encoder_layers=(1,), encoder_width=8, pretrained_path=tmp_path / "resnet.pth")
+    model = tiny_baseline("maprotonet", pretrained_path=str(tmp_path / "resnet.pth"))
     torch.testing.assert_close(model.backbone.encoder.conv1.weight, expected["conv1.weight"], rtol=0, atol=0)
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from scripts.networks import UMProtoShare
-from scripts.networks.baselines import BASELINES, build_baseline
 from scripts.networks.folding import fold_batch_norms
+from tests.helpers import BASELINE_CONFIGS, tiny_baseline
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 8, "embed_dim": 16}
 SHAPE = (2, 4, 32, 32, 24)
@@ -31,14 +31,10 @@ def batch_norms(network: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
 
 
-@pytest.mark.parametrize("name", ["umprotoshare", *BASELINES])
+@pytest.mark.parametrize("name", ["umprotoshare", *BASELINE_CONFIGS])
 def test_folded_network_gives_the_same_logits_with_fewer_batch_norms(name):
     torch.manual_seed(0)
-    if name == "umprotoshare":
-        network = UMProtoShare(**TINY, mapping_dim=12)
-    else:  # MAProtoNet's encoder stops at layer1: one block count
-        layers = TINY["encoder_layers"][: len(BASELINES[name].fields.get("encoder_layers", (1, 1)))]
-        network = build_baseline(name, **{**TINY, "encoder_layers": layers})
+    network = UMProtoShare(**TINY, mapping_dim=12) if name == "umprotoshare" else tiny_baseline(name)
     network = with_running_statistics(network)
     folded = fold_batch_norms(network)
     x = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(1))

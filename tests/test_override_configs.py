@@ -1,0 +1,45 @@
+"""Override files (ablations, baselines) state only what differs from configs/train.json.
+
+``configs/objectives/*.json`` are left out on purpose: each names a whole (clustering, λ_clst, λ_sep)
+triple, so that a comparison of objectives reads its numbers from one file and stays what it says if
+train.json's default moves (``mean.json`` is today's default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+OVERRIDES = sorted(str(p) for folder in ("ablations", "baselines") for p in Path("configs", folder).glob("*.json"))
+
+
+def _base_value(parser: ConfigParser, key: str):
+    """train.json's value of ``key``: followed through ``%file#id`` references; expressions and ``@`` references as written."""
+    value = parser[key]
+    while isinstance(value, str) and value.startswith("%"):
+        path, _, ref = value[1:].partition("#")
+        other = ConfigParser()
+        other.read_config(path)
+        value = other[ref]
+    return value
+
+
+@pytest.mark.parametrize("path", OVERRIDES)
+def test_override_sets_only_existing_ids_to_new_values(path):
+    base = ConfigParser()
+    base.read_config("configs/train.json")
+    overlay = json.loads(Path(path).read_text())
+    assert overlay, path
+    for key, value in overlay.items():
+        assert key in base, f"{path}: {key!r} is not an id of configs/train.json (a typo would be ignored)"
+        assert _base_value(base, key) != value, f"{path}: {key!r} restates train.json's {value!r}"
+
+
+def test_a_restated_default_is_caught(tmp_path):
+    path = tmp_path / "restated.json"
+    path.write_text(json.dumps({"fusion": "gated"}))
+    with pytest.raises(AssertionError, match="restates"):
+        test_override_sets_only_existing_ids_to_new_values(str(path))

@@ -24,6 +24,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import fire
 
@@ -31,6 +32,15 @@ from .errors import DataError, raise_or_skip
 from .folds import assign_folds
 from .layouts import FINDERS, detect_layout
 from .validate import case_problems
+
+__all__ = [
+    "DEFAULT_CLASS_NAMES",
+    "build_datalist",
+    "ensure_datalist",
+    "load_datalist",
+    "parse_class_names",
+    "write_datalist",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,24 +143,20 @@ def ensure_datalist(
     dataset_dir: str | Path,
     path: str | Path,
     class_names: str | Sequence[str] = DEFAULT_CLASS_NAMES,
-    layout: str = "auto",
     seed: int = 0,
     num_folds: int = 5,
-    skip_bad_cases: bool = False,
-    check_voxels: bool = True,
-    num_workers: int | None = None,
+    **build_options: Any,
 ) -> dict:
     """Return the datalist at ``path``, building and writing it first if it does not exist.
 
+    ``build_options``: the other options of :func:`build_datalist` (``layout``, ``skip_bad_cases``, ...).
     An existing file is reused without re-reading images (its cases were checked when it was built);
     it must agree with ``class_names``, ``seed`` and ``num_folds``, else ``ValueError``. Under
     multi-process training call it on one rank first, then on the others after a barrier.
     """
     names = parse_class_names(class_names)
     if not Path(path).is_file():
-        datalist = build_datalist(
-            dataset_dir, names, layout, seed, num_folds, skip_bad_cases, check_voxels, num_workers
-        )
+        datalist = build_datalist(dataset_dir, names, seed=seed, num_folds=num_folds, **build_options)
         write_datalist(datalist, path)
     datalist = load_datalist(path)
     wanted = {"class_names": names, "seed": int(seed), "num_folds": int(num_folds)}
@@ -160,22 +166,11 @@ def ensure_datalist(
     return datalist
 
 
-def main(
-    dataset_dir: str,
-    out: str,
-    class_names: str | Sequence[str] = DEFAULT_CLASS_NAMES,
-    layout: str = "auto",
-    seed: int = 0,
-    num_folds: int = 5,
-    skip_bad_cases: bool = False,
-    check_voxels: bool = True,
-    num_workers: int | None = None,
-) -> None:
-    """Build the datalist of ``dataset_dir`` and write it to ``out`` (overwriting it); print a summary."""
+def main(dataset_dir: str, out: str, **options: Any) -> None:
+    """Build the datalist of ``dataset_dir`` (``options``: those of :func:`build_datalist`) and write it to
+    ``out`` (overwriting it); print a summary."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    datalist = build_datalist(
-        dataset_dir, class_names, layout, seed, num_folds, skip_bad_cases, check_voxels, num_workers
-    )
+    datalist = build_datalist(dataset_dir, **options)
     write_datalist(datalist, out)
     counts = Counter((item["fold"], item["label_name"]) for item in datalist["training"])
     logger.info(

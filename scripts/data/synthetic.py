@@ -32,12 +32,36 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import fire
 import nibabel as nib
 import numpy as np
 from monai.utils import look_up_option
+
+__all__ = [
+    "BRAIN_RADII",
+    "CSF",
+    "DEFAULT_SHAPE",
+    "EXTENSIONS",
+    "FAMILIES",
+    "GENERATOR_VERSION",
+    "GREY",
+    "HGG_NECROSIS",
+    "HGG_RIM",
+    "LGG_CORE",
+    "NAME_MAPPING_COLUMNS",
+    "OEDEMA_GAIN",
+    "SEQUENCES",
+    "TUMOUR_SHARE",
+    "WHITE",
+    "PhantomFamily",
+    "Plan",
+    "brats_affine",
+    "generate_case",
+    "generate_dataset",
+    "generate_pairs",
+]
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 EXTENSIONS = ("nii.gz", "nii")
@@ -412,21 +436,13 @@ def generate_pairs(
     return _write_cohort(Path(out), plans, _shape(shape), seed, extension, family)
 
 
-def main(
-    out: str,
-    cases: int = 20,
-    shape: str | Sequence[int] = DEFAULT_SHAPE,
-    seed: int = 0,
-    hgg_fraction: float = 0.8,
-    ambiguous_fraction: float = 0.1,
-    extension: str = "nii.gz",
-    family: str = "quickstart",
-) -> None:
-    """Write the cohort (see ``generate_dataset``) and print the time per case."""
+def main(out: str, **options: Any) -> None:
+    """Write the cohort (``options``: those of :func:`generate_dataset`) and print the time per case."""
     start = time.perf_counter()
-    records = generate_dataset(out, cases, shape, seed, hgg_fraction, ambiguous_fraction, extension, family)
+    records = generate_dataset(out, **options)
     seconds = time.perf_counter() - start
     grades = [r["grade"] for r in records]
+    family = records[0]["family"] if records else "no"
     print(f"{out}: {len(records)} cases of the {family} family ({grades.count('HGG')} HGG, {grades.count('LGG')} LGG), "
           f"{seconds / max(len(records), 1):.2f} s per case")
 

@@ -47,7 +47,14 @@ def training_datalist(
         ValueError: the file was built from another dataset than ``dataset_dir`` (or a sub-folder of it).
     """
     datalist = ensure_datalist(
-        dataset_dir, datalist_file, class_names, layout, seed, num_folds, skip_bad_cases, check_voxels
+        dataset_dir,
+        datalist_file,
+        class_names,
+        seed,
+        num_folds,
+        layout=layout,
+        skip_bad_cases=skip_bad_cases,
+        check_voxels=check_voxels,
     )
     wanted = Path(os.path.abspath(Path(dataset_dir).expanduser()))
     built_from = Path(datalist.get("dataset", ""))

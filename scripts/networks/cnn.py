@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from os import PathLike
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,52 +37,30 @@ class BackboneCNN(GroupedNetwork):
     encoder_attention="quadruplet", scales=(2,)`` (its add-on reads f2, as MAProtoNet's does).
 
     Args:
-        spatial_dims: 3 (or 2).
-        in_channels: input channels.
         num_classes: C ≥ 2.
-        encoder_layers: bottlenecks in layer1 and layer2 (ResNet-152: (3, 8)).
-        encoder_width: encoder stem width.
         scales: scales with an add-on, ascending subset of (1, 2, 3).
-        fusion: "gated", "concat" or "none".
         embed_dim: E.
         addon_activation: "relu" or "sigmoid".
-        pretrained_path: local torchvision ResNet state dict inflated into the encoder, or None.
-        encoder_last_layer: "layer2" or "layer1" (see :class:`~scripts.networks.encoder.ResNetEncoder`).
-        encoder_attention: "none" or "quadruplet".
-        decoder_kind: "paper" or "lite" (:data:`~scripts.networks.decoder.DECODER_KINDS`).
+        spatial_dims: 3 (or 2).
+        backbone: the other fields of :class:`~scripts.networks.backbone.Backbone`, named as there and
+            in :class:`~scripts.networks.model.UMProtoShare` (``in_channels``, ``encoder_layers``,
+            ``encoder_width``, ``fusion``, ``pretrained_path``, ``encoder_last_layer``,
+            ``encoder_attention``, ``decoder_kind``), with Backbone's defaults (ResNet-152, gated fusion).
     """
 
     def __init__(
         self,
-        spatial_dims: int = 3,
-        in_channels: int = 4,
         num_classes: int = 2,
-        encoder_layers: Sequence[int] = (3, 8),
-        encoder_width: int = 64,
         scales: Sequence[int] = (1, 2, 3),
-        fusion: str = "gated",
         embed_dim: int = 128,
         addon_activation: str = "relu",
-        pretrained_path: str | PathLike | None = None,
-        encoder_last_layer: str = "layer2",
-        encoder_attention: str = "none",
-        decoder_kind: str = "paper",
+        spatial_dims: int = 3,
+        **backbone: Any,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-        self.backbone = Backbone(
-            spatial_dims,
-            in_channels,
-            encoder_layers,
-            encoder_width,
-            scales,
-            fusion,
-            pretrained_path,
-            encoder_last_layer=encoder_last_layer,
-            encoder_attention=encoder_attention,
-            decoder_kind=decoder_kind,
-        )
+        self.backbone = Backbone(spatial_dims, scales=scales, **backbone)
         self.scales = self.backbone.scales
         self.channels_per_scale = self.backbone.encoder.channels
         self.heads = nn.ModuleDict(

@@ -26,9 +26,9 @@ from monai.data import DataLoader
 
 from scripts.cv import config_list
 from scripts.evaluate import load_fold_weights, predict_fold
-from scripts.losses import soft_class_coefficients
-from scripts.explain.maps import SCALE_COMBINATIONS, class_attention_map
+from scripts.maps import SCALE_COMBINATIONS, class_attention_map
 from scripts.metrics import activation_precision
+from scripts.prototypes import soft_class_coefficients
 
 
 def fold_report(parser: ConfigParser, fold_dir: Path) -> dict[str, Any]:

@@ -33,12 +33,13 @@ import torch
 from monai.bundle import ConfigParser
 from torch import Tensor, nn
 
-from scripts.explain.attribution import class_map
-from scripts.data import build_datalist, preprocessing_transforms
 from scripts.cv import config_list
+from scripts.data import build_datalist, preprocessing_transforms
+from scripts.data.foreground import brain_mask
 from scripts.data.synthetic import DEFAULT_SHAPE, generate_pairs
 from scripts.evaluate import load_fold_weights
-from scripts.metrics import brain_mask
+from scripts.explain.attribution import class_map
+from scripts.maps import DEFAULT_SCALE_COMBINATION
 
 __all__ = ["change_in_tumour", "check_pairs", "pair_items"]
 
@@ -81,7 +82,7 @@ def check_pairs(
     class_names: Sequence[str] = ("LGG", "HGG"),
     class_map_method: str | None = None,
     device: str | torch.device = "cpu",
-    combination: str = "sum",
+    combination: str = DEFAULT_SCALE_COMBINATION,
     brain_only: bool = False,
 ) -> dict[str, Any]:
     """Predictions and class-map change on each pair (see the module docstring); ``network`` is loaded.
@@ -151,7 +152,7 @@ def check(
         source_spacing=parser.get_parsed_content("source_spacing"),
         target_spacing=parser.get_parsed_content("target_spacing"),
     )
-    combination = parser.get_parsed_content("scale_combination", default="sum")
+    combination = parser.get_parsed_content("scale_combination", default=DEFAULT_SCALE_COMBINATION)
     brain_only = bool(parser.get_parsed_content("brain_only", default=False))
     report = check_pairs(
         model, pair_items(pairs_dir, class_names), preprocessing, class_names, class_map_method, "cpu", combination,

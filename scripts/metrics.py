@@ -1,6 +1,6 @@
 """Evaluation metrics (SPEC §6, Appendix D, F.2): BAC, AP and IDS, and what AP is read against.
 
-Pure PyTorch: no ignite, no model classes. Class attention maps are made in :mod:`scripts.explain.maps`
+Pure PyTorch: no ignite, no model classes. Class attention maps are made in :mod:`scripts.maps`
 (which also resizes every map to the input grid). Binary problems: class index 1 (HGG) is the
 positive class.
 """
@@ -16,8 +16,23 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_roc_auc
 
-from scripts.data.foreground import foreground_mask
-from scripts.explain.maps import resize_to_input
+from scripts.maps import resize_to_input
+
+__all__ = [
+    "LOCALISATION_KEYS",
+    "activation_precision",
+    "activation_precision_per_case",
+    "balanced_accuracy",
+    "classification_metrics",
+    "deletion_curve",
+    "deletion_masks",
+    "deletion_thresholds",
+    "incremental_deletion_score",
+    "localisation_summary",
+    "min_max_normalize",
+    "per_class_recall",
+    "similarity_spread",
+]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[float]
 
@@ -145,21 +160,6 @@ def activation_precision(attribution: torch.Tensor, mask: torch.Tensor) -> float
     return float((binary & tumour).sum()) / max(int(binary.sum()), 1)
 
 
-def brain_mask(image: torch.Tensor) -> torch.Tensor:
-    """Voxels of the head of one case: :func:`scripts.data.foreground.foreground_mask` of (C, H, W, D).
-
-    Args:
-        image: (C, H, W, D).
-
-    Returns:
-        bool (H, W, D).
-    """
-    image = torch.as_tensor(image).float()
-    if image.ndim != 4:
-        raise ValueError(f"image must be (C, H, W, D), got shape {tuple(image.shape)}.")
-    return foreground_mask(image[None])[0, 0]
-
-
 LOCALISATION_KEYS = ("region_share", "tumour_share_volume", "tumour_share_brain", "peak_in_tumour")
 """Per-case read-outs of :func:`localisation_summary`, reported beside AP."""
 
@@ -175,7 +175,7 @@ def localisation_summary(attribution: torch.Tensor, mask: torch.Tensor, brain: t
     Args:
         attribution: class attention map, any grid, (h, w, d) or (1, h, w, d).
         mask: whole-tumour mask on the input grid, (H, W, D) or (1, H, W, D).
-        brain: brain mask on the input grid, (H, W, D) (:func:`brain_mask`).
+        brain: brain mask on the input grid, (H, W, D) (:func:`scripts.data.foreground.brain_mask`).
     """
     tumour = _single_map(mask, "mask")[0, 0] > 0
     volume = resize_to_input(_single_map(attribution, "attribution"), tumour.shape)[0, 0]

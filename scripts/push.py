@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from torch import Tensor, nn
 
 from scripts.data.foreground import foreground_mask
-from scripts.explain.maps import resize_to_input
+from scripts.maps import resize_to_input
 from scripts.networks import ScaleExplanation, UMProtoShare, unwrap
 
 __all__ = ["PUSH_JSON", "PUSH_MAPS", "PushResult", "load_push", "peak_voxel", "push_prototypes", "save_push"]

@@ -146,7 +146,7 @@ def test_eq27_eq28_shared_map_averages_supporting_prototypes_per_scale_and_sums_
         model.classifier.weight[1, [1, 2, 4]] = torch.tensor([0.3, 2.0, 0.1])
     image = torch.randn(1, 4, 32, 32, 24)
     size = (32, 32, 24)
-    maps = class_map(model, image, [1])
+    maps = class_map(model, image, [1], combination="sum")
     with torch.no_grad():
         explanation = model.explain(image)
     s1, s2 = explanation.per_scale[0].maps[0], explanation.per_scale[1].maps[0]

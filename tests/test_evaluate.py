@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,15 +13,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, run
 from conftest import DATA_SMALL_SHAPE
+from monai.bundle import ConfigWorkflow, run
 from test_engine_micro import MICRO, micro_workflow, run_micro
 
 from scripts.calibration import Calibration, calibration_metrics
-from scripts.explain.attribution import class_map
 from scripts.data import preprocessing_transforms, split_fold
 from scripts.data.synthetic import generate_dataset
 from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_table, replace_missing
+from scripts.explain.attribution import class_map
 from scripts.explain.evidence import LOW_PROBABILITY
 from scripts.metrics import activation_precision
 from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread

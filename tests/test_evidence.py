@@ -82,8 +82,10 @@ def test_eq27_per_scale_maps_hand_computed_and_sum_to_class_map():
     maps = torch.stack(scale_class_maps(model, {1: scale1, 2: scale2}, [0], (2, 1, 1)))[:, 0]
     # class 0 is supported by (1, 0) only at scale 1 and by (2, 0) at scale 2
     torch.testing.assert_close(maps[:, :, 0, 0], torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
-    total = class_map_from_maps(model, {1: scale1, 2: scale2}, [0], (2, 1, 1))
-    torch.testing.assert_close(maps.sum(0), total[0])
+    total = class_map_from_maps(model, {1: scale1, 2: scale2}, [0], (2, 1, 1), combination="sum")
+    torch.testing.assert_close(maps.sum(0), total[0])  # Eq. 28 as printed
+    product = class_map_from_maps(model, {1: scale1, 2: scale2}, [0], (2, 1, 1))  # the bundle's default
+    torch.testing.assert_close(product[0], maps.clamp_min(1e-12).log().sum(0).exp())
 
 
 def test_top_columns_per_scale_by_contribution():

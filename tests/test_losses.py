@@ -9,7 +9,6 @@ import torch
 
 from scripts.losses import (
     LastLayerLoss,
-    ScaleTerms,
     Stage1Loss,
     classification_loss,
     clustering_loss_class_specific,
@@ -27,9 +26,8 @@ from scripts.losses import (
     separation_loss_shared,
     separation_loss_shared_max,
     separation_loss_shared_mean,
-    soft_class_coefficients,
-    soft_ownership,
 )
+from scripts.prototypes import ScaleTerms, soft_class_coefficients, soft_ownership
 
 LN3 = math.log(3.0)
 

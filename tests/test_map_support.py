@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
+from scripts.data.foreground import brain_mask, erode, foreground_mask, foreground_on_grid
 from scripts.data.transforms import FlattenBackgroundd, RecordForegroundd, augmentation_transforms
-from scripts.explain.maps import resize_to_input
-from scripts.metrics import brain_mask
+from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
 from scripts.push import push_prototypes
 

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from scripts.explain.maps import class_attention_map, owned_prototype_map
+from scripts.data.foreground import brain_mask
+from scripts.maps import class_attention_map, owned_prototype_map
 from scripts.metrics import (
     activation_precision,
     activation_precision_per_case,
     balanced_accuracy,
-    brain_mask,
     classification_metrics,
     deletion_curve,
     deletion_masks,
@@ -179,7 +179,7 @@ def test_eq27_eq28_class_attention_map_hand_values():
             [1.0, 0.3, 0.0, 0.0, 0.0],  # class 1: scale 1 {k=0, k=1}, scale 2 none
         ]
     )
-    out = class_attention_map([scale1, scale2], zeta, torch.tensor([0, 1]), (2, 2, 2))
+    out = class_attention_map([scale1, scale2], zeta, torch.tensor([0, 1]), (2, 2, 2), combination="sum")
     assert out.shape == (2, 2, 2, 2)
     # case 0, class 0: 3 (scale 1) + 2 (scale 2)
     assert torch.allclose(out[0], torch.full((2, 2, 2), 5.0))
@@ -192,7 +192,7 @@ def test_eq27_eq28_class_attention_map_hand_values():
 def test_eq28_class_attention_map_upsamples_each_scale():
     fine = torch.zeros(1, 1, 4, 4, 4)
     coarse = torch.ones(1, 1, 2, 2, 2)
-    out = class_attention_map([fine, coarse], torch.ones(2, 2), torch.tensor([1]), (4, 4, 4))
+    out = class_attention_map([fine, coarse], torch.ones(2, 2), torch.tensor([1]), (4, 4, 4), combination="sum")
     assert torch.allclose(out, torch.ones(1, 4, 4, 4))
 
 
@@ -407,7 +407,7 @@ def test_eq28_density_combination_weighs_each_scale_by_its_voxel_count():
     fine = torch.full((1, 1, 2, 2, 2), 1 / 8)
     coarse = torch.ones(1, 1, 1, 1, 1)
     zeta = torch.ones(2, 2)
-    summed = class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2))
+    summed = class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2), combination="sum")
     density = class_attention_map([fine, coarse], zeta, torch.tensor([0]), (2, 2, 2), combination="density")
     assert torch.allclose(summed, torch.full((1, 2, 2, 2), 1.125))
     assert torch.allclose(density, torch.full((1, 2, 2, 2), 2.0))

@@ -280,7 +280,7 @@ def test_two_dimensional_variant_runs():
 
 
 def test_balanced_classifier_start_deals_each_scales_prototypes_to_the_classes_in_turn():
-    from scripts.losses import soft_class_coefficients
+    from scripts.prototypes import soft_class_coefficients
 
     model = UMProtoShare(encoder_layers=(1, 1), encoder_width=4, embed_dim=8, mapping_dim=8,
                          prototypes_per_scale=(3, 2, 0), num_classes=2, classifier_init="balanced")

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from scripts.data.foreground import brain_mask
 from scripts.evaluate import predict_fold
 from scripts.evaluate.prototypes import (
     peak_shares,
@@ -17,7 +18,7 @@ from scripts.evaluate.prototypes import (
     top_prototype_columns,
 )
 from scripts.explain.evidence import prototype_contributions
-from scripts.metrics import activation_precision, brain_mask
+from scripts.metrics import activation_precision
 from scripts.networks import UMProtoShare
 
 GRID = (8, 8, 8)

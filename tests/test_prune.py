@@ -12,7 +12,7 @@ from monai.bundle import run
 from monai.data import DataLoader, Dataset
 from test_engine_micro import MICRO, run_micro
 from test_evaluate import SHORT as EVALUATED_FOLD
-from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, constructed_model, write_case
+from test_evidence_fixtures import GEOMETRY, constructed_model, write_case
 
 from scripts.cli import load_weights
 from scripts.data import preprocessing_transforms

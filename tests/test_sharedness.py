@@ -11,8 +11,8 @@ from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, constructed_model, pus
 
 from scripts.data import preprocessing_transforms
 from scripts.data.synthetic import brats_affine
-from scripts.push import save_push
 from scripts.explain.sharedness import case_sharedness, main, most_shared, sharedness_report, sharedness_scores
+from scripts.push import save_push
 
 COLUMNS = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
 S_LGG = torch.tensor([0.9, 0.2, 0.7, 0.5, 0.6])

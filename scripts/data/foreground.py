@@ -14,7 +14,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FOREGROUND_TOLERANCE", "erode", "foreground_mask", "foreground_on_grid"]
+__all__ = ["FOREGROUND_TOLERANCE", "brain_mask", "erode", "foreground_mask", "foreground_on_grid"]
 
 FOREGROUND_TOLERANCE = 1e-6
 """A voxel is foreground where some channel exceeds that channel's minimum by more than this."""
@@ -36,6 +36,21 @@ def foreground_mask(images: torch.Tensor, tolerance: float = FOREGROUND_TOLERANC
     for _ in range(images.ndim - 2):
         floor = floor.unsqueeze(-1)
     return (images > floor + tolerance).any(dim=1, keepdim=True)
+
+
+def brain_mask(image: torch.Tensor) -> torch.Tensor:
+    """Voxels of the head of one case: :func:`foreground_mask` of (C, H, W, D).
+
+    Args:
+        image: (C, H, W, D).
+
+    Returns:
+        bool (H, W, D).
+    """
+    image = torch.as_tensor(image).float()
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, H, W, D), got shape {tuple(image.shape)}.")
+    return foreground_mask(image[None])[0, 0]
 
 
 def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from scripts.losses import soft_class_coefficients, soft_ownership
+from scripts.prototypes import soft_class_coefficients, soft_ownership
 
 __all__ = ["PREDICTION_FLOOR", "SPREAD_FLOOR", "collapse_warnings", "stage1_diagnostics", "term_shares"]
 

@@ -1,37 +1,30 @@
-"""Held-out fold evaluation (SPEC §6): metrics, class maps, AP, IDS, files, missing-sequence robustness."""
+"""Held-out fold evaluation (SPEC §6): metrics, class maps, AP, IDS, files, missing-sequence robustness.
+"""
 
-from .fold import (
-    CASES_CSV,
-    DELETION_PNG,
-    MAPS_DIR,
-    METRICS_JSON,
-    MISSING_JSON,
-    RELIABILITY_PNG,
-    FoldEvaluator,
-    FoldPredictions,
-    load_fold_weights,
-    predict_fold,
+from __future__ import annotations
+
+from scripts.faces import exports
+
+__all__, __getattr__, __dir__ = exports(
+    __name__,
+    {
+        "CASES_CSV": "fold",
+        "DELETION_PNG": "fold",
+        "FoldEvaluator": "fold",
+        "FoldPredictions": "fold",
+        "MAPS_DIR": "fold",
+        "METRICS_JSON": "fold",
+        "MISSING_JSON": "fold",
+        "RELIABILITY_PNG": "fold",
+        "load_fold_weights": "fold",
+        "predict_fold": "fold",
+        "missing_sequence_bac": "missing",
+        "missing_subsets": "missing",
+        "replace_missing": "missing",
+        "plot_deletion_curve": "outputs",
+        "read_case_table": "outputs",
+        "save_volume": "outputs",
+        "write_case_table": "outputs",
+        "write_json": "outputs",
+    },
 )
-from .missing import missing_sequence_bac, missing_subsets, replace_missing
-from .outputs import plot_deletion_curve, read_case_table, save_volume, write_case_table, write_json
-
-__all__ = [
-    "CASES_CSV",
-    "DELETION_PNG",
-    "MAPS_DIR",
-    "METRICS_JSON",
-    "MISSING_JSON",
-    "RELIABILITY_PNG",
-    "FoldEvaluator",
-    "FoldPredictions",
-    "load_fold_weights",
-    "missing_sequence_bac",
-    "missing_subsets",
-    "plot_deletion_curve",
-    "predict_fold",
-    "read_case_table",
-    "replace_missing",
-    "save_volume",
-    "write_case_table",
-    "write_json",
-]

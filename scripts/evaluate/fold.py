@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from scripts.calibration import Calibration, calibration_metrics, plot_reliability
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError
+from scripts.data.foreground import brain_mask
 from scripts.data.layouts import SEQUENCES
 from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
@@ -39,10 +40,10 @@ from scripts.engine.iteration import plain_tensor
 from scripts.explain.attribution import class_map
 from scripts.explain.evidence import confidence_warnings, prototype_contributions
 from scripts.explain.sources import load_push_for
+from scripts.maps import DEFAULT_SCALE_COMBINATION
 from scripts.metrics import (
     LOCALISATION_KEYS,
     activation_precision,
-    brain_mask,
     classification_metrics,
     deletion_curve,
     incremental_deletion_score,
@@ -149,7 +150,7 @@ def predict_fold(
     device: str | torch.device,
     class_map_method: str | None = None,
     map_dir: str | PathLike | None = None,
-    scale_combination: str = "sum",
+    scale_combination: str = DEFAULT_SCALE_COMBINATION,
     brain_only: bool = False,
     top_prototypes: int = TOP_PROTOTYPES,
 ) -> FoldPredictions:
@@ -282,7 +283,7 @@ class FoldEvaluator:
         device: where the forward passes run.
         class_map_method: see :func:`scripts.explain.attribution.class_map`; None: the model family's default.
         scale_combination: how a shared prototype model's scales are added into its class map
-            (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
+            (:data:`scripts.maps.SCALE_COMBINATIONS`).
         brain_only: class maps restricted to the brain (every method alike); bool or "true"/"false".
         batch_size: cases per batch of the first pass (class maps; Grad-CAM needs gradients).
         num_workers: loader workers of the first pass.
@@ -319,7 +320,7 @@ class FoldEvaluator:
         fold: int = 0,
         device: str | torch.device = "cpu",
         class_map_method: str | None = None,
-        scale_combination: str = "sum",
+        scale_combination: str = DEFAULT_SCALE_COMBINATION,
         brain_only: bool | str = False,
         batch_size: int = 1,
         num_workers: int = 0,

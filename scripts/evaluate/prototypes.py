@@ -95,7 +95,7 @@ def peak_shares(peaks: Sequence[Sequence[int]], brain: Tensor, tumour: Tensor | 
 
     Args:
         peaks: voxel indices [i, j, l] on the input grid (at least one).
-        brain: bool (H, W, D), :func:`scripts.metrics.brain_mask` of the input.
+        brain: bool (H, W, D), :func:`scripts.data.foreground.brain_mask` of the input.
         tumour: bool (H, W, D), the whole-tumour mask, or None.
 
     Returns:

@@ -3,10 +3,10 @@
 :func:`class_map` dispatches on the model's configuration (for prototype models through
 :func:`class_map_from_maps`, which inference calls too, so a served map is the map that was evaluated):
 
-- ``UMProtoShare`` with ``prototype_sharing="shared"``: Eq. 27–28 (:func:`scripts.explain.maps.class_attention_map`
+- ``UMProtoShare`` with ``prototype_sharing="shared"``: Eq. 27–28 (:func:`scripts.maps.class_attention_map`
   on the maps M_s, ζ of Eq. 7 from the classifier).
 - ``UMProtoShare`` with ``prototype_sharing="class_specific"`` (A1, XProtoNet, MProtoNet, MAProtoNet,
-  ProtoPNet): Eq. 26 (:func:`scripts.explain.maps.owned_prototype_map`) on each prototype scale's maps,
+  ProtoPNet): Eq. 26 (:func:`scripts.maps.owned_prototype_map`) on each prototype scale's maps,
   summed over scales as in Eq. 28 (one scale for every configured model). The maps are each model's
   ``ScaleExplanation.maps``: Eq. 13 maps (A1), occurrence maps (XProtoNet, MProtoNet, MAProtoNet), or
   ProtoPNet's per-voxel similarity maps.
@@ -40,10 +40,11 @@ from monai.utils import convert_to_tensor, look_up_option
 from monai.visualize import GradCAM, OcclusionSensitivity
 from torch import Tensor, nn
 
-from scripts.losses import soft_class_coefficients
-from scripts.explain.maps import class_attention_map, owned_prototype_map
-from scripts.metrics import brain_mask, min_max_normalize
+from scripts.data.foreground import brain_mask
+from scripts.maps import DEFAULT_SCALE_COMBINATION, class_attention_map, owned_prototype_map
+from scripts.metrics import min_max_normalize
 from scripts.networks import BackboneCNN, Explanation, UMProtoShare, unwrap
+from scripts.prototypes import soft_class_coefficients
 
 __all__ = [
     "CLASS_MAP_METHODS",
@@ -116,18 +117,18 @@ def class_map_from_maps(
     maps_per_scale: Mapping[int, Tensor],
     target: Tensor | Sequence[int],
     size: Sequence[int],
-    combination: str = "sum",
+    combination: str = DEFAULT_SCALE_COMBINATION,
 ) -> Tensor:
     """The class attention map of a prototype model from its prototype maps: the one computation that
-    evaluation (:func:`prototype_class_map`) and inference (``scripts.inference``) share.
+    evaluation (:func:`prototype_class_map`) and inference (:mod:`scripts.explain.case_files`) share.
 
     A shared model combines its scales as ``combination`` says (Eq. 27–28,
-    :func:`scripts.explain.maps.class_attention_map`); a class-specific one sums its scales' Eq. 26 maps
+    :func:`scripts.maps.class_attention_map`); a class-specific one sums its scales' Eq. 26 maps
     (one scale for every configured model).
 
     Args:
         model, maps_per_scale, target, size: see :func:`scale_class_maps`.
-        combination: :data:`scripts.explain.maps.SCALE_COMBINATIONS` (shared models only).
+        combination: :data:`scripts.maps.SCALE_COMBINATIONS` (shared models only).
 
     Returns:
         (B, H, W, D).
@@ -144,7 +145,7 @@ def prototype_class_map(
     model: UMProtoShare,
     images: Tensor,
     target: Tensor | Sequence[int],
-    combination: str = "sum",
+    combination: str = DEFAULT_SCALE_COMBINATION,
     explanation: Explanation | None = None,
 ) -> Tensor:
     """Class attention map of a prototype model from its explanation (:func:`class_map_from_maps`).
@@ -153,7 +154,7 @@ def prototype_class_map(
         model: a UMProtoShare (any configuration); run in eval mode.
         images: (B, C_in, H, W, D).
         target: class c of each case (normally the ground truth), (B,).
-        combination: how a shared model's scales are added (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
+        combination: how a shared model's scales are added (:data:`scripts.maps.SCALE_COMBINATIONS`).
         explanation: ``model.explain(images)`` in eval mode when already computed (one forward pass for
             several read-outs); None runs it here.
 
@@ -255,7 +256,7 @@ def class_map(
     images: Tensor,
     target: Tensor | Sequence[int],
     method: str | None = None,
-    combination: str = "sum",
+    combination: str = DEFAULT_SCALE_COMBINATION,
     brain_only: bool = False,
     explanation: Explanation | None = None,
 ) -> Tensor:
@@ -268,8 +269,8 @@ def class_map(
         method: one of :data:`CLASS_MAP_METHODS` allowed for the model: ``prototype_maps`` (default)
             or ``occlusion`` for a UMProtoShare; ``grad_cam`` (default) or ``occlusion`` for a CNN.
         combination: how ``prototype_maps`` adds a shared model's scales
-            (:data:`scripts.explain.maps.SCALE_COMBINATIONS`).
-        brain_only: set the map to its minimum outside the brain (:func:`scripts.metrics.brain_mask` of
+            (:data:`scripts.maps.SCALE_COMBINATIONS`).
+        brain_only: set the map to its minimum outside the brain (:func:`scripts.data.foreground.brain_mask` of
             each image), for every method alike.
         explanation: for ``prototype_maps``, ``model.explain(images)`` (eval mode) when already computed.
 

@@ -24,9 +24,9 @@ from monai.transforms import Compose
 from torch import Tensor
 
 from scripts.calibration import Calibration, format_probability
-from scripts.explain.maps import resize_to_input
-from scripts.losses import soft_class_coefficients
+from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
+from scripts.prototypes import soft_class_coefficients
 from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
 
 __all__ = [

@@ -12,9 +12,9 @@ from ignite.engine import Engine, Events
 from monai.transforms import Compose
 
 from scripts.explain.evidence import to_original_space, write_nifti
-from scripts.explain.maps import resize_to_input
-from scripts.push import PushResult
 from scripts.explain.report import SourceView, prototype_strip
+from scripts.maps import resize_to_input
+from scripts.push import PushResult
 
 __all__ = ["GALLERY_JSON", "PrototypeGallery", "write_gallery"]
 

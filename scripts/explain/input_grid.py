@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
-from scripts.metrics import brain_mask
+from scripts.data.foreground import brain_mask
 
 __all__ = ["DISPLAY_AXES", "InputCase", "InputMap", "MapPeak", "map_peak"]
 
@@ -55,7 +55,7 @@ class InputCase:
         self.channels = np.asarray(self.channels, dtype=np.float32)
         self.affine = np.asarray(self.affine, dtype=np.float64)
         self.brain = brain_mask(self.channels).numpy()
-        """bool (X, Y, Z): :func:`scripts.metrics.brain_mask` of the input voxels."""
+        """bool (X, Y, Z): :func:`scripts.data.foreground.brain_mask` of the input voxels."""
         self._to_display = ornt_transform(io_orientation(self.affine), axcodes2ornt(DISPLAY_AXES))
         self._from_display = inv_ornt_aff(self._to_display, self.channels.shape[1:])
         """(4, 4): display voxel → input voxel."""

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
+from scripts.data.foreground import brain_mask
 from scripts.explain.evidence import (
     DRIVING_DOMINANCE,
     DRIVING_THRESHOLD,
@@ -34,7 +34,7 @@ from scripts.explain.evidence import (
     unit_scaled,
 )
 from scripts.explain.input_grid import InputCase, InputMap, map_peak
-from scripts.metrics import brain_mask
+from scripts.maps import DEFAULT_SCALE_COMBINATION
 
 __all__ = [
     "MAP_COLOURS",
@@ -249,7 +249,7 @@ def case_figure(
                  bbox={"facecolor": "#ffe0e0", "edgecolor": CAUTION} if warnings else None)
     cells = [grid[0, c] for c in range(len(channels))]
     axes = _sequence_row(fig, cells, case, channels, brain, class_map, f"class map {predicted}")
-    combination = prediction.get("scale_combination", "sum")
+    combination = prediction.get("scale_combination", DEFAULT_SCALE_COMBINATION)
     _text(fig, grid[0, len(channels):], [f"class evidence map of {predicted}", f"(scales combined: {combination})",
                                          *(probability_text(n, v) for n, v in prediction["probabilities"].items())])
     for row, entry in enumerate(entries, start=1):

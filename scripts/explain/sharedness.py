@@ -28,10 +28,10 @@ from torch import Tensor
 from scripts.data import find_case_files
 from scripts.data.validate import check_case
 from scripts.explain.evidence import SEQUENCE_NAMES, CaseEvidence, explain_case, prototype_contributions
+from scripts.explain.report import sharedness_figure
 from scripts.explain.sources import SourceImages
 from scripts.networks import UMProtoShare
 from scripts.push import PUSH_JSON, load_push
-from scripts.explain.report import sharedness_figure
 
 __all__ = ["case_sharedness", "most_shared", "sharedness_report", "sharedness_scores"]
 

@@ -11,8 +11,8 @@ import numpy as np
 from monai.transforms import Compose
 
 from scripts.data import DataError, load_datalist
-from scripts.explain.maps import resize_to_input
 from scripts.explain.report import SourceView
+from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
 from scripts.push import PUSH_JSON, PushResult, load_push
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
 from monai.utils import look_up_option
@@ -18,48 +17,15 @@ from scripts.losses.terms import (
     diversity_loss,
     l1_regularisation,
     separation_loss_class_specific,
-    soft_class_coefficients,
 )
+from scripts.prototypes import PROTOTYPE_SHARING, ScaleTerms, soft_class_coefficients
 
-PROTOTYPE_SHARING = ("shared", "class_specific")
+__all__ = ["MAPPING_LOSS_KINDS", "MAP_RATIOS", "ClassificationLoss", "LastLayerLoss", "Stage1Loss"]
+
 MAP_RATIOS = (0.75, 0.875)
 MAPPING_LOSS_KINDS = ("single_scale", "multi_scale")
 """L_map^s on the resized F_s (:func:`mapping_loss`, MProtoNet) or on F_s re-fused from its resized inputs
 (:func:`multiscale_mapping_loss`, MAProtoNet)."""
-
-
-class ScaleTerms(NamedTuple):
-    """What the model gives :class:`Stage1Loss` for one scale s that carries prototypes.
-
-    Attributes:
-        features: fused features F_s `(B, C_s, H_s, W_s, D_s)`.
-        hidden: mapping module's first Conv+BN+ReLU output h_s `(B, 128, H_s, W_s, D_s)`.
-        w2: mapping module's second conv weight `(K_s, 128, 1, 1, 1)`.
-        soft_maps: soft-masked maps M1_s `(B, K_s, H_s, W_s, D_s)`.
-        similarities: S_s `(B, K_s)`.
-        prototypes: p_s `(K_s, E)`.
-        map_fn: re-runs the mapping module (incl. soft mask) on features `F -> M1`. In train
-            mode its BatchNorm also sees the resized features, as in MProtoNet.
-        columns: this scale's classifier columns (slice or indices), in order.
-        fusion_inputs: what F_s is fused from (``ScaleExplanation.fusion_inputs``); needed only by
-            ``mapping_loss_kind="multi_scale"``.
-        refuse_fn: fuses resized ``fusion_inputs`` into F_s (``functools.partial(model.refuse, s)``);
-            needed only by ``mapping_loss_kind="multi_scale"``.
-
-    Without a mapping module (ProtoPNet) ``hidden``, ``w2``, ``soft_maps`` and ``map_fn`` may be None
-    when L_map and L_OC are off.
-    """
-
-    features: torch.Tensor
-    hidden: torch.Tensor | None
-    w2: torch.Tensor | None
-    soft_maps: torch.Tensor | None
-    similarities: torch.Tensor
-    prototypes: torch.Tensor
-    map_fn: Callable[[torch.Tensor], torch.Tensor] | None
-    columns: slice | Sequence[int] | torch.Tensor
-    fusion_inputs: Sequence[torch.Tensor] | None = None
-    refuse_fn: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
 
 
 class ClassificationLoss(nn.Module):

@@ -8,6 +8,15 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "LSE_SHARPNESS",
+    "lse_pool",
+    "mapping_loss",
+    "multiscale_mapping_loss",
+    "online_cam_logits",
+    "resize_spatial",
+]
+
 LSE_SHARPNESS = 10.0
 
 

@@ -14,8 +14,27 @@ import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
+from scripts.prototypes import ZETA_EPS, soft_ownership
+
+__all__ = [
+    "CLASSIFICATION_LOSSES",
+    "CLUSTERING_FORMS",
+    "classification_loss",
+    "clustering_loss_class_specific",
+    "clustering_loss_shared",
+    "clustering_loss_shared_max",
+    "clustering_loss_shared_mean",
+    "diversity_loss",
+    "forget_loss",
+    "inverse_frequency_weights",
+    "l1_regularisation",
+    "separation_loss_class_specific",
+    "separation_loss_shared",
+    "separation_loss_shared_max",
+    "separation_loss_shared_mean",
+]
+
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
-ZETA_EPS = 1e-6
 
 
 def classification_loss(
@@ -66,20 +85,6 @@ def inverse_frequency_weights(labels: torch.Tensor | Sequence[int], num_classes:
     return (1.0 / counts).float()
 
 
-def soft_class_coefficients(classifier_weight: torch.Tensor) -> torch.Tensor:
-    """Soft class-prototype coefficients zeta (Eq. 7), detached from the classifier.
-
-    Args:
-        classifier_weight: `(C, K_total)`.
-
-    Returns:
-        `(C, K_total)`; each column sums to 1 where any weight of that prototype is positive,
-        and is all zero otherwise.
-    """
-    positive = torch.relu(classifier_weight.detach())
-    return positive / (positive.sum(dim=0, keepdim=True) + ZETA_EPS)
-
-
 def _check_labels(similarities: torch.Tensor, labels: torch.Tensor) -> None:
     if similarities.ndim != 2 or labels.shape != similarities.shape[:1]:
         raise ValueError(
@@ -107,7 +112,7 @@ def clustering_loss_shared(similarities: torch.Tensor, labels: torch.Tensor, zet
     Args:
         similarities: `(B, K_total)`.
         labels: `(B,)`.
-        zeta: soft coefficients `(C, K_total)` from :func:`soft_class_coefficients`.
+        zeta: soft coefficients `(C, K_total)` from :func:`scripts.prototypes.soft_class_coefficients`.
     """
     _check_labels(similarities, labels)
     return -_weighted_similarity(similarities, zeta[labels])
@@ -137,7 +142,7 @@ def clustering_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor
     Args:
         similarities: `(B, K_total)`.
         labels: `(B,)`.
-        zeta: soft coefficients `(C, K_total)` from :func:`soft_class_coefficients`.
+        zeta: soft coefficients `(C, K_total)` from :func:`scripts.prototypes.soft_class_coefficients`.
     """
     _check_labels(similarities, labels)
     return -_weighted_similarity(similarities, zeta[labels], normalise=True)
@@ -157,20 +162,6 @@ def separation_loss_shared_mean(similarities: torch.Tensor, labels: torch.Tensor
     return _weighted_similarity(similarities, _other_class_weights(zeta, labels), normalise=True)
 
 
-def soft_ownership(zeta: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Hard ownership read from ζ: prototype p belongs to class c where ``zeta[c, p] > threshold``.
-
-    Args:
-        zeta: soft coefficients `(C, K_total)`.
-        threshold: 0.5 gives each prototype at most one class; a prototype no class holds above it
-            (e.g. all its weights negative) belongs to none.
-
-    Returns:
-        bool `(C, K_total)`.
-    """
-    return zeta > threshold
-
-
 def _masked_max(similarities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-case max of S over ``mask`` `(B, K)`, 0 for a case whose mask is empty -> `(B,)`."""
     best = similarities.masked_fill(~mask, -math.inf).amax(dim=1)
@@ -180,7 +171,7 @@ def _masked_max(similarities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def clustering_loss_shared_max(similarities: torch.Tensor, labels: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
     """Class-agnostic clustering loss in ProtoPNet's max form (Eq. 22 with ownership read from ζ), batch mean.
 
-    ``-max`` of S over the prototypes that class y owns by ζ (:func:`soft_ownership`); 0 for a case
+    ``-max`` of S over the prototypes that class y owns by ζ (:func:`scripts.prototypes.soft_ownership`); 0 for a case
     whose class owns none.
 
     Args:

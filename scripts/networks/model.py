@@ -13,17 +13,14 @@ from monai.utils import look_up_option
 from torch import Tensor, nn
 
 from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
-from scripts.losses import ScaleTerms
+from scripts.prototypes import PROTOTYPE_SHARING, ScaleTerms
 
 from .backbone import Backbone
 from .classifier import PrototypeClassifier
 from .groups import GroupedNetwork, group_of
 from .head import PrototypeHead
 
-__all__ = ["BACKBONE_GROUPS", "CLASSIFIER_INITS", "MAP_SUPPORTS", "PROTOTYPE_SHARING", "Explanation", "ScaleExplanation", "UMProtoShare"]
-
-PROTOTYPE_SHARING = ("shared", "class_specific")
-"""``shared``: class-agnostic prototypes (UM-ProtoShare, A2–E); ``class_specific``: hard ownership (A1)."""
+__all__ = ["BACKBONE_GROUPS", "CLASSIFIER_INITS", "MAP_SUPPORTS", "Explanation", "ScaleExplanation", "UMProtoShare"]
 
 CLASSIFIER_INITS = ("default", "balanced")
 """Start of a shared model's classifier: PyTorch's default init, or +1 / −0.5 with each scale's
@@ -125,7 +122,7 @@ class UMProtoShare(GroupedNetwork):
             coarser grid, then upsamples: 192 instead of 496 GFLOP per full-size forward; not the paper's model),
             see :data:`~scripts.networks.decoder.DECODER_KINDS`.
 
-    The baselines of Table 1 are settings of these fields: see :mod:`scripts.networks.baselines`.
+    The baselines of Table 1 are settings of these fields: ``configs/baselines/*.json`` (their README).
     """
 
     def __init__(

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DEFAULT_SCALE_COMBINATION",
     "PRODUCT_FLOOR",
     "SCALE_COMBINATIONS",
     "class_attention_map",
@@ -78,6 +79,8 @@ SCALE_COMBINATIONS = ("sum", "density", "product")
 ``density`` (each scale's mean map times its voxel count, so an ℓ1-normalised map of any stride has
 mean 1 and every scale weighs alike, then summed) or ``product`` (the product of the scales' maps:
 high only where every scale agrees; each scale's normalisation becomes one constant factor)."""
+DEFAULT_SCALE_COMBINATION = "product"
+"""The bundle's class map (the configs' ``scale_combination``); ``sum`` is the paper's Eq. 28."""
 PRODUCT_FLOOR = 1e-12
 """Floor of a map value before its logarithm in the ``product`` combination."""
 
@@ -87,7 +90,7 @@ def class_attention_map(
     zeta: torch.Tensor,
     target_class: torch.Tensor,
     out_size: Sequence[int],
-    combination: str = "sum",
+    combination: str = DEFAULT_SCALE_COMBINATION,
 ) -> torch.Tensor:
     """UM-ProtoShare class attention map over the supporting prototypes K+_(s,c) (Eq. 27–28).
 

@@ -1,0 +1,84 @@
+"""What the network, the losses and the read-outs share about prototypes, defined once.
+
+The sharing modes, the soft class coefficients ζ (Eq. 7) and the ownership read from them, and
+:class:`ScaleTerms`, what :meth:`scripts.networks.UMProtoShare.loss_inputs` hands the stage-1 loss.
+PyTorch only, below :mod:`scripts.networks`, :mod:`scripts.losses` and :mod:`scripts.explain`, so
+that none of them imports another for these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["PROTOTYPE_SHARING", "ZETA_EPS", "ScaleTerms", "soft_class_coefficients", "soft_ownership"]
+
+PROTOTYPE_SHARING = ("shared", "class_specific")
+"""``shared``: class-agnostic prototypes (UM-ProtoShare, A2–E); ``class_specific``: hard ownership, K_s / C
+prototypes per class (A1)."""
+ZETA_EPS = 1e-6
+"""Added to ζ's denominator (Eq. 7) so that a prototype with no positive weight gets zeros."""
+
+
+def soft_class_coefficients(classifier_weight: torch.Tensor) -> torch.Tensor:
+    """Soft class-prototype coefficients zeta (Eq. 7), detached from the classifier.
+
+    Args:
+        classifier_weight: `(C, K_total)`.
+
+    Returns:
+        `(C, K_total)`; each column sums to 1 where any weight of that prototype is positive,
+        and is all zero otherwise.
+    """
+    positive = torch.relu(classifier_weight.detach())
+    return positive / (positive.sum(dim=0, keepdim=True) + ZETA_EPS)
+
+
+def soft_ownership(zeta: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Hard ownership read from ζ: prototype p belongs to class c where ``zeta[c, p] > threshold``.
+
+    Args:
+        zeta: soft coefficients `(C, K_total)`.
+        threshold: 0.5 gives each prototype at most one class; a prototype no class holds above it
+            (e.g. all its weights negative) belongs to none.
+
+    Returns:
+        bool `(C, K_total)`.
+    """
+    return zeta > threshold
+
+
+class ScaleTerms(NamedTuple):
+    """What the model gives :class:`Stage1Loss` for one scale s that carries prototypes.
+
+    Attributes:
+        features: fused features F_s `(B, C_s, H_s, W_s, D_s)`.
+        hidden: mapping module's first Conv+BN+ReLU output h_s `(B, 128, H_s, W_s, D_s)`.
+        w2: mapping module's second conv weight `(K_s, 128, 1, 1, 1)`.
+        soft_maps: soft-masked maps M1_s `(B, K_s, H_s, W_s, D_s)`.
+        similarities: S_s `(B, K_s)`.
+        prototypes: p_s `(K_s, E)`.
+        map_fn: re-runs the mapping module (incl. soft mask) on features `F -> M1`. In train
+            mode its BatchNorm also sees the resized features, as in MProtoNet.
+        columns: this scale's classifier columns (slice or indices), in order.
+        fusion_inputs: what F_s is fused from (``ScaleExplanation.fusion_inputs``); needed only by
+            ``mapping_loss_kind="multi_scale"``.
+        refuse_fn: fuses resized ``fusion_inputs`` into F_s (``functools.partial(model.refuse, s)``);
+            needed only by ``mapping_loss_kind="multi_scale"``.
+
+    Without a mapping module (ProtoPNet) ``hidden``, ``w2``, ``soft_maps`` and ``map_fn`` may be None
+    when L_map and L_OC are off.
+    """
+
+    features: torch.Tensor
+    hidden: torch.Tensor | None
+    w2: torch.Tensor | None
+    soft_maps: torch.Tensor | None
+    similarities: torch.Tensor
+    prototypes: torch.Tensor
+    map_fn: Callable[[torch.Tensor], torch.Tensor] | None
+    columns: slice | Sequence[int] | torch.Tensor
+    fusion_inputs: Sequence[torch.Tensor] | None = None
+    refuse_fn: Callable[[list[torch.Tensor]], torch.Tensor] | None = None

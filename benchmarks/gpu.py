@@ -27,7 +27,8 @@ from typing import Any
 import fire
 import torch
 
-from scripts.engine import autocast, compiled, configure_backends
+from scripts.engine import compiled, configure_backends
+from scripts.networks.precision import autocast
 
 from .bundle import Parts, build_parts, engine_at, load_config
 from .measure import MIB, emit, median, peak_memory, seconds

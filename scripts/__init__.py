@@ -1,24 +1,42 @@
 """UM-ProtoShare MONAI bundle: custom components named by the configs.
 
-After ``$import scripts`` a config can name ``scripts.cli``, ``scripts.data``, ``scripts.engine``, ``scripts.evaluate``, ``scripts.explain``,
-``scripts.losses``, ``scripts.metrics``, ``scripts.networks``, ``scripts.push`` and ``scripts.compare``; each is imported on first
-use, so that ``python -m scripts.data.datalist`` (and the like) do not import their module twice.
+After ``$import scripts`` a config can name any module or package below (``scripts.cli``,
+``scripts.networks.UMProtoShare``, ...); each is imported on first use (:mod:`scripts.faces`). The
+layers, from the ground up: ``data`` (inputs, the brain mask), ``prototypes`` and ``maps`` (what the
+network, the losses and the read-outs share), ``networks`` and ``losses``, ``metrics`` and ``push``,
+``engine`` and ``explain``, then the workflows (``evaluate``, ``inference``, ``prune``, ``cv``, ...).
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from scripts.faces import exports
 
-_SUBMODULES = ("cli", "compare", "data", "engine", "evaluate", "explain", "losses", "metrics", "networks", "push")
-__all__ = list(_SUBMODULES)
-
-
-def __getattr__(name: str) -> ModuleType:
-    if name not in _SUBMODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return importlib.import_module(f".{name}", __name__)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = exports(
+    __name__,
+    {
+        name: name
+        for name in (
+            "calibration",
+            "cli",
+            "compare",
+            "confidence",
+            "counterfactual",
+            "cv",
+            "data",
+            "engine",
+            "evaluate",
+            "explain",
+            "inference",
+            "losses",
+            "maps",
+            "metrics",
+            "networks",
+            "prototypes",
+            "prune",
+            "push",
+            "stack_4d",
+            "uncertainty",
+            "weights",
+        )
+    },
+)

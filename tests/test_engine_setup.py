@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from scripts.engine import (
-    autocast,
     configure_backends,
     ensure_synthetic_dataset,
     place,
@@ -15,6 +14,7 @@ from scripts.engine import (
 )
 from scripts.engine.fingerprint import volumes_fingerprint
 from scripts.engine.setup import SYNTHETIC_FINGERPRINT
+from scripts.networks.precision import autocast
 
 
 def test_deterministic_mode_wins_over_cudnn_benchmark(restore_backends):

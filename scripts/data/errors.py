@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+__all__ = ["DataError", "raise_or_skip"]
+
 logger = logging.getLogger(__name__)
 
 

@@ -10,6 +10,8 @@ import numpy as np
 
 from .errors import DataError
 
+__all__ = ["assign_folds", "split_fold", "split_validation"]
+
 
 def _patients_by_class(cases: Sequence[dict], key: str, source: str) -> dict[Any, list[str]]:
     """Sorted patient ids per class value ``case[key]``; a patient must have one class only."""

@@ -47,6 +47,21 @@ from monai.transforms import (
 
 from .foreground import foreground_mask
 
+__all__ = [
+    "CACHED_KEYS",
+    "CACHED_TENSOR_KEYS",
+    "FOREGROUND_KEY",
+    "WHOLE_TUMOUR_LABELS",
+    "FlattenBackgroundd",
+    "RandChannelwised",
+    "RecordForegroundd",
+    "augmentation_transforms",
+    "make_dataset",
+    "output_size",
+    "preprocessing_transforms",
+    "whole_tumour",
+]
+
 WHOLE_TUMOUR_LABELS = (1, 2, 4)
 """BraTS labels merged into the whole-tumour mask: 1 necrosis/non-enhancing, 2 oedema, 4 enhancing."""
 CACHED_KEYS = ("case_id", "image", "mask", "label")

@@ -11,6 +11,8 @@ import numpy as np
 
 from .errors import DataError, raise_or_skip
 
+__all__ = ["AFFINE_ATOL", "case_problems", "check_case", "validate_cases"]
+
 AFFINE_ATOL = 1e-3
 """Largest difference (mm) between two sequences' affines still taken as the same grid."""
 

@@ -1,65 +1,53 @@
-"""Training engine: the schedule as data, the staged iteration, and the ignite handlers named by the configs."""
+"""Training engine: the schedule as data, the staged iteration, and the ignite handlers named by the configs.
+"""
 
-from .balance import CLASS_BALANCE, ClassBalance, class_balance_weights, class_balanced_sampler
-from .calibration import FoldCalibration, calibrate_network, validation_logits
-from .distributed import BroadcastFromRank0, ShardedEpochMetric, distributed_forward
-from .epoch_log import EpochLog, LossProgressBar, write_epoch_tensorboard
-from .events import StageEvents, attach_stage_events
-from .evaluation import HeldOutReport, StageValidationHandler, balanced_accuracy_from_logits
-from .fingerprint import FirstBatchFingerprint
-from .handlers import EpochSeeder, PushAndLastLayer, StageHandler, epoch_seed
-from .iteration import StagedIteration, autocast, plain_tensor, train_last_layer_epoch
-from .persistence import EpochCheckpoint, FinalModelWriter, RNGState, atomic_save
-from .setup import (
-    compiled,
-    configure_backends,
-    configure_determinism,
-    ensure_synthetic_dataset,
-    place,
-    training_datalist,
+from __future__ import annotations
+
+from scripts.faces import exports
+
+__all__, __getattr__, __dir__ = exports(
+    __name__,
+    {
+        "CLASS_BALANCE": "balance",
+        "ClassBalance": "balance",
+        "class_balance_weights": "balance",
+        "class_balanced_sampler": "balance",
+        "FoldCalibration": "calibration",
+        "calibrate_network": "calibration",
+        "validation_logits": "calibration",
+        "BroadcastFromRank0": "distributed",
+        "ShardedEpochMetric": "distributed",
+        "distributed_forward": "distributed",
+        "EpochLog": "epoch_log",
+        "LossProgressBar": "epoch_log",
+        "write_epoch_tensorboard": "epoch_log",
+        "HeldOutReport": "evaluation",
+        "StageValidationHandler": "evaluation",
+        "balanced_accuracy_from_logits": "evaluation",
+        "StageEvents": "events",
+        "attach_stage_events": "events",
+        "FirstBatchFingerprint": "fingerprint",
+        "EpochSeeder": "handlers",
+        "LastLayerHandler": "handlers",
+        "PushHandler": "handlers",
+        "StageHandler": "handlers",
+        "epoch_seed": "handlers",
+        "StagedIteration": "iteration",
+        "plain_tensor": "iteration",
+        "train_last_layer_epoch": "iteration",
+        "EpochCheckpoint": "persistence",
+        "FinalModelWriter": "persistence",
+        "RNGState": "persistence",
+        "atomic_save": "persistence",
+        "compiled": "setup",
+        "configure_backends": "setup",
+        "configure_determinism": "setup",
+        "ensure_synthetic_dataset": "setup",
+        "place": "setup",
+        "training_datalist": "setup",
+        "STAGES": "stages",
+        "STAGE_GROUPS": "stages",
+        "Schedule": "stages",
+        "parameter_groups": "stages",
+    },
 )
-from .stages import STAGE_GROUPS, STAGES, Schedule, parameter_groups
-
-__all__ = [
-    "CLASS_BALANCE",
-    "STAGES",
-    "STAGE_GROUPS",
-    "BroadcastFromRank0",
-    "ClassBalance",
-    "EpochCheckpoint",
-    "EpochLog",
-    "EpochSeeder",
-    "FinalModelWriter",
-    "FoldCalibration",
-    "FirstBatchFingerprint",
-    "HeldOutReport",
-    "LossProgressBar",
-    "PushAndLastLayer",
-    "RNGState",
-    "Schedule",
-    "ShardedEpochMetric",
-    "StageEvents",
-    "StageHandler",
-    "StageValidationHandler",
-    "StagedIteration",
-    "atomic_save",
-    "attach_stage_events",
-    "autocast",
-    "calibrate_network",
-    "balanced_accuracy_from_logits",
-    "class_balance_weights",
-    "class_balanced_sampler",
-    "compiled",
-    "configure_backends",
-    "configure_determinism",
-    "distributed_forward",
-    "ensure_synthetic_dataset",
-    "epoch_seed",
-    "parameter_groups",
-    "place",
-    "plain_tensor",
-    "train_last_layer_epoch",
-    "training_datalist",
-    "validation_logits",
-    "write_epoch_tensorboard",
-]

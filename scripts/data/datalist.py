@@ -18,6 +18,7 @@ resolves them against the datalist file's own folder.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -166,11 +167,20 @@ def ensure_datalist(
     return datalist
 
 
-def main(dataset_dir: str, out: str, **options: Any) -> None:
-    """Build the datalist of ``dataset_dir`` (``options``: those of :func:`build_datalist`) and write it to
-    ``out`` (overwriting it); print a summary."""
+def _with_out(signature: inspect.Signature) -> inspect.Signature:
+    """``signature`` with a second parameter ``out: str`` (the command line of :func:`main`)."""
+    first, *rest = signature.parameters.values()
+    out = inspect.Parameter("out", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str")
+    return signature.replace(parameters=[first, out, *rest], return_annotation=None)
+
+
+def main(*args: Any, **kwargs: Any) -> None:
+    """Build the datalist of ``dataset_dir`` (:func:`build_datalist`'s arguments) and write it to ``out``
+    (overwriting it); print a summary."""
+    arguments = main.__signature__.bind(*args, **kwargs).arguments
+    out = arguments.pop("out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    datalist = build_datalist(dataset_dir, **options)
+    datalist = build_datalist(**arguments)
     write_datalist(datalist, out)
     counts = Counter((item["fold"], item["label_name"]) for item in datalist["training"])
     logger.info(
@@ -180,6 +190,8 @@ def main(dataset_dir: str, out: str, **options: Any) -> None:
     for fold in range(datalist["num_folds"]):
         logger.info("fold %d: %s", fold, {name: counts[(fold, name)] for name in datalist["class_names"]})
 
+
+main.__signature__ = _with_out(inspect.signature(build_datalist))  # --help lists its flags and defaults
 
 if __name__ == "__main__":
     fire.Fire(main)

@@ -28,6 +28,7 @@ centred on the brain's surface (clipped by it) and some cases with two foci.
 from __future__ import annotations
 
 import csv
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -436,16 +437,19 @@ def generate_pairs(
     return _write_cohort(Path(out), plans, _shape(shape), seed, extension, family)
 
 
-def main(out: str, **options: Any) -> None:
-    """Write the cohort (``options``: those of :func:`generate_dataset`) and print the time per case."""
+def main(*args: Any, **kwargs: Any) -> None:
+    """Write the cohort (:func:`generate_dataset`'s arguments) and print the time per case."""
+    out = inspect.signature(generate_dataset).bind(*args, **kwargs).arguments["out"]
     start = time.perf_counter()
-    records = generate_dataset(out, **options)
+    records = generate_dataset(*args, **kwargs)
     seconds = time.perf_counter() - start
     grades = [r["grade"] for r in records]
     family = records[0]["family"] if records else "no"
     print(f"{out}: {len(records)} cases of the {family} family ({grades.count('HGG')} HGG, {grades.count('LGG')} LGG), "
           f"{seconds / max(len(records), 1):.2f} s per case")
 
+
+main.__signature__ = inspect.signature(generate_dataset)  # so that --help lists its flags and defaults
 
 if __name__ == "__main__":
     fire.Fire(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -105,3 +106,16 @@ def tiny_baseline(name: str, seed: int = 0, **overrides) -> nn.Module:
     parser = baseline_parser(name, **{**tiny_sizes(name), **overrides})
     torch.manual_seed(seed)
     return parser.get_parsed_content("fold_model")
+
+
+def head_fields(**overrides) -> dict:
+    """Keyword fields of a :class:`~scripts.networks.PrototypeHead` with UMProtoShare's defaults (their one home)."""
+    from scripts.networks import PrototypeHead, UMProtoShare
+
+    head = inspect.signature(PrototypeHead).parameters
+    fields = {
+        name: parameter.default
+        for name, parameter in inspect.signature(UMProtoShare).parameters.items()
+        if name in head and head[name].kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    return {**fields, **overrides}

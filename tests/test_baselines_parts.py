@@ -29,7 +29,7 @@ from scripts.networks import (
 )
 from scripts.networks.attention import AxisGate
 from scripts.prototypes import ScaleTerms
-from tests.helpers import tiny_baseline
+from tests.helpers import head_fields, tiny_baseline
 from tests.test_inflate import ResNet2d
 
 BN = 1 / math.sqrt(1 + 1e-5)
@@ -175,7 +175,7 @@ def test_stage1_loss_multi_scale_flag_and_missing_inputs():
 
 def _head(**kwargs) -> PrototypeHead:
     torch.manual_seed(0)
-    return PrototypeHead(3, in_channels=8, num_prototypes=5, embed_dim=6, mapping_dim=7, **kwargs).eval()
+    return PrototypeHead(3, in_channels=8, num_prototypes=5, **head_fields(embed_dim=6, mapping_dim=7, **kwargs)).eval()
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "minmax_soft_mask"])

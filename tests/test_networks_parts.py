@@ -18,6 +18,7 @@ from scripts.networks import (
     prototype_descriptors,
     soft_mask,
 )
+from tests.helpers import head_fields
 
 
 def test_default_encoder_is_resnet152_layout_with_taps_64_256_512():
@@ -142,7 +143,7 @@ def test_backbone_rejects_bad_scales(scales):
 
 
 def _head(**kwargs) -> PrototypeHead:
-    return PrototypeHead(3, in_channels=8, num_prototypes=5, embed_dim=6, mapping_dim=7, **kwargs).eval()
+    return PrototypeHead(3, in_channels=8, num_prototypes=5, **head_fields(embed_dim=6, mapping_dim=7, **kwargs)).eval()
 
 
 def test_head_order_sigmoid_then_mask_then_normalise():

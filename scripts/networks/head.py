@@ -217,6 +217,9 @@ class HeadOutput(NamedTuple):
 class PrototypeHead(nn.Module):
     """One scale's add-on, mapping module and K_s prototypes; ``forward`` gives S_s (B, K_s).
 
+    Built by :class:`~scripts.networks.model.UMProtoShare`, whose signature holds the defaults of every
+    field below (the head has none of its own, so that they are written once).
+
     Args:
         spatial_dims: 3 (or 2).
         in_channels: C_s of the fused features.
@@ -240,14 +243,15 @@ class PrototypeHead(nn.Module):
         spatial_dims: int,
         in_channels: int,
         num_prototypes: int,
-        embed_dim: int = 128,
-        mapping_dim: int = 128,
-        addon_activation: str = "relu",
-        similarity_clamp: bool = False,
-        soft_mask_weight: float = 10.0,
-        soft_mask_threshold: float = 0.5,
-        map_activation: str = "soft_mask",
-        similarity_kind: str = "descriptor",
+        *,
+        embed_dim: int,
+        mapping_dim: int,
+        addon_activation: str,
+        similarity_clamp: bool,
+        soft_mask_weight: float,
+        soft_mask_threshold: float,
+        map_activation: str,
+        similarity_kind: str,
         addon_channels: int | None = None,
         map_init_coverage: float | None = None,
     ) -> None:

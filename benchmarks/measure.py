@@ -14,6 +14,7 @@ and inputs already in memory are not counted), so CPU and CUDA figures mean the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import statistics
@@ -27,7 +28,7 @@ import torch
 from monai.utils import look_up_option
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["MIB", "Runs", "emit", "median", "peak_memory", "seconds", "side_by_side", "synchronize", "timed"]
+__all__ = ["MIB", "Runs", "command_signature", "emit", "median", "peak_memory", "seconds", "side_by_side", "synchronize", "timed"]
 
 MIB = 2**20
 """Bytes per MiB."""
@@ -144,3 +145,14 @@ def emit(report: Mapping[str, Any], out: str | None = None) -> None:
     if out is not None:
         Path(out).write_text(text + "\n")
     print(text)
+
+
+def command_signature(main: Callable[..., Any], forwarded: Callable[..., Any], drop: Sequence[str] = ("configuration",)) -> inspect.Signature:
+    """What ``fire`` should read for ``main(own..., **options)`` that hands ``options`` to ``forwarded``.
+
+    ``main``'s own parameters, then ``forwarded``'s less ``drop``, all keyword-only: ``--help`` then lists
+    every flag with its default, and fire passes each as a keyword (so ``--help`` is never an option).
+    """
+    own = [p for p in inspect.signature(main).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    more = [p for name, p in inspect.signature(forwarded).parameters.items() if name not in drop]
+    return inspect.Signature([p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + more])

@@ -28,7 +28,7 @@ import torch
 from monai.utils import look_up_option
 
 from .bundle import batches_of, build_parts, load_config, synthetic_cohort
-from .measure import emit
+from .measure import command_signature, emit
 from .sections import ids_section, inference_section, training_section
 
 __all__ = ["DEFAULTS", "TARGETS", "main", "report"]
@@ -131,6 +131,8 @@ def main(tiny: bool = False, out: str | None = None, **options: Any) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     emit(report("tiny" if tiny else "full", **options), out)
 
+
+main.__signature__ = command_signature(main, report)  # --help lists report's flags too
 
 if __name__ == "__main__":
     fire.Fire(main)

@@ -46,7 +46,7 @@ from scripts.networks.folding import fold_batch_norms
 from scripts.networks.precision import autocast, cpu_info
 
 from .bundle import build_parts, engine_at, load_config
-from .measure import emit, median, side_by_side
+from .measure import command_signature, emit, median, side_by_side
 
 __all__ = ["OtherLoad", "conv_throughput", "official_network", "peak_rss", "report"]
 
@@ -288,6 +288,8 @@ def main(tiny: bool = False, out: str | None = None, save_reference: str | None 
             indent=2) + "\n")
     emit(result, out)
 
+
+main.__signature__ = command_signature(main, report)  # --help lists report's flags too
 
 if __name__ == "__main__":
     fire.Fire(main)

@@ -168,3 +168,13 @@ def test_peak_rss_is_reset_before_each_call():
 
     small, large = speed.peak_rss(lambda: None), speed.peak_rss(allocate)
     assert large - small >= 300 * MIB
+
+
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.speed"])
+def test_help_lists_the_forwarded_flags(module):
+    # main(tiny, out, ..., **options) forwards options to report(); fire used to pass --help on as an option and crash
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
+                          env={"PAGER": "cat", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = done.stdout + done.stderr  # fire writes help to stderr when not on a terminal
+    assert "--repeats" in shown and "--tiny" in shown and "--out" in shown

@@ -12,6 +12,8 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from scripts.networks import PrototypeHead, UMProtoShare
+
 
 def assert_identical(a, b, path: str = "") -> None:
     """Assert that two nested structures of tensors, dicts, lists and values are equal, bit for bit."""
@@ -110,8 +112,6 @@ def tiny_baseline(name: str, seed: int = 0, **overrides) -> nn.Module:
 
 def head_fields(**overrides) -> dict:
     """Keyword fields of a :class:`~scripts.networks.PrototypeHead` with UMProtoShare's defaults (their one home)."""
-    from scripts.networks import PrototypeHead, UMProtoShare
-
     head = inspect.signature(PrototypeHead).parameters
     fields = {
         name: parameter.default

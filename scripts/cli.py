@@ -127,7 +127,11 @@ def load_weights(
     if not result.ok:
         reason = f"does not fit the network: {result.describe()}; {suggest_stack(state, bundle_root)}"
         raise input_error(option, value, reason, errors_dir, debug=debug)
-    network.load_state_dict(state)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:  # keys fit, settings do not (UMProtoShare's addon_input)
+        reason = "does not fit the network: " + "; ".join(str(error).splitlines()[1:]).strip()
+        raise input_error(option, value, reason, errors_dir, debug=debug) from None
     return network
 
 

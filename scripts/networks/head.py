@@ -302,15 +302,19 @@ class PrototypeHead(nn.Module):
             return raw_maps, soft_mask(raw_maps, self.soft_mask_weight, self.soft_mask_threshold)
         return raw_maps, raw_maps
 
-    def run(self, features: Tensor, support: Optional[Tensor] = None) -> HeadOutput:
+    def run(self, features: Tensor, support: Optional[Tensor] = None, addon_input: Optional[Tensor] = None) -> HeadOutput:
         """All intermediate tensors from F_s (B, C_s, *S): maps → descriptors → S (or ProtoPNet's voxel path).
 
         ``support`` (B, 1, *S), 0/1 on this scale's grid, or None for the whole volume: each map is
         multiplied by it after the map activation (before Eq. 13's normalisation), so the maps, the
         descriptors (Eq. 14) and S draw nothing from outside it and are exactly zero there. M⁰ and M¹
         stay as the mapping module produced them (L_map's input).
+
+        ``addon_input`` (B, addon_channels, *S) is what the add-on reads instead of F_s's last
+        ``addon_channels`` channels (the model passes the encoder tap f_s for ``addon_input="encoder"``);
+        the mapping module always reads F_s.
         """
-        embeddings = self.addon(features[:, self.addon_start :])
+        embeddings = self.addon(features[:, self.addon_start :] if addon_input is None else addon_input)
         if self.mapping is None:
             if support is not None:
                 raise ValueError("map support needs a mapping module; similarity_kind='voxel_topk' has none.")
@@ -329,6 +333,6 @@ class PrototypeHead(nn.Module):
             similarities = prototype_similarity(descriptors, self.prototypes, self.similarity_clamp)
             return HeadOutput(hidden, raw_maps, soft_maps, maps, embeddings, descriptors, similarities, similarities)
 
-    def forward(self, features: Tensor, support: Optional[Tensor] = None) -> Tensor:
-        """S_s (B, K_s) from F_s (B, C_s, *S) and the optional map support (B, 1, *S) of :meth:`run`."""
-        return self.run(features, support).similarities
+    def forward(self, features: Tensor, support: Optional[Tensor] = None, addon_input: Optional[Tensor] = None) -> Tensor:
+        """S_s (B, K_s) from F_s (B, C_s, *S), the optional map support (B, 1, *S) and add-on input of :meth:`run`."""
+        return self.run(features, support, addon_input).similarities

@@ -20,7 +20,15 @@ from .classifier import PrototypeClassifier
 from .groups import GroupedNetwork, group_of
 from .head import PrototypeHead
 
-__all__ = ["BACKBONE_GROUPS", "CLASSIFIER_INITS", "MAP_SUPPORTS", "Explanation", "ScaleExplanation", "UMProtoShare"]
+__all__ = [
+    "ADDON_INPUTS",
+    "BACKBONE_GROUPS",
+    "CLASSIFIER_INITS",
+    "MAP_SUPPORTS",
+    "Explanation",
+    "ScaleExplanation",
+    "UMProtoShare",
+]
 
 CLASSIFIER_INITS = ("default", "balanced")
 """Start of a shared model's classifier: PyTorch's default init, or +1 / −0.5 with each scale's
@@ -29,6 +37,12 @@ prototypes dealt to the classes in turn (:meth:`UMProtoShare.balanced_assignment
 MAP_SUPPORTS = ("volume", "brain")
 """Where prototype maps may lie: ``volume`` (the paper: the whole input grid) or ``brain`` (the input's
 foreground, :func:`~scripts.data.foreground.foreground_mask`, on each scale's grid; zero elsewhere)."""
+
+ADDON_INPUTS = ("fused", "encoder")
+"""What each scale's add-on G_s reads: ``fused`` (the paper: F_s, encoder and decoder fused) or ``encoder``
+(the encoder tap f_s alone, whose receptive field is local; the mapping module still reads F_s). With
+``fusion="none"`` the two are the same tensor, and so they are for MAProtoNet's F_2, whose add-on part
+is f_2."""
 
 BACKBONE_GROUPS = ("encoder", "decoder", "fusion", "addon")
 """Parameter groups initialised from the backbone warm-up CNN by :meth:`UMProtoShare.load_backbone`."""
@@ -103,6 +117,9 @@ class UMProtoShare(GroupedNetwork):
         map_support_margin: with ``map_support="brain"``, leave out this many input voxels along the
             brain's border too (:func:`~scripts.data.foreground.erode`), where the brain/background edge
             makes features that compact maps latch onto.
+        addon_input: one of :data:`ADDON_INPUTS`. ``encoder``: a descriptor (Eq. 14) pools features of its
+            map's own neighbourhood, so a prototype can match only where its map lies; ``fused``: the
+            paper's G_s = add-on(F_s), where the decoder's features carry context from the whole volume.
         embed_dim: E.
         mapping_dim: hidden channels of the mapping module.
         addon_activation: "relu" or "sigmoid".
@@ -124,6 +141,10 @@ class UMProtoShare(GroupedNetwork):
 
     The baselines of Table 1 are settings of these fields: ``configs/baselines/*.json`` (their README).
     """
+
+    optional_state = ("addon_reads_encoder",)
+    """State-dict entries a checkpoint may lack (:func:`scripts.weights.optional_state_keys`): one written
+    before ``addon_input`` existed has no ``addon_reads_encoder`` and was trained with ``fused``."""
 
     def __init__(
         self,
@@ -152,8 +173,10 @@ class UMProtoShare(GroupedNetwork):
         map_support: str = "volume",
         map_support_margin: int = 0,
         decoder_kind: str = "paper",
+        addon_input: str = "fused",
     ) -> None:
         super().__init__()
+        self.addon_input = look_up_option(addon_input, ADDON_INPUTS)
         self.map_support = look_up_option(map_support, MAP_SUPPORTS)
         if map_support_margin < 0:
             raise ValueError(f"map_support_margin must be >= 0 voxels, got {map_support_margin}.")
@@ -217,6 +240,22 @@ class UMProtoShare(GroupedNetwork):
             with torch.no_grad():
                 self.classifier.weight.copy_(1.5 * start.T - 0.5)
         self.register_buffer("ownership", ownership, persistent=False)
+        self.register_buffer("addon_reads_encoder", torch.tensor(int(self.addon_input == "encoder"), dtype=torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        """A whole checkpoint (one with the classifier; :meth:`load_backbone` loads parts) must come from a
+        network whose add-ons read the same input: the weights alone cannot tell, and the other reading gives
+        other similarities without any error. One without the entry was written before it existed (fused)."""
+        key = prefix + "addon_reads_encoder"
+        if key in state_dict or prefix + "classifier.weight" in state_dict:
+            saved = ADDON_INPUTS[int(state_dict.get(key, 0))]
+            if saved != self.addon_input:
+                errors.append(
+                    f"the checkpoint was trained with addon_input='{saved}' and this network has "
+                    f"addon_input='{self.addon_input}': load it with --addon_input {saved}"
+                )
+            state_dict[key] = self.addon_reads_encoder.clone()  # a constant of the architecture, never loaded
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def set_map_shift(self, shift: float) -> None:
         """Shift every head's map pre-activation z by ``shift`` (> 0 widens the maps; 0 is the model itself)."""
@@ -281,6 +320,14 @@ class UMProtoShare(GroupedNetwork):
         """F_s (B, C_s, H_s, W_s, D_s) for each prototype scale in ``scales``, from x (B, C_in, H, W, D)."""
         return self.backbone(x)
 
+    def addon_inputs(self, taps: list[Tensor]) -> list[Optional[Tensor]]:
+        """Per prototype scale, what its add-on reads: the encoder tap f_s (``addon_input="encoder"``), or
+        None for the head's own slice of F_s."""
+        inputs: list[Optional[Tensor]] = []
+        for s in self.scales:
+            inputs.append(taps[s - 1] if self.addon_input == "encoder" else None)
+        return inputs
+
     def map_supports(self, x: Tensor, features: list[Tensor]) -> list[Optional[Tensor]]:
         """Per prototype scale, where its maps may lie: the brain of x on F_s's grid (B, 1, H_s, W_s, D_s),
         or None for the whole volume (``map_support="volume"``)."""
@@ -291,11 +338,13 @@ class UMProtoShare(GroupedNetwork):
 
     def similarities(self, x: Tensor) -> Tensor:
         """S(x, P) (B, K_total) from x (B, C_in, H, W, D)."""
-        features = self.fused_features(x)
+        taps, decoded = self.backbone.encode_decode(x)
+        features = self.backbone.fuse(taps, decoded)
         supports = self.map_supports(x, features)
+        addon_inputs = self.addon_inputs(taps)
         similarities: list[Tensor] = []
         for i, head in enumerate(self.heads.values()):
-            similarities.append(head(features[i], supports[i]))
+            similarities.append(head(features[i], supports[i], addon_inputs[i]))
         return torch.cat(similarities, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -324,9 +373,11 @@ class UMProtoShare(GroupedNetwork):
         inputs = self.backbone.fusion_inputs(taps, decoded)
         supports = self.map_supports(x, features)
         per_scale = [
-            ScaleExplanation(scale=s, features=f, gate=gate, **head.run(f, support)._asdict(), fusion_inputs=fused_from)
-            for s, f, gate, head, fused_from, support in zip(
-                self.scales, features, gates, self.heads.values(), inputs, supports
+            ScaleExplanation(
+                scale=s, features=f, gate=gate, **head.run(f, support, addon)._asdict(), fusion_inputs=fused_from
+            )
+            for s, f, gate, head, fused_from, support, addon in zip(
+                self.scales, features, gates, self.heads.values(), inputs, supports, self.addon_inputs(taps)
             )
         ]
         similarities = torch.cat([scale.similarities for scale in per_scale], dim=1)

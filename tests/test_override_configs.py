@@ -43,3 +43,29 @@ def test_a_restated_default_is_caught(tmp_path):
     path.write_text(json.dumps({"fusion": "gated"}))
     with pytest.raises(AssertionError, match="restates"):
         test_override_sets_only_existing_ids_to_new_values(str(path))
+
+
+def _macros(value, where: str):
+    """(where, macro) for every ``%file#id`` string in a config value, nested lists and dicts included."""
+    if isinstance(value, str) and value.startswith("%"):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _macros(item, f"{where}#{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _macros(item, f"{where}#{i}")
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").rglob("*.json")))
+def test_no_macro_points_at_another_macro(path):
+    """MONAI resolves a ``%file#id`` macro once: a target that is itself a macro stays a string such as
+    ``'%configs/inference.json::scale_combination'`` for a script that parses the stack once (the
+    counterfactual check crashed on it with the quick start's stack)."""
+    for where, macro in _macros(json.loads(Path(path).read_text()), path):
+        file, _, ref = macro[1:].partition("#")
+        target = ConfigParser()
+        target.read_config(file or path)
+        assert not (isinstance(target[ref], str) and target[ref].startswith("%")), (
+            f"{where}: {macro} points at {target[ref]!r}, another macro; point at its target instead"
+        )

@@ -74,3 +74,13 @@ def test_the_warm_up_cnn_still_initialises_an_encoder_reading_model():
     unused = model.load_backbone(cnn.state_dict())
     assert "addon_reads_encoder" not in unused and int(model.addon_reads_encoder) == 1
     torch.testing.assert_close(model.head(3).addon[0].weight, cnn.state_dict()["heads.scale3.addon.0.weight"])
+
+
+def test_without_a_decoder_the_two_readings_are_one_and_load_either_way():
+    """fusion='none' (every ProtoPNet-family baseline): F_s is f_s, so a checkpoint of either reading fits."""
+    x = torch.randn(1, 4, 32, 32, 24)
+    fused, encoder = tiny("fused", fusion="none"), tiny("encoder", fusion="none")
+    torch.testing.assert_close(fused(x), encoder(x))
+    encoder.load_state_dict(fused.state_dict())
+    fused.load_state_dict({k: v for k, v in encoder.state_dict().items() if k != "addon_reads_encoder"})
+    assert int(encoder.addon_reads_encoder) == 1 and int(fused.addon_reads_encoder) == 0

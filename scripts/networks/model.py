@@ -245,15 +245,17 @@ class UMProtoShare(GroupedNetwork):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
         """A whole checkpoint (one with the classifier; :meth:`load_backbone` loads parts) must come from a
         network whose add-ons read the same input: the weights alone cannot tell, and the other reading gives
-        other similarities without any error. One without the entry was written before it existed (fused)."""
+        other similarities without any error. One without the entry was written before it existed (fused).
+        Without a decoder (``fusion="none"``: F_s is f_s) the two readings are the same and not checked."""
         key = prefix + "addon_reads_encoder"
-        if key in state_dict or prefix + "classifier.weight" in state_dict:
-            saved = ADDON_INPUTS[int(state_dict.get(key, 0))]
-            if saved != self.addon_input:
-                errors.append(
-                    f"the checkpoint was trained with addon_input='{saved}' and this network has "
-                    f"addon_input='{self.addon_input}': load it with --addon_input {saved}"
-                )
+        whole = key in state_dict or prefix + "classifier.weight" in state_dict
+        saved = ADDON_INPUTS[int(state_dict.get(key, 0))]
+        if whole and self.backbone.decoder is not None and saved != self.addon_input:
+            errors.append(
+                f"the checkpoint was trained with addon_input='{saved}' and this network has "
+                f"addon_input='{self.addon_input}': load it with --addon_input {saved}"
+            )
+        if whole:
             state_dict[key] = self.addon_reads_encoder.clone()  # a constant of the architecture, never loaded
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 

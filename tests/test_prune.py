@@ -81,7 +81,7 @@ def test_a_state_dict_from_before_pruning_loads_with_every_prototype_active(tmp_
     other.classifier.prune([0])
     load_weights(other, tmp_path / "before.pt", "ckpt_path")
     assert other.active_columns.all()
-    assert optional_state_keys(other) == {"classifier.active"}
+    assert optional_state_keys(other) == {"classifier.active", "addon_reads_encoder"}
     assert fit(state, other.state_dict()).missing == ["classifier.active"]
     del state["classifier.weight"]
     torch.save(state, tmp_path / "broken.pt")

@@ -64,7 +64,10 @@ def test_tiny_quickstart_learns_without_collapse(quickstart):
     metrics = _metrics(quickstart.fold)
     assert metrics["bac"] > 0.5
     spread = metrics["similarity_spread"]
-    assert spread["mean"] >= 0.05 and spread["min"] > 0.01
+    # The collapse this guards against left every prototype's similarity flat (spread about 0.001). With
+    # add-ons on the encoder tap, a prototype matching tissue every case has is nearly flat on its own
+    # (min 0.002-0.013 on the full quick start) while the others vary: the mean carries the guard.
+    assert spread["mean"] >= 0.05 and spread["min"] > 0.0005
     comparison = json.loads((quickstart.root / "out" / "comparison.json").read_text())
     assert set(comparison["runs"]) == {"UM-ProtoShare", "CNN + Grad-CAM"}
     assert comparison["runs"]["UM-ProtoShare"]["bac"]["mean"] == pytest.approx(metrics["bac"])

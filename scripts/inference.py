@@ -62,8 +62,10 @@ class EvidenceWriter:
             ``evaluate.json`` uses the same).
         calibration: the model's calibration (``Calibration.load`` of the checkpoint: ``calibration.json``
             beside it); None: uncalibrated, and every output says so.
-        uncertainty_flips: measure each case's flip spread (:func:`scripts.uncertainty.flip_spread`, 8 more
+        uncertainty_flips: measure each case's flip spread (:func:`scripts.uncertainty.spread_of`, 8 more
             forward passes) for ``prediction.json`` and the caution banner.
+        flip_average: the probabilities shown are the mean over the case's 8 mirror images of the calibrated
+            probabilities (the same 8 passes; :func:`scripts.explain.evidence.explain_case`).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class EvidenceWriter:
         scale_combination: str = DEFAULT_SCALE_COMBINATION,
         calibration: Calibration | None = None,
         uncertainty_flips: bool = True,
+        flip_average: bool = True,
     ) -> None:
         if top_per_scale < 1:
             raise ValueError(f"top_per_scale must be at least 1, got {top_per_scale}.")
@@ -93,6 +96,7 @@ class EvidenceWriter:
         self.datalist_file = datalist_file
         self.calibration = Calibration() if calibration is None else calibration
         self.uncertainty_flips = bool(uncertainty_flips)
+        self.flip_average = bool(flip_average)
         self.files = CaseFiles(network, preprocessing, [str(n) for n in class_names], int(top_per_scale),
                                scale_combination, write_report)
         self._sources: SourceImages | None = None
@@ -125,7 +129,7 @@ class EvidenceWriter:
         device = next(self.network.parameters()).device
         with eval_mode(self.network):  # the evaluator restores train mode after its own forward
             evidence = explain_case(self.network, image.as_tensor().to(device), self.calibration,
-                                    self.uncertainty_flips)
+                                    self.uncertainty_flips, self.flip_average)
         folder = self.output_dir / case_id
         record = self.files.write(folder, self.cases[case_id], image, evidence, sources, self.push_dir)
         self._report(record, folder)
@@ -138,7 +142,7 @@ class EvidenceWriter:
         self.done.append({"case_id": case_id, "predicted_class": predicted, "probability": probability,
                           "warnings": record["warnings"]})
         logger.info("%s: %s (%s, %s%s) -> %s", case_id, predicted, probability_text(predicted, probability),
-                    calibration_note(record["calibration"]), "" if true_class is None else f", true {true_class}",
+                    calibration_note(record["calibration"], record.get("flip_average", False)), "" if true_class is None else f", true {true_class}",
                     folder)
         for warning in record["warnings"]:
             logger.warning("%s: %s", case_id, warning)

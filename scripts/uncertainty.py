@@ -3,7 +3,10 @@
 Training augments with random flips along every axis, so each of the 8 mirror images of a case is one the
 model was taught to grade alike. The spread of the predicted class's calibrated probability over them is
 small on clear phantoms and large on ambiguous ones (docs: "Confidence"), including ambiguous cases
-whose probability alone clears the low-confidence threshold.
+whose probability alone clears the low-confidence threshold. Their mean is the flip-averaged probability
+(``flip_average``, on by default): it keeps a clear case's probability and lowers an ambiguous one's where
+the mirror images disagree (docs: "Confidence", measured on the held-out folds and the evaluation-only
+phantoms).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from torch import Tensor, nn
 
 from scripts.calibration import Calibration
 
-__all__ = ["FLIP_SPREAD_CAUTION", "flip_axes", "flip_spread"]
+__all__ = ["FLIP_SPREAD_CAUTION", "flip_axes", "flip_probabilities", "flip_spread", "spread_of"]
 
 FLIP_SPREAD_CAUTION = 0.05
 """Above this flip spread the answer is flagged for caution (chosen on the evaluation-only ambiguous phantoms)."""
@@ -27,10 +30,47 @@ def flip_axes(spatial_dims: int = 3) -> list[tuple[int, ...]]:
     return [subset for size in range(spatial_dims + 1) for subset in itertools.combinations(axes, size)]
 
 
+def flip_probabilities(model: nn.Module, images: Tensor, calibration: Calibration | None = None) -> Tensor:
+    """Calibrated class probabilities of each case's 2^d mirror images (the identity first).
+
+    Runs ``model`` as it is (call ``eval()`` first) without gradient, one batch of 2^d copies per case. Their
+    mean over the mirror images is the flip-averaged probability (``flip_average``), their spread
+    (:func:`spread_of`) the flip spread.
+
+    Args:
+        model: logits (N, C) from images (N, C_in, *spatial).
+        images: (B, C_in, *spatial).
+        calibration: applied to each mirror image's logits (None: the plain softmax).
+
+    Returns:
+        (B, 2^d, C).
+    """
+    calibration = Calibration() if calibration is None else calibration
+    subsets = flip_axes(images.ndim - 2)
+    per_case = []
+    with torch.no_grad():
+        for image in images:
+            copies = torch.cat([image[None].flip(subset) if subset else image[None] for subset in subsets])
+            per_case.append(calibration.apply(model(copies).float().cpu()))
+    return torch.stack(per_case)
+
+
+def spread_of(probabilities: Tensor, predicted: Tensor) -> Tensor:
+    """Population standard deviation over the mirror images of the predicted class's probability.
+
+    Args:
+        probabilities: (B, F, C) from :func:`flip_probabilities`.
+        predicted: (B,) class indices.
+
+    Returns:
+        (B,) spreads in [0, 0.5].
+    """
+    chosen = probabilities.gather(2, predicted.view(-1, 1, 1).expand(-1, probabilities.shape[1], 1))[..., 0]
+    return chosen.std(dim=1, unbiased=False)
+
+
 def flip_spread(model: nn.Module, images: Tensor, calibration: Calibration | None = None) -> Tensor:
     """Population standard deviation, over the 2^d flips of each case, of its predicted class's calibrated probability.
-
-    Runs ``model`` as it is (call ``eval()`` first) without gradient, one batch of 2^d copies per case.
 
     Args:
         model: logits (N, C) from images (N, C_in, *spatial).
@@ -40,13 +80,5 @@ def flip_spread(model: nn.Module, images: Tensor, calibration: Calibration | Non
     Returns:
         (B,) spreads in [0, 0.5]; the predicted class is the argmax of the unflipped image's logits.
     """
-    calibration = Calibration() if calibration is None else calibration
-    subsets = flip_axes(images.ndim - 2)
-    spreads = []
-    with torch.no_grad():
-        for image in images:
-            copies = torch.cat([image[None].flip(subset) if subset else image[None] for subset in subsets])
-            probabilities = calibration.apply(model(copies).float().cpu())
-            predicted = int(probabilities[0].argmax())
-            spreads.append(probabilities[:, predicted].std(unbiased=False))
-    return torch.stack(spreads)
+    probabilities = flip_probabilities(model, images, calibration)
+    return spread_of(probabilities, probabilities[:, 0].argmax(dim=1))

@@ -171,13 +171,22 @@ def test_one_calibration_for_evaluation_inference_and_their_files(evaluated, tmp
         with torch.no_grad():
             logits = evaluated.network(image)[0]
         assert [row["logit_LGG"], row["logit_HGG"]] == pytest.approx(logits.tolist(), abs=1e-5)
-        assert [row["prob_LGG"], row["prob_HGG"]] == pytest.approx(torch.softmax(logits / 2.5, 0).tolist(), abs=1e-6)
+        single = torch.softmax(logits / 2.5, 0)
+        assert [row["single_prob_LGG"], row["single_prob_HGG"]] == pytest.approx(single.tolist(), abs=1e-6)
         assert [row["raw_prob_LGG"], row["raw_prob_HGG"]] == pytest.approx(torch.softmax(logits, 0).tolist(), abs=1e-6)
+        # flip_average (the default): the mean of the 8 mirror images' calibrated probabilities
+        mirrors = [image.flip(axes) for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+        with torch.no_grad():
+            averaged = torch.stack([torch.softmax(evaluated.network(m)[0] / 2.5, 0) for m in mirrors]).mean(0)
+        assert [row["prob_LGG"], row["prob_HGG"]] == pytest.approx(averaged.tolist(), abs=1e-6)
     labels = torch.tensor([row["label"] for row in rows])
-    for suffix, prefix in (("", "prob"), ("_raw", "raw_prob")):
+    assert metrics["flip_average"] is True
+    for suffix, prefix in (("", "prob"), ("_raw", "raw_prob"), ("_single", "single_prob")):
         probs = torch.tensor([[row[f"{prefix}_LGG"], row[f"{prefix}_HGG"]] for row in rows], dtype=torch.float64)
         for key, value in calibration_metrics(probs, labels).items():
             assert metrics[f"{key}{suffix}"] == pytest.approx(value, abs=1e-6)
+    singles = [int(row["single_prob_HGG"] > row["single_prob_LGG"]) for row in rows]
+    assert metrics["bac_single"] == pytest.approx(_bac(labels.tolist(), singles), abs=1e-12)
     assert (evaluated.fold_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # inference on a held-out case with the same weights reads the same calibration beside them
     case_id, item = next((row["case_id"], row) for row in rows)

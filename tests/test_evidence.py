@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_evidence_fixtures import GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
+from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
 
 from scripts.calibration import Calibration
 from scripts.data import preprocessing_transforms
@@ -150,6 +152,9 @@ def test_the_banner_reads_the_calibrated_probability():
     ]
     assert calibration_note(calibrated["calibration"]) == "calibrated (T = 2.00 on 12 validation cases)"
     assert calibration_note(raw["calibration"]) == "uncalibrated softmax"
+    assert calibration_note(calibrated["calibration"], flip_average=True) == (
+        "calibrated (T = 2.00 on 12 validation cases), mean of 8 mirror images"
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,3 +211,26 @@ def test_explain_case_contributions_sum_to_model_logits(tmp_path):
     torch.testing.assert_close(evidence.contributions.sum(1), logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(evidence.logits, logits)
     assert evidence.predicted == int(logits.argmax())
+
+
+def test_explain_case_flip_average_shows_the_mirror_images_mean_and_predicts_its_argmax(tmp_path):
+    item = write_case(tmp_path / "c", "c", seed=3)
+    image = torch.as_tensor(preprocessing_transforms(**GEOMETRY)(item)["image"])
+    torch.manual_seed(1)
+    model = UMProtoShare(**CONSTRUCTED).eval()  # random convolutions: not flip-invariant
+    calibration = Calibration(temperature=0.25, method="nll", cases=12)
+    mirrors = [image[None].flip(axes) for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+    with torch.no_grad():
+        per_mirror = torch.stack([torch.softmax(model(m)[0] / 0.25, 0) for m in mirrors])
+    assert float(per_mirror[:, 1].std()) > 1e-3 and float((per_mirror.mean(0) - per_mirror[0]).abs().max()) > 1e-5
+    evidence = explain_case(model, image, calibration, flips=True, flip_average=True)
+    torch.testing.assert_close(evidence.probabilities, per_mirror.mean(0), rtol=0, atol=1e-6)
+    assert evidence.predicted == int(per_mirror.mean(0).argmax()) and evidence.flip_average
+    predicted = evidence.predicted
+    assert evidence.flip_spread == pytest.approx(float(per_mirror[:, predicted].std(unbiased=False)), abs=1e-6)
+    single = explain_case(model, image, calibration, flips=True)
+    torch.testing.assert_close(single.probabilities, per_mirror[0], rtol=0, atol=1e-6)
+    assert single.flip_spread == pytest.approx(evidence.flip_spread, abs=1e-6) and not single.flip_average
+    record = prediction_record(evidence, [(1, k) for k in range(3)], ["LGG", "HGG"])
+    assert record["flip_average"] is True
+    assert record["probabilities"]["HGG"] == pytest.approx(float(per_mirror.mean(0)[1]), abs=1e-6)

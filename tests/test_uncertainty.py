@@ -10,20 +10,21 @@ from torch import nn
 
 from scripts.calibration import Calibration
 from scripts.explain.evidence import confidence_warnings
-from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_axes, flip_spread
+from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_axes, flip_probabilities, flip_spread, spread_of
 
 
 class _Sided(nn.Module):
-    """Logits [0, g·(mean of the first half along H − mean of the second half)] of channel 0."""
+    """Logits [0, g·(mean of the first half along H − mean of the second half) + b] of channel 0."""
 
-    def __init__(self, gain: float) -> None:
+    def __init__(self, gain: float, bias: float = 0.0) -> None:
         super().__init__()
         self.gain = gain
+        self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[2] // 2
         side = x[:, 0, :half].flatten(1).mean(1) - x[:, 0, half:].flatten(1).mean(1)
-        return torch.stack([torch.zeros_like(side), self.gain * side], dim=1)
+        return torch.stack([torch.zeros_like(side), self.gain * side + self.bias], dim=1)
 
 
 def test_flip_axes_are_every_subset_of_the_spatial_axes():
@@ -44,6 +45,29 @@ def test_flip_spread_hand_computed():
     assert flip_spread(model, image, calibration).item() == pytest.approx(1 / (1 + math.exp(-1.0)) - 0.5, abs=1e-6)
     symmetric = torch.ones(2, 1, 4, 2, 2)  # no side: every flip gives the same answer
     assert torch.equal(flip_spread(model, symmetric), torch.zeros(2))
+
+
+def test_flip_average_hand_computed_can_change_the_predicted_class():
+    image = torch.zeros(1, 1, 4, 2, 2)
+    image[0, 0, :2] = 1.0
+    model = _Sided(gain=2.0, bias=-0.5)
+    # unflipped: p(1) = σ(2 − 0.5) = 0.8176, predicted 1; the 4 flips along H: σ(−2 − 0.5) = 0.0759
+    mirrored = flip_probabilities(model, image)
+    assert mirrored.shape == (1, 8, 2)
+    high, low = 1 / (1 + math.exp(-1.5)), 1 / (1 + math.exp(2.5))
+    expected = torch.tensor([high if 2 not in axes else low for axes in flip_axes(3)])
+    torch.testing.assert_close(mirrored[0, :, 1], expected, rtol=0, atol=1e-6)
+    mean = mirrored.mean(dim=1)[0]
+    assert mean[1].item() == pytest.approx((high + low) / 2, abs=1e-6)  # 0.4467: the average predicts class 0
+    assert int(mean.argmax()) == 0 and int(mirrored[0, 0].argmax()) == 1
+    # the spread is the same for either class of a binary model: (0.8176 − 0.0759) / 2
+    for predicted in (0, 1):
+        assert spread_of(mirrored, torch.tensor([predicted])).item() == pytest.approx((high - low) / 2, abs=1e-6)
+    calibration = Calibration(temperature=0.5, method="nll", cases=10)
+    sharpened = flip_probabilities(model, image, calibration)[0, :, 1]  # each mirror's logits divided by T first
+    assert sharpened[0].item() == pytest.approx(1 / (1 + math.exp(-3.0)), abs=1e-6)
+    with pytest.raises(RuntimeError):  # a class index outside C
+        spread_of(mirrored, torch.tensor([2]))
 
 
 def test_the_banner_fires_on_an_unstable_answer_whose_probability_is_high():

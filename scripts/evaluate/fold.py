@@ -51,7 +51,7 @@ from scripts.metrics import (
     similarity_spread,
 )
 from scripts.networks import UMProtoShare, resolve_precision, unwrap
-from scripts.uncertainty import flip_spread
+from scripts.uncertainty import flip_probabilities, spread_of
 
 from .missing import missing_sequence_bac
 from .outputs import plot_deletion_curve, save_volume, write_case_table, write_json
@@ -298,10 +298,13 @@ class FoldEvaluator:
         push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
         precision: the network's precision during the evaluation (:data:`~scripts.networks.PRECISIONS`);
             the network's own setting is restored afterwards.
-        uncertainty_flips: also measure each case's flip spread (:func:`scripts.uncertainty.flip_spread`, 8
+        uncertainty_flips: also measure each case's flip spread (:func:`scripts.uncertainty.spread_of`, 8
             forward passes per case): ``flip_spread`` and ``caution`` (the report's banner would fire, for any
             of :func:`~scripts.explain.evidence.confidence_warnings`' reasons) in ``per_case.csv``, their
             means in ``metrics.json``; bool or "true"/"false".
+        flip_average: the probabilities evaluated (BAC, calibration, ``prob_*``) are the mean over each case's
+            8 mirror images of the calibrated probabilities, as inference shows them; the single pass's
+            calibrated ones are kept as ``single_prob_*`` and ``*_single`` (bool or "true"/"false").
 
     Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
     number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
@@ -334,6 +337,7 @@ class FoldEvaluator:
         push_dir: str | PathLike | None = None,
         precision: str = "fp32",
         uncertainty_flips: bool | str = True,
+        flip_average: bool | str = True,
     ) -> None:
         if min(batch_size, ids_batch_size, ids_steps, top_prototypes) < 1:
             raise ValueError(
@@ -364,26 +368,31 @@ class FoldEvaluator:
         self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
         self.precision = resolve_precision(precision, self.device)
         self.uncertainty_flips = as_flag(uncertainty_flips, "uncertainty_flips")
+        self.flip_average = as_flag(flip_average, "flip_average")
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
 
+    def _mirrored(self, images: Sequence[Tensor], calibration: Calibration) -> Tensor | None:
+        """(N, 8, C) calibrated probabilities of each case's mirror images, or None when neither flip option is on."""
+        if not (self.uncertainty_flips or self.flip_average):
+            return None
+        return torch.cat([flip_probabilities(self.network, image[None].to(self.device), calibration) for image in images])
+
     def _caution(
-        self, model: nn.Module, images: Sequence[Tensor], probs: Tensor, similarities: Tensor | None,
-        calibration: Calibration,
+        self, model: nn.Module, probs: Tensor, similarities: Tensor | None, mirrored: Tensor | None
     ) -> dict[str, Tensor] | None:
         """Per case ``flip_spread`` and ``caution`` (the banner's verdict), or None without ``uncertainty_flips``."""
-        if not self.uncertainty_flips:
+        if not self.uncertainty_flips or mirrored is None:
             return None
         active = model.active_columns.cpu() if isinstance(model, UMProtoShare) else None
-        spreads, flags = [], []
-        for i, image in enumerate(images):
-            spread = float(flip_spread(self.network, image[None].to(self.device), calibration)[0])
+        spreads = spread_of(mirrored, probs.argmax(dim=1))
+        flags = []
+        for i, spread in enumerate(spreads.tolist()):
             shown = dict(zip(self.class_names, probs[i].tolist()))
             case_similarities = None if similarities is None else similarities[i][active].tolist()
-            spreads.append(spread)
             flags.append(bool(confidence_warnings(shown, case_similarities, spread)))
-        return {"flip_spread": torch.tensor(spreads), "caution": torch.tensor(flags, dtype=torch.float64)}
+        return {"flip_spread": spreads, "caution": torch.tensor(flags, dtype=torch.float64)}
 
     @property
     def errors_file(self) -> Path:
@@ -418,15 +427,20 @@ class FoldEvaluator:
             self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only,
             self.top_prototypes,
         )
-        probs = calibration.apply(result.logits)
+        single = calibration.apply(result.logits)
         images = _Images(self.dataset)
+        mirrored = self._mirrored(images, calibration)
+        probs = mirrored.mean(dim=1) if self.flip_average else single
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
         ids = incremental_deletion_score(curve)
-        caution = self._caution(model, images, probs, result.similarities, calibration)
+        caution = self._caution(model, probs, result.similarities, mirrored)
         metrics: dict[str, Any] = {
             **classification_metrics(result.labels, probs),
             **calibration_metrics(probs, result.labels),
             **{f"{key}_raw": value for key, value in calibration_metrics(result.probs, result.labels).items()},
+            **{f"{key}_single": value for key, value in calibration_metrics(single, result.labels).items()},
+            "bac_single": classification_metrics(result.labels, single)["bac"],
+            "flip_average": self.flip_average,
             "calibration": calibration.to_dict(),
             "ap": float(result.ap.mean()),
             "ids": ids,
@@ -453,6 +467,7 @@ class FoldEvaluator:
             "caution_rate": None if caution is None else float(caution["caution"].mean()),
         }
         extra = {f"raw_prob_{name}": result.probs[:, c] for c, name in enumerate(self.class_names)}
+        extra.update({f"single_prob_{name}": single[:, c] for c, name in enumerate(self.class_names)})
         extra.update({f"logit_{name}": result.logits[:, c] for c, name in enumerate(self.class_names)})
         extra.update({} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks})
         extra.update({} if caution is None else caution)

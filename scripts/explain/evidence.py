@@ -27,7 +27,7 @@ from scripts.calibration import Calibration, format_probability
 from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
 from scripts.prototypes import soft_class_coefficients
-from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
+from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_probabilities, spread_of
 
 __all__ = [
     "DRIVING_DOMINANCE",
@@ -172,12 +172,13 @@ def probability_text(name: str, probability: float) -> str:
     return f"p({name}) {text}" if text[0] in "<>" else f"p({name}) = {text}"
 
 
-def calibration_note(calibration: Mapping[str, Any]) -> str:
-    """What a reader is told about a record's ``calibration``: ``calibrated (T = 2.31 on 12 validation cases)``
-    or ``uncalibrated softmax``."""
+def calibration_note(calibration: Mapping[str, Any], flip_average: bool = False) -> str:
+    """What a reader is told about a record's ``calibration`` (and ``flip_average``): ``calibrated (T = 2.31 on
+    12 validation cases)`` or ``uncalibrated softmax``, then ``, mean of 8 mirror images`` when averaged."""
+    mirrored = ", mean of 8 mirror images" if flip_average else ""
     if calibration.get("method", "none") == "none":
-        return "uncalibrated softmax"
-    return f"calibrated (T = {calibration['temperature']:.2f} on {calibration['cases']} validation cases)"
+        return f"uncalibrated softmax{mirrored}"
+    return f"calibrated (T = {calibration['temperature']:.2f} on {calibration['cases']} validation cases){mirrored}"
 
 
 def unit_scaled(volume: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
@@ -218,7 +219,8 @@ class CaseEvidence:
     logits: Tensor
     """(C,)."""
     probabilities: Tensor
-    """(C,), the calibrated probabilities: softmax of the logits / the calibration's temperature."""
+    """(C,), the calibrated probabilities: softmax of the logits / the calibration's temperature, averaged over
+    the image's mirror images when ``flip_average``."""
     raw_probabilities: Tensor
     """(C,), softmax of the logits."""
     calibration: Calibration
@@ -243,6 +245,9 @@ class CaseEvidence:
     """(K,) bool: the prototypes the classifier reads (False where pruned)."""
     flip_spread: float | None = None
     """Spread of the predicted class's calibrated probability over the image's mirror images; None: not measured."""
+    flip_average: bool = False
+    """True: ``probabilities`` (and ``predicted``) are the mean over the image's mirror images of the calibrated
+    probabilities; False: the calibrated probabilities of the image as given."""
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
@@ -250,7 +255,11 @@ class CaseEvidence:
 
 
 def explain_case(
-    model: UMProtoShare, image: Tensor, calibration: Calibration | None = None, flips: bool = False
+    model: UMProtoShare,
+    image: Tensor,
+    calibration: Calibration | None = None,
+    flips: bool = False,
+    flip_average: bool = False,
 ) -> CaseEvidence:
     """Run ``model`` (in its current mode, without gradient) on one preprocessed case and collect its evidence.
 
@@ -258,7 +267,9 @@ def explain_case(
         model: a UM-ProtoShare (call ``eval()`` first).
         image: (C_in, H, W, D), on the model's device.
         calibration: the model's calibration (``calibration.json`` beside its weights); None: uncalibrated.
-        flips: also measure the flip spread (:func:`scripts.uncertainty.flip_spread`: 8 more forward passes).
+        flips: also measure the flip spread (:func:`scripts.uncertainty.spread_of`: 8 more forward passes).
+        flip_average: the probabilities shown (and the predicted class, whose evidence is sorted first) are the
+            mean over the 8 mirror images of the calibrated probabilities (the same 8 passes).
     """
     calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
@@ -267,12 +278,15 @@ def explain_case(
         contributions = prototype_contributions(explanation.similarities, weight)[0]
         delta = sequence_evidence(model, image, explanation.similarities)
     logits = explanation.logits[0].float().cpu()
+    mirrored = flip_probabilities(model, image[None], calibration) if flips or flip_average else None
+    probabilities = mirrored[0].mean(dim=0) if flip_average else calibration.apply(logits)
+    predicted = int(probabilities.argmax())
     return CaseEvidence(
         logits=logits,
-        probabilities=calibration.apply(logits),
+        probabilities=probabilities,
         raw_probabilities=torch.softmax(logits, dim=0),
         calibration=calibration,
-        predicted=int(logits.argmax()),
+        predicted=predicted,
         similarities=explanation.similarities[0].float().cpu(),
         classifier_weight=weight.float().cpu(),
         zeta=soft_class_coefficients(weight).float().cpu(),
@@ -281,7 +295,8 @@ def explain_case(
         maps_per_scale=[entry.maps[0].float().cpu() for entry in explanation.per_scale],
         scales=[entry.scale for entry in explanation.per_scale],
         active=model.active_columns.cpu(),
-        flip_spread=float(flip_spread(model, image[None], calibration)[0]) if flips else None,
+        flip_spread=float(spread_of(mirrored, torch.tensor([predicted]))[0]) if flips else None,
+        flip_average=flip_average,
     )
 
 
@@ -365,8 +380,9 @@ def prediction_record(
     """The JSON-ready answer for one case: grade, raw logits, probabilities and every prototype's evidence.
 
     ``probabilities`` are calibrated (``calibration``: the temperature, method and validation cases it was
-    fitted on; method "none" when the model has none), ``raw_probabilities`` the plain softmax; the
-    low-confidence warning reads the calibrated ones. ``flip_spread`` is the evidence's (None: not measured).
+    fitted on; method "none" when the model has none) and, when ``flip_average`` is true, averaged over the
+    8 mirror images; ``raw_probabilities`` the plain softmax of the image as given; the low-confidence
+    warning reads ``probabilities``. ``flip_spread`` is the evidence's (None: not measured).
 
     Prototypes (pruned ones left out) are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
@@ -421,6 +437,7 @@ def prediction_record(
         "probabilities": probabilities,
         "raw_probabilities": _by_class(evidence.raw_probabilities, class_names),
         "calibration": evidence.calibration.to_dict(),
+        "flip_average": evidence.flip_average,
         "flip_spread": evidence.flip_spread,
         "warnings": confidence_warnings(
             probabilities, evidence.similarities[evidence.active].tolist(), evidence.flip_spread

@@ -176,6 +176,7 @@ class GliomaGradingInfer(BundleInferTask):
                 scale_combination=self.bundle_config.get_parsed_content("scale_combination"),
                 calibration=self.bundle_config.get_parsed_content("calibration"),
                 uncertainty_flips=self.bundle_config.get_parsed_content("uncertainty_flips"),
+                flip_average=self.bundle_config.get_parsed_content("flip_average"),
             )
             record = {**writer.write_case(name, data["image"]), "files": {"image": path}}
             handle, evidence_file = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{name}_evidence_")

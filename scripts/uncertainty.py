@@ -14,11 +14,12 @@ from __future__ import annotations
 import itertools
 
 import torch
+from monai.inferers import Inferer
 from torch import Tensor, nn
 
 from scripts.calibration import Calibration
 
-__all__ = ["FLIP_SPREAD_CAUTION", "flip_axes", "flip_probabilities", "flip_spread", "spread_of"]
+__all__ = ["FLIP_SPREAD_CAUTION", "CalibratedInferer", "flip_axes", "flip_probabilities", "flip_spread", "spread_of"]
 
 FLIP_SPREAD_CAUTION = 0.05
 """Above this flip spread the answer is flagged for caution (chosen on the evaluation-only ambiguous phantoms)."""
@@ -82,3 +83,26 @@ def flip_spread(model: nn.Module, images: Tensor, calibration: Calibration | Non
     """
     probabilities = flip_probabilities(model, images, calibration)
     return spread_of(probabilities, probabilities[:, 0].argmax(dim=1))
+
+
+class CalibratedInferer(Inferer):
+    """The probabilities a reader is shown, as a MONAI inferer (``inferer`` of ``configs/inference.json``, which
+    the bundle's evaluator and the MONAI Label app run): softmax(logits / T) of the image as given, or with
+    ``flip_average`` the mean over its 2^d mirror images of that (:func:`flip_probabilities`).
+
+    Args:
+        calibration: the served model's calibration (None: the plain softmax).
+        flip_average: average over the mirror images (2^d forward passes per case) or not (one).
+    """
+
+    def __init__(self, calibration: Calibration | None = None, flip_average: bool = True) -> None:
+        super().__init__()
+        self.calibration = Calibration() if calibration is None else calibration
+        self.flip_average = bool(flip_average)
+
+    def __call__(self, inputs: Tensor, network: nn.Module, *args, **kwargs) -> Tensor:
+        """(B, C) probabilities of images (B, C_in, *spatial), on the inputs' device."""
+        if self.flip_average:
+            return flip_probabilities(network, inputs, self.calibration).mean(dim=1).to(inputs.device)
+        with torch.no_grad():
+            return self.calibration.apply(network(inputs, *args, **kwargs).float())

@@ -141,12 +141,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_synthetic_root: Path) 
     network.classifier.prune(PRUNED)  # a pruned model is served from its weights alone
     torch.save(network.state_dict(), weights)
     Calibration(temperature=3.0, method="platt_targets", cases=12, separated=True).save(tmp)  # beside the weights
-    reference = {}
+    reference, single = {}, {}
     for case in CASES:
-        run(config_file=[str(ROOT / "configs" / "inference.json"), str(extra)], logging_file=False,
-            bundle_root=str(ROOT), input_dir=str(data_synthetic_root / case), output_dir=str(tmp / "reference"),
-            ckpt_path=str(weights), write_report=False)
-        reference[case] = json.loads((tmp / "reference" / case / "prediction.json").read_text())
+        for answers, folder, flip_average in ((reference, "reference", True), (single, "single", False)):
+            run(config_file=[str(ROOT / "configs" / "inference.json"), str(extra)], logging_file=False,
+                bundle_root=str(ROOT), input_dir=str(data_synthetic_root / case), output_dir=str(tmp / folder),
+                ckpt_path=str(weights), write_report=False, flip_average=flip_average)
+            answers[case] = json.loads((tmp / folder / case / "prediction.json").read_text())
     process, url, log = _start(tmp, studies, weights, extra)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -158,7 +159,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_synthetic_root: Path) 
                     break
             except OSError:
                 time.sleep(0.5)
-        yield SimpleNamespace(url=url, studies=studies, tmp=tmp, extra=extra, reference=reference, process=process)
+        yield SimpleNamespace(url=url, studies=studies, tmp=tmp, extra=extra, reference=reference, single=single,
+                              process=process)
     finally:
         _stop(process)
 
@@ -181,8 +183,13 @@ def test_json_scores_are_the_bundles_own_inference_with_its_evidence_record(serv
     assert sum(scores) == pytest.approx(1.0, abs=1e-6)
     expected = [reference["probabilities"][name] for name in reference["class_names"]]
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
-    logits = torch.tensor([reference["logits"][name] for name in reference["class_names"]])
-    np.testing.assert_allclose(scores, torch.softmax(logits / 3.0, 0).tolist(), rtol=0, atol=1e-5)  # calibrated
+    assert answer["evidence"]["flip_average"] is True and reference["flip_average"] is True  # the bundle's default
+    # the single pass of the same weights (--flip_average false) is softmax(logits / T): calibrated
+    single = server.single[case]
+    logits = torch.tensor([single["logits"][name] for name in single["class_names"]])
+    calibrated = [single["probabilities"][name] for name in single["class_names"]]
+    np.testing.assert_allclose(calibrated, torch.softmax(logits / 3.0, 0).tolist(), rtol=0, atol=1e-5)
+    assert single["logits"] == pytest.approx(reference["logits"], abs=1e-6) and single["flip_average"] is False
     assert answer["evidence"]["calibration"] == reference["calibration"] and reference["calibration"]["cases"] == 12
     evidence = answer["evidence"]
     assert evidence["files"] == {"image": str((server.studies / f"{case}.nii.gz").resolve())}

@@ -78,7 +78,8 @@ def test_tiny_quickstart_learns_without_collapse(quickstart):
 
 def test_tiny_quickstart_calibrates_both_models_on_the_held_in_split(quickstart):
     """UM-ProtoShare and its CNN each get a temperature fitted on the validation split alone, which their
-    evaluations apply: the CSV's probabilities are softmax(logits / T) and the comparison carries the ECE."""
+    evaluations apply: the CSV's single-pass probabilities are softmax(logits / T) (those shown average the
+    mirror images, tests/test_evaluate.py) and the comparison carries the ECE."""
     parser = quickstart.parser
     validation = {item["case_id"] for item in parser.get_parsed_content("validate#items")}
     trained = {item["case_id"] for item in parser.get_parsed_content("train#items")}
@@ -94,7 +95,7 @@ def test_tiny_quickstart_calibrates_both_models_on_the_held_in_split(quickstart)
         rows = read_case_table(folder / "per_case.csv")
         for row in rows:
             logits = torch.tensor([row["logit_LGG"], row["logit_HGG"]])
-            assert row["prob_HGG"] == pytest.approx(float(torch.softmax(logits / temperature, 0)[1]), abs=1e-6)
+            assert row["single_prob_HGG"] == pytest.approx(float(torch.softmax(logits / temperature, 0)[1]), abs=1e-6)
         assert comparison["runs"][name]["ece"]["mean"] == pytest.approx(metrics["ece"])
 
 

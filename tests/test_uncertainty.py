@@ -10,7 +10,14 @@ from torch import nn
 
 from scripts.calibration import Calibration
 from scripts.explain.evidence import confidence_warnings
-from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_axes, flip_probabilities, flip_spread, spread_of
+from scripts.uncertainty import (
+    FLIP_SPREAD_CAUTION,
+    CalibratedInferer,
+    flip_axes,
+    flip_probabilities,
+    flip_spread,
+    spread_of,
+)
 
 
 class _Sided(nn.Module):
@@ -68,6 +75,22 @@ def test_flip_average_hand_computed_can_change_the_predicted_class():
     assert sharpened[0].item() == pytest.approx(1 / (1 + math.exp(-3.0)), abs=1e-6)
     with pytest.raises(RuntimeError):  # a class index outside C
         spread_of(mirrored, torch.tensor([2]))
+
+
+def test_calibrated_inferer_is_the_shown_probability_with_and_without_the_flip_average():
+    image = torch.zeros(1, 1, 4, 2, 2)
+    image[0, 0, :2] = 1.0
+    model = _Sided(gain=2.0, bias=-0.5)
+    calibration = Calibration(temperature=2.0, method="nll", cases=10)
+    # T = 2: unflipped σ((2 − 0.5) / 2) = σ(0.75); the 4 flips along H σ(−1.25); the mean of the 8
+    averaged = CalibratedInferer(calibration)(image, model)
+    expected = (1 / (1 + math.exp(-0.75)) + 1 / (1 + math.exp(1.25))) / 2
+    assert averaged.shape == (1, 2) and averaged[0, 1].item() == pytest.approx(expected, abs=1e-6)
+    single = CalibratedInferer(calibration, flip_average=False)(image, model)
+    assert single[0, 1].item() == pytest.approx(1 / (1 + math.exp(-0.75)), abs=1e-6)
+    assert CalibratedInferer()(image, model)[0, 1].item() == pytest.approx(  # no calibration: the plain softmax
+        (1 / (1 + math.exp(-1.5)) + 1 / (1 + math.exp(2.5))) / 2, abs=1e-6
+    )
 
 
 def test_the_banner_fires_on_an_unstable_answer_whose_probability_is_high():

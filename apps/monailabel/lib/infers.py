@@ -85,7 +85,9 @@ class GliomaGradingInfer(BundleInferTask):
     network and calibrated softmax; with the request's ``evidence`` (default true) also its prototype evidence.
 
     The result JSON has MONAI Label's ``prediction`` (``idx``, ``label`` from the metadata, ``score`` =
-    probability, calibrated by ``calibration.json`` beside ``model_path`` when there is one) and, with evidence, ``evidence``: what the bundle's inference writes to
+    probability, calibrated by ``calibration.json`` beside ``model_path`` when there is one and averaged over
+    the study's 8 mirror images with the bundle's ``flip_average``: the bundle's ``inferer``,
+    :class:`scripts.uncertainty.CalibratedInferer`) and, with evidence, ``evidence``: what the bundle's inference writes to
     ``prediction.json``; the result file is then the predicted class's evidence map (Eq. 28) on the
     study's grid.
 

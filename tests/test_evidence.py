@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import nibabel as nib
@@ -155,6 +156,20 @@ def test_the_banner_reads_the_calibrated_probability():
     assert calibration_note(calibrated["calibration"], flip_average=True) == (
         "calibrated (T = 2.00 on 12 validation cases), mean of 8 mirror images"
     )
+
+
+def test_the_banner_says_when_the_mirror_images_mean_grades_otherwise_than_the_image_as_given():
+    # logits LGG -0.6, HGG 1.1 (the image as given: HGG); a flip average that favours LGG
+    base = _evidence()
+    averaged = dataclasses.replace(base, probabilities=torch.tensor([0.55, 0.45]), predicted=0, flip_average=True)
+    record = prediction_record(averaged, [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])
+    assert record["predicted_class"] == "LGG" and record["flip_average"] is True
+    assert "the image as given is graded HGG (its logits), the mean of its 8 mirror images LGG" in record["warnings"]
+    agreeing = dataclasses.replace(base, probabilities=torch.tensor([0.05, 0.95]), flip_average=True)
+    assert prediction_record(agreeing, [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])["warnings"] == []
+    single = dataclasses.replace(base, probabilities=torch.tensor([0.55, 0.45]), predicted=0)  # not averaged
+    assert not any("image as given" in w for w in prediction_record(single, [(1, 0), (1, 1), (1, 2)],
+                                                                     ["LGG", "HGG"])["warnings"])
 
 
 @pytest.mark.parametrize(

@@ -380,7 +380,7 @@ class FoldEvaluator:
         return torch.cat([flip_probabilities(self.network, image[None].to(self.device), calibration) for image in images])
 
     def _caution(
-        self, model: nn.Module, probs: Tensor, similarities: Tensor | None, mirrored: Tensor | None
+        self, model: nn.Module, probs: Tensor, single: Tensor, similarities: Tensor | None, mirrored: Tensor | None
     ) -> dict[str, Tensor] | None:
         """Per case ``flip_spread`` and ``caution`` (the banner's verdict), or None without ``uncertainty_flips``."""
         if not self.uncertainty_flips or mirrored is None:
@@ -391,7 +391,8 @@ class FoldEvaluator:
         for i, spread in enumerate(spreads.tolist()):
             shown = dict(zip(self.class_names, probs[i].tolist()))
             case_similarities = None if similarities is None else similarities[i][active].tolist()
-            flags.append(bool(confidence_warnings(shown, case_similarities, spread)))
+            single_class = self.class_names[int(single[i].argmax())] if self.flip_average else None
+            flags.append(bool(confidence_warnings(shown, case_similarities, spread, single_class)))
         return {"flip_spread": spreads, "caution": torch.tensor(flags, dtype=torch.float64)}
 
     @property
@@ -433,7 +434,7 @@ class FoldEvaluator:
         probs = mirrored.mean(dim=1) if self.flip_average else single
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
         ids = incremental_deletion_score(curve)
-        caution = self._caution(model, probs, result.similarities, mirrored)
+        caution = self._caution(model, probs, single, result.similarities, mirrored)
         metrics: dict[str, Any] = {
             **classification_metrics(result.labels, probs),
             **calibration_metrics(probs, result.labels),

@@ -141,16 +141,26 @@ def driving_sequence(delta: Mapping[str, float]) -> str | None:
 
 
 def confidence_warnings(
-    probabilities: Mapping[str, float], similarities: Sequence[float] | None, flip_spread: float | None = None
+    probabilities: Mapping[str, float],
+    similarities: Sequence[float] | None,
+    flip_spread: float | None = None,
+    single_pass_class: str | None = None,
 ) -> list[str]:
     """Reasons to read an answer with caution: empty when the top probability, the spread of the case's
     similarities over its prototypes and, when measured, its flip spread (:func:`scripts.uncertainty.flip_spread`)
     clear :data:`LOW_PROBABILITY`, :data:`LOW_SIMILARITY_SPREAD` and :data:`~scripts.uncertainty.FLIP_SPREAD_CAUTION`
-    (``similarities`` None: a model without prototypes, not checked)."""
+    (``similarities`` None: a model without prototypes, not checked), and, for flip-averaged probabilities,
+    when the image as given alone (``single_pass_class``, its logits' argmax; None: not averaged) is graded
+    as the average is (the logits and the prototypes' contributions are the image's own)."""
     warnings = []
     top = max(probabilities.values())
+    predicted = max(probabilities, key=probabilities.get)
     if top < LOW_PROBABILITY:
         warnings.append(f"low confidence: top probability {top:.2f} < {LOW_PROBABILITY}")
+    if single_pass_class is not None and single_pass_class != predicted:
+        warnings.append(
+            f"the image as given is graded {single_pass_class} (its logits), the mean of its 8 mirror images {predicted}"
+        )
     if flip_spread is not None and flip_spread > FLIP_SPREAD_CAUTION:
         warnings.append(
             f"unstable: the probability moves with the image's orientation (spread {flip_spread:.3f} over its 8 "
@@ -440,7 +450,8 @@ def prediction_record(
         "flip_average": evidence.flip_average,
         "flip_spread": evidence.flip_spread,
         "warnings": confidence_warnings(
-            probabilities, evidence.similarities[evidence.active].tolist(), evidence.flip_spread
+            probabilities, evidence.similarities[evidence.active].tolist(), evidence.flip_spread,
+            class_names[int(evidence.logits.argmax())] if evidence.flip_average else None,
         ),
         "prototypes": entries,
     }

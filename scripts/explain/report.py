@@ -244,7 +244,7 @@ def case_figure(
     title = (f"{case_id}: predicted {predicted} ({probability}, {calibration}); logits {logits}"
              f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
     if warnings:
-        title = "CAUTION: " + "; ".join(warnings) + "\n" + title
+        title = "CAUTION: " + "\n".join(warnings) + "\n" + title  # a line each: three do not fit on one
     fig.suptitle(title, fontsize=9, color=CAUTION if warnings else "black",
                  bbox={"facecolor": "#ffe0e0", "edgecolor": CAUTION} if warnings else None)
     cells = [grid[0, c] for c in range(len(channels))]

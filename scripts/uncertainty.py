@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from scripts.calibration import Calibration
 
-__all__ = ["FLIP_SPREAD_CAUTION", "CalibratedInferer", "flip_axes", "flip_probabilities", "flip_spread", "spread_of"]
+__all__ = ["FLIP_SPREAD_CAUTION", "CalibratedInferer", "flip_axes", "flip_probabilities", "spread_of"]
 
 FLIP_SPREAD_CAUTION = 0.05
 """Above this flip spread the answer is flagged for caution (chosen on the evaluation-only ambiguous phantoms)."""
@@ -68,21 +68,6 @@ def spread_of(probabilities: Tensor, predicted: Tensor) -> Tensor:
     """
     chosen = probabilities.gather(2, predicted.view(-1, 1, 1).expand(-1, probabilities.shape[1], 1))[..., 0]
     return chosen.std(dim=1, unbiased=False)
-
-
-def flip_spread(model: nn.Module, images: Tensor, calibration: Calibration | None = None) -> Tensor:
-    """Population standard deviation, over the 2^d flips of each case, of its predicted class's calibrated probability.
-
-    Args:
-        model: logits (N, C) from images (N, C_in, *spatial).
-        images: (B, C_in, *spatial).
-        calibration: applied to the logits (None: the plain softmax).
-
-    Returns:
-        (B,) spreads in [0, 0.5]; the predicted class is the argmax of the unflipped image's logits.
-    """
-    probabilities = flip_probabilities(model, images, calibration)
-    return spread_of(probabilities, probabilities[:, 0].argmax(dim=1))
 
 
 class CalibratedInferer(Inferer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import signal
 import subprocess
@@ -119,3 +120,11 @@ def head_fields(**overrides) -> dict:
         if name in head and head[name].kind is inspect.Parameter.KEYWORD_ONLY
     }
     return {**fields, **overrides}
+
+
+def mirror_probabilities(model: nn.Module, image: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) of the 8 mirror images of one case (1, C_in, H, W, D), computed here by hand
+    (not with scripts.uncertainty): (8, C), the image as given first."""
+    mirrors = [image.flip(axes) for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+    with torch.no_grad():
+        return torch.stack([torch.softmax(model(m)[0] / temperature, 0) for m in mirrors])

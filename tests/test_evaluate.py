@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA_SMALL_SHAPE
+from helpers import mirror_probabilities
 from monai.bundle import ConfigWorkflow, run
 from test_engine_micro import MICRO, micro_workflow, run_micro
 
@@ -24,7 +25,7 @@ from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_ta
 from scripts.explain.attribution import class_map
 from scripts.explain.evidence import LOW_PROBABILITY
 from scripts.metrics import activation_precision
-from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
+from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
 SHORT = {
     "target_spacing": 3.0,
@@ -99,7 +100,8 @@ def test_metrics_json_agrees_with_the_per_case_csv(evaluated):
 def test_flip_spread_and_caution_per_case_recomputed_from_the_network(evaluated):
     rows = {r["case_id"]: r for r in read_case_table(evaluated.fold_dir / "per_case.csv")}
     for case_id, case in evaluated.cases.items():
-        spread = float(flip_spread(evaluated.network, case["image"].as_tensor()[None], CALIBRATION)[0])
+        mirrored = mirror_probabilities(evaluated.network, case["image"].as_tensor()[None], CALIBRATION.temperature)
+        spread = float(mirrored[:, rows[case_id]["prediction"]].std(unbiased=False))
         assert rows[case_id]["flip_spread"] == pytest.approx(spread, abs=1e-6)
         shown = {"LGG": rows[case_id]["prob_LGG"], "HGG": rows[case_id]["prob_HGG"]}
         caution = shown[max(shown, key=shown.get)] < LOW_PROBABILITY or spread > FLIP_SPREAD_CAUTION
@@ -175,9 +177,7 @@ def test_one_calibration_for_evaluation_inference_and_their_files(evaluated, tmp
         assert [row["single_prob_LGG"], row["single_prob_HGG"]] == pytest.approx(single.tolist(), abs=1e-6)
         assert [row["raw_prob_LGG"], row["raw_prob_HGG"]] == pytest.approx(torch.softmax(logits, 0).tolist(), abs=1e-6)
         # flip_average (the default): the mean of the 8 mirror images' calibrated probabilities
-        mirrors = [image.flip(axes) for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
-        with torch.no_grad():
-            averaged = torch.stack([torch.softmax(evaluated.network(m)[0] / 2.5, 0) for m in mirrors]).mean(0)
+        averaged = mirror_probabilities(evaluated.network, image, 2.5).mean(0)
         assert [row["prob_LGG"], row["prob_HGG"]] == pytest.approx(averaged.tolist(), abs=1e-6)
     labels = torch.tensor([row["label"] for row in rows])
     assert metrics["flip_average"] is True

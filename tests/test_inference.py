@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import mirror_probabilities
 from matplotlib.image import imread
 from monai.bundle import ConfigWorkflow, run
 from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, push_on, write_case
@@ -22,7 +23,7 @@ from scripts.data import DataError, find_cases, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
 from scripts.explain.evidence import DRIVING_THRESHOLD
 from scripts.push import save_push
-from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_spread
+from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
 SETTINGS = {"device": "cpu", **CONSTRUCTED, **GEOMETRY}
 CALIBRATION = Calibration(temperature=4.0, method="platt_targets", cases=10, separated=True)
@@ -96,10 +97,13 @@ def test_contributions_sum_to_the_models_logits(served):
         total = sum(entry["contribution"][name] for entry in prediction["prototypes"])
         assert total == pytest.approx(float(logits[c]), abs=1e-5)
     assert prediction["calibration"] == CALIBRATION.to_dict()
-    for name, raw, calibrated in zip(prediction["class_names"], torch.softmax(logits, 0), torch.softmax(logits / 4, 0)):
-        assert prediction["raw_probabilities"][name] == pytest.approx(float(raw), abs=1e-5)
-        assert prediction["probabilities"][name] == pytest.approx(float(calibrated), abs=1e-5)
-    spread = float(flip_spread(served.model, torch.as_tensor(image)[None], CALIBRATION)[0])
+    mirrored = mirror_probabilities(served.model, torch.as_tensor(image)[None], 4.0)  # the default flip average
+    assert prediction["flip_average"] is True
+    for c, name in enumerate(prediction["class_names"]):
+        assert prediction["raw_probabilities"][name] == pytest.approx(float(torch.softmax(logits, 0)[c]), abs=1e-5)
+        assert prediction["probabilities"][name] == pytest.approx(float(mirrored[:, c].mean()), abs=1e-6)
+    predicted = prediction["class_names"].index(prediction["predicted_class"])
+    spread = float(mirrored[:, predicted].std(unbiased=False))
     assert prediction["flip_spread"] == pytest.approx(spread, abs=1e-6)
     assert any("orientation" in w for w in prediction["warnings"]) == (spread > FLIP_SPREAD_CAUTION)
 

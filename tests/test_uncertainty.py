@@ -15,7 +15,6 @@ from scripts.uncertainty import (
     CalibratedInferer,
     flip_axes,
     flip_probabilities,
-    flip_spread,
     spread_of,
 )
 
@@ -46,12 +45,13 @@ def test_flip_spread_hand_computed():
     # unflipped: p(class 1) = σ(2) = 0.8808 → predicted 1; flips along H: σ(−2) = 0.1192. Population std of
     # four 0.8808 and four 0.1192 = (0.8808 − 0.1192) / 2 = σ(2) − 0.5
     expected = 1 / (1 + math.exp(-2.0)) - 0.5
-    assert flip_spread(model, image).item() == pytest.approx(expected, abs=1e-6)
+    assert spread_of(flip_probabilities(model, image), torch.tensor([1])).item() == pytest.approx(expected, abs=1e-6)
     # calibrated with T = 2: σ(1) − 0.5
     calibration = Calibration(temperature=2.0, method="nll", cases=10)
-    assert flip_spread(model, image, calibration).item() == pytest.approx(1 / (1 + math.exp(-1.0)) - 0.5, abs=1e-6)
+    calibrated = spread_of(flip_probabilities(model, image, calibration), torch.tensor([1]))
+    assert calibrated.item() == pytest.approx(1 / (1 + math.exp(-1.0)) - 0.5, abs=1e-6)
     symmetric = torch.ones(2, 1, 4, 2, 2)  # no side: every flip gives the same answer
-    assert torch.equal(flip_spread(model, symmetric), torch.zeros(2))
+    assert torch.equal(spread_of(flip_probabilities(model, symmetric), torch.tensor([0, 1])), torch.zeros(2))
 
 
 def test_flip_average_hand_computed_can_change_the_predicted_class():

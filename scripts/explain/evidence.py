@@ -147,7 +147,7 @@ def confidence_warnings(
     single_pass_class: str | None = None,
 ) -> list[str]:
     """Reasons to read an answer with caution: empty when the top probability, the spread of the case's
-    similarities over its prototypes and, when measured, its flip spread (:func:`scripts.uncertainty.flip_spread`)
+    similarities over its prototypes and, when measured, its flip spread (:func:`scripts.uncertainty.spread_of`)
     clear :data:`LOW_PROBABILITY`, :data:`LOW_SIMILARITY_SPREAD` and :data:`~scripts.uncertainty.FLIP_SPREAD_CAUTION`
     (``similarities`` None: a model without prototypes, not checked), and, for flip-averaged probabilities,
     when the image as given alone (``single_pass_class``, its logits' argmax; None: not averaged) is graded

@@ -71,9 +71,11 @@ def spread_of(probabilities: Tensor, predicted: Tensor) -> Tensor:
 
 
 class CalibratedInferer(Inferer):
-    """The probabilities a reader is shown, as a MONAI inferer (``inferer`` of ``configs/inference.json``, which
-    the bundle's evaluator and the MONAI Label app run): softmax(logits / T) of the image as given, or with
-    ``flip_average`` the mean over its 2^d mirror images of that (:func:`flip_probabilities`).
+    """The probabilities a reader is shown, as a MONAI inferer (``inferer`` of ``configs/inference.json``, the
+    MONAI Label app's class scores): softmax(logits / T) of the image as given, or with ``flip_average`` the
+    mean over its 2^d mirror images of that (:func:`flip_probabilities`). The bundle's own inference gets the
+    same probabilities from :func:`scripts.explain.evidence.explain_case`, whose 8 passes also give the flip
+    spread, so its evaluator runs a plain forward instead of 8 more passes.
 
     Args:
         calibration: the served model's calibration (None: the plain softmax).

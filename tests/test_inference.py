@@ -22,6 +22,7 @@ from scripts.calibration import Calibration
 from scripts.data import DataError, find_cases, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
 from scripts.explain.evidence import DRIVING_THRESHOLD
+from scripts.networks import UMProtoShare
 from scripts.push import save_push
 from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
@@ -66,6 +67,17 @@ def served(tmp_path_factory):
     return SimpleNamespace(root=root, model=model, push=push, good=good, bad=bad, out=out, exit_code=stopped.value.code,
                            prediction=json.loads((out / "prediction.json").read_text()))
 
+
+
+def test_a_case_goes_through_the_network_once_plus_its_8_mirror_images(served, tmp_path, monkeypatch):
+    """The evidence's 8 mirror passes give the flip average and the flip spread; the evaluator adds one plain
+    forward, never 8 more (as a second flip-averaging inferer would)."""
+    images = []
+    forward = UMProtoShare.forward
+    monkeypatch.setattr(UMProtoShare, "forward", lambda self, x, *a, **k: images.append(x.shape[0]) or forward(self, x, *a, **k))
+    _serve(served.root, served.good["image"][0].rsplit("/", 1)[0], tmp_path)
+    assert sum(images) == 1 + 8
+    assert json.loads((tmp_path / "good" / "prediction.json").read_text())["flip_average"] is True
 
 def test_evidence_maps_on_the_input_grid_peak_in_the_tumour(served):
     prediction = served.prediction

@@ -89,6 +89,7 @@ SETTINGS = (
     "batch_size",
     "num_workers",
     "amp",
+    "allocator",
     "channels_last_3d",
     "cudnn_benchmark",
 )

@@ -92,13 +92,19 @@ class Runs:
         return {"wall": {n: self.wall[n] for n in names}, "cpu": {n: self.cpu[n] for n in names}}
 
 
-def side_by_side(calls: Mapping[str, Callable[[], object]], repeats: int, device: torch.device) -> Runs:
+def side_by_side(
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    prepare: Mapping[str, Callable[[], object]] | None = None,
+) -> Runs:
     """Seconds of each call per repeat, interleaved (A, B, ... then ..., B, A) so drifts hit all alike.
 
     Args:
         calls: name → call to time; every call runs once per repeat.
         repeats: number of rounds, at least 1.
         device: where the calls run (for synchronisation).
+        prepare: name → untimed call run just before each timed call of that name (a process setting, say).
 
     Returns:
         Wall and CPU seconds per name, ``repeats`` each, in round order.
@@ -109,6 +115,8 @@ def side_by_side(calls: Mapping[str, Callable[[], object]], repeats: int, device
     runs = Runs()
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
+            if prepare is not None and name in prepare:
+                prepare[name]()
             runs.add(name, timed(calls[name], device))
     return runs
 

@@ -19,6 +19,12 @@ so that machine drift hits every variant alike:
 - ``stage1_step``: one stage-1 training step of the configured iteration (every stage-1 loss term,
   decoder frozen, optimiser step) at batch 1 and 2, in fp32 and under bf16 autocast (``amp``).
 
+Every variant runs with the CPU allocator the config names (``allocator``, :mod:`scripts.engine.allocator`:
+``retain`` by default), except where its name says otherwise: ``fp32_system_allocator`` and the stage-1
+steps ``batch<b>_system_allocator`` run ours with the C library's default, ``official_fp32`` and
+``official_bf16`` run the authors' model as released (the default allocator), and
+``official_fp32_bundle_allocator`` runs it with ours. The mode is switched, untimed, before each call.
+
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
 one written on an earlier commit) and prints today's medians over it. Every section says whether the
 machine was quiet: other processes' CPU time during it, from ``/proc/stat``, above 5 % of one core marks
@@ -27,6 +33,7 @@ the section ``"quiet": false`` and its ratios are not to be reported.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -42,6 +49,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scripts.engine.allocator import allocator_mode, configure_allocator
 from scripts.networks.folding import fold_batch_norms
 from scripts.networks.precision import autocast, cpu_info
 
@@ -139,28 +147,56 @@ def _forward(network: nn.Module, x: torch.Tensor, bf16: bool = False) -> Callabl
     return run
 
 
+def _under(allocator: str, call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` run with the CPU allocator in mode ``allocator`` (set, untimed, by :func:`side_by_side`'s
+    ``prepare`` before each timed call, and here for the untimed first call and the memory peak)."""
+
+    def run() -> Any:
+        if allocator_mode() != allocator:
+            configure_allocator(allocator)
+        return call()
+
+    return run
+
+
+def _preparations(allocators: dict[str, str]) -> dict[str, Callable[[], bool]]:
+    """name → the untimed call that sets its allocator mode."""
+    return {name: functools.partial(configure_allocator, mode) for name, mode in allocators.items()}
+
+
 def forward_section(parts: Any, repeats: int, official_src: str | None, seed: int) -> dict[str, Any]:
     """Eval forwards at batch 1, interleaved: fp32, folded fp32, bf16, the CNN and (given) the authors' model."""
     shape = (1, 4, *parts.input_size)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(parts.device)
     network = parts.network.eval()
+    configured = parts.settings["allocator"]
     calls = {
         "fp32": _forward(network, x),
         "folded_fp32": _forward(fold_batch_norms(network), x),
         "bf16": _forward(network, x, bf16=True),
         "cnn_fp32": _forward(parts.cnn.eval(), x),
     }
+    allocators = dict.fromkeys(calls, configured)
+    if configured != "system":
+        calls["fp32_system_allocator"], allocators["fp32_system_allocator"] = calls["fp32"], "system"
     parameters = {"umprotoshare": sum(p.numel() for p in network.parameters())}
     if official_src is not None:
         official = official_network(official_src, shape[1:]).to(parts.device)
         parameters["official"] = sum(p.numel() for p in official.parameters())
+        # as released (the C library's default allocator), and with this bundle's allocator setting
         calls |= {"official_fp32": _forward(official, x), "official_bf16": _forward(official, x, bf16=True)}
+        allocators |= {"official_fp32": "system", "official_bf16": "system"}
+        if configured != "system":
+            calls["official_fp32_bundle_allocator"] = calls["official_fp32"]
+            allocators["official_fp32_bundle_allocator"] = configured
+    calls = {name: _under(allocators[name], call) for name, call in calls.items()}
     outputs = {name: call() for name, call in calls.items()}  # untimed first calls (oneDNN set-up)
     with FlopCounterMode(display=False) as counter:
         calls["fp32"]()
     with OtherLoad() as load:
-        runs = side_by_side(calls, repeats, parts.device)
+        runs = side_by_side(calls, repeats, parts.device, prepare=_preparations(allocators))
     memory = {name: peak_rss(call) for name, call in calls.items()}
+    configure_allocator(configured)
     seconds = {name: runs.median(name) for name in calls}
     gflop = counter.get_total_flops() / 1e9
     fp32 = outputs["fp32"]
@@ -178,6 +214,7 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
             (outputs["bf16"].softmax(1) - fp32.softmax(1)).abs().max()
         ),
         "parameters": parameters,
+        "allocators": allocators,
         "runs": runs.as_dict(),
         **load.as_dict(),
     }
@@ -206,17 +243,24 @@ def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed:
         finally:
             parts.iteration.amp = configured
 
-    calls = {
-        f"batch{b}{suffix}": (lambda batch=batch, amp=amp: step(batch, amp))
-        for b, batch in batches.items()
-        for suffix, amp in (("", False), ("_bf16", True))
-    }
+    configured = parts.settings["allocator"]
+    variants = [("", False, configured), ("_bf16", True, configured)]
+    if configured != "system":
+        variants.append(("_system_allocator", False, "system"))
+    calls, allocators = {}, {}
+    for b, batch in batches.items():
+        for suffix, amp, allocator in variants:
+            name = f"batch{b}{suffix}"
+            calls[name] = _under(allocator, lambda batch=batch, amp=amp: step(batch, amp))
+            allocators[name] = allocator
     for call in calls.values():
         call()
     with OtherLoad() as load:
-        runs = side_by_side(calls, repeats, parts.device)
+        runs = side_by_side(calls, repeats, parts.device, prepare=_preparations(allocators))
     memory = {name: peak_rss(call) for name, call in calls.items()}
+    configure_allocator(configured)
     return {
+        "allocators": allocators,
         "seconds": {name: runs.median(name) for name in calls},
         "cpu_seconds": {name: runs.median(name, "cpu") for name in calls},
         "peak_rss_mib": {name: None if m is None else round(m / 2**20) for name, m in memory.items()},

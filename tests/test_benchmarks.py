@@ -63,6 +63,15 @@ def test_side_by_side_alternates_the_order():
     assert {name: len(values) for name, values in runs.cpu.items()} == {"a": 3, "b": 3, "c": 3}
 
 
+def test_side_by_side_prepares_each_call_untimed_before_it():
+    order: list[str] = []
+    calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b")}
+    prepare = {"b": lambda: (order.append("prepare b"), time.sleep(0.05))}
+    runs = side_by_side(calls, 2, torch.device("cpu"), prepare=prepare)
+    assert order == ["a", "prepare b", "b", "prepare b", "b", "a"]
+    assert max(runs.wall["b"]) < 0.05  # the preparation's sleep is not in b's time
+
+
 def test_runs_medians_and_ratios_per_clock():
     runs = Runs()
     for wall, cpu in ((3.0, 2.0), (1.0, 4.0), (2.0, 6.0)):

@@ -8,6 +8,9 @@ from scripts.faces import exports
 __all__, __getattr__, __dir__ = exports(
     __name__,
     {
+        "ALLOCATOR_MODES": "allocator",
+        "allocator_mode": "allocator",
+        "configure_allocator": "allocator",
         "CLASS_BALANCE": "balance",
         "ClassBalance": "balance",
         "class_balance_weights": "balance",

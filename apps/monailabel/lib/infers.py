@@ -91,7 +91,8 @@ class GliomaGradingInfer(BundleInferTask):
     ``prediction.json``; the result file is then the predicted class's evidence map (Eq. 28) on the
     study's grid.
 
-    The network runs at the bundle's ``precision`` (``configs/inference.json``; fp32 by default).
+    The network runs at the bundle's ``precision`` (``configs/inference.json``; fp32 by default), and the
+    server process takes the bundle's ``allocator`` setting (:func:`scripts.engine.configure_allocator`).
 
     Args:
         bundle_root: the bundle (``configs/inference.json``, ``configs/metadata.json``, ``scripts``).
@@ -118,7 +119,11 @@ class GliomaGradingInfer(BundleInferTask):
         except Exception as error:  # unpickling and state-dict errors alike: the weights are unusable
             raise RuntimeError(f"glioma_grading: cannot load weights {os.path.abspath(model_path)}: "
                                f"{type(error).__name__}: {error}") from error
-        from scripts.networks import set_precision  # the bundle's, found on its root
+        from scripts.engine import configure_allocator  # the bundle's, found on its root
+        from scripts.networks import set_precision
+
+        # the bundle's `allocator`: freed CPU memory kept for reuse (the same numbers, faster on the CPU)
+        configure_allocator(self.bundle_config.get_parsed_content("allocator"))
 
         # the bundle's `precision` (fp32 | bf16 | auto); MONAI Label serves deep copies of this network
         set_precision(self.network, self.bundle_config.get_parsed_content("precision"),

@@ -23,7 +23,8 @@ Every variant runs with the CPU allocator the config names (``allocator``, :mod:
 ``retain`` by default), except where its name says otherwise: ``fp32_system_allocator`` and the stage-1
 steps ``batch<b>_system_allocator`` run ours with the C library's default, ``official_fp32`` and
 ``official_bf16`` run the authors' model as released (the default allocator), and
-``official_fp32_bundle_allocator`` runs it with ours. The mode is switched, untimed, before each call.
+``official_fp32_bundle_allocator`` runs it with ours. ``fp32_channels_last`` and ``bf16_channels_last`` run
+a copy placed channels-last, as ``configs/inference.json`` places its network (``channels_last_3d``). The mode is switched, untimed, before each call.
 
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
 one written on an earlier commit) and prints today's medians over it. Every section says whether the
@@ -33,6 +34,7 @@ the section ``"quiet": false`` and its ratios are not to be reported.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import json
@@ -49,6 +51,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scripts.engine import place
 from scripts.engine.allocator import allocator_mode, configure_allocator
 from scripts.networks.folding import fold_batch_norms
 from scripts.networks.precision import autocast, cpu_info
@@ -159,6 +162,12 @@ def _under(allocator: str, call: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+def _peak_rss_under(allocator: str, call: Callable[[], Any]) -> int | None:
+    """:func:`peak_rss` of ``call`` once its allocator mode is set (so ``system`` has returned kept memory first)."""
+    configure_allocator(allocator)
+    return peak_rss(call)
+
+
 def _preparations(allocators: dict[str, str]) -> dict[str, Callable[[], bool]]:
     """name → the untimed call that sets its allocator mode."""
     return {name: functools.partial(configure_allocator, mode) for name, mode in allocators.items()}
@@ -176,6 +185,9 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         "bf16": _forward(network, x, bf16=True),
         "cnn_fp32": _forward(parts.cnn.eval(), x),
     }
+    if not parts.settings["channels_last_3d"]:  # inference.json places its network channels-last by default
+        channels_last = place(copy.deepcopy(network), parts.device, channels_last_3d=True)
+        calls |= {"fp32_channels_last": _forward(channels_last, x), "bf16_channels_last": _forward(channels_last, x, True)}
     allocators = dict.fromkeys(calls, configured)
     if configured != "system":
         calls["fp32_system_allocator"], allocators["fp32_system_allocator"] = calls["fp32"], "system"
@@ -195,7 +207,7 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         calls["fp32"]()
     with OtherLoad() as load:
         runs = side_by_side(calls, repeats, parts.device, prepare=_preparations(allocators))
-    memory = {name: peak_rss(call) for name, call in calls.items()}
+    memory = {name: _peak_rss_under(allocators[name], call) for name, call in calls.items()}
     configure_allocator(configured)
     seconds = {name: runs.median(name) for name in calls}
     gflop = counter.get_total_flops() / 1e9
@@ -205,13 +217,18 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         "cpu_seconds": {name: runs.median(name, "cpu") for name in calls},
         "peak_rss_mib": {name: None if m is None else round(m / 2**20) for name, m in memory.items()},
         "gflop": round(gflop, 1),
-        "achieved_gflops": {name: round(gflop / seconds[name], 1) for name in ("fp32", "folded_fp32", "bf16")},
+        "achieved_gflops": {
+            name: round(gflop / seconds[name], 1) for name in seconds if not name.startswith(("cnn", "official"))
+        },
         "conv_gflops_fp32": round(conv_throughput(), 1),
         "conv_gflops_bf16": round(conv_throughput(bf16=True), 1),
         "speedup_over_fp32": {name: round(seconds["fp32"] / s, 3) for name, s in seconds.items()},
         "folded_max_abs_logit_difference": float((outputs["folded_fp32"] - fp32).abs().max()),
         "bf16_max_probability_difference": float(
             (outputs["bf16"].softmax(1) - fp32.softmax(1)).abs().max()
+        ),
+        "channels_last_max_abs_logit_difference": float(
+            (outputs.get("fp32_channels_last", fp32) - fp32).abs().max()
         ),
         "parameters": parameters,
         "allocators": allocators,
@@ -257,7 +274,7 @@ def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed:
         call()
     with OtherLoad() as load:
         runs = side_by_side(calls, repeats, parts.device, prepare=_preparations(allocators))
-    memory = {name: peak_rss(call) for name, call in calls.items()}
+    memory = {name: _peak_rss_under(allocators[name], call) for name, call in calls.items()}
     configure_allocator(configured)
     return {
         "allocators": allocators,

@@ -151,9 +151,14 @@ def test_speed_report_with_a_reference_on_the_tiny_network(tmp_path, capsys):
     first = json.loads(capsys.readouterr().out)
     speed.main(tiny=True, repeats=1, batch_sizes=(1,), reference=str(reference))
     second = json.loads(capsys.readouterr().out)
-    assert set(first["forward"]["seconds"]) == {"fp32", "folded_fp32", "bf16", "cnn_fp32"}
-    assert set(first["stage1_step"]["seconds"]) == {"batch1", "batch1_bf16"}
+    assert set(first["forward"]["seconds"]) == {
+        "fp32", "folded_fp32", "bf16", "cnn_fp32", "fp32_channels_last", "bf16_channels_last", "fp32_system_allocator"
+    }
+    assert first["forward"]["allocators"]["fp32_system_allocator"] == "system"
+    assert first["forward"]["allocators"]["fp32"] == "retain"
+    assert set(first["stage1_step"]["seconds"]) == {"batch1", "batch1_bf16", "batch1_system_allocator"}
     assert first["forward"]["folded_max_abs_logit_difference"] < 1e-4
+    assert first["forward"]["channels_last_max_abs_logit_difference"] < 1e-4
     assert 0 < first["forward"]["bf16_max_probability_difference"] < 0.05
     for name, before in first["forward"]["seconds"].items():
         after = second["forward"]["seconds"][name]

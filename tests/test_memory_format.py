@@ -43,3 +43,18 @@ def test_the_inference_config_places_its_network_channels_last():
     parser.parse()
     contiguous = parser.get_parsed_content("network", lazy=False)
     assert not contiguous.backbone.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_evaluation_follows_inference_and_training_stays_contiguous():
+    stacks = {
+        "evaluate": ["configs/train.json", "configs/quickstart.json", "configs/evaluate.json"],
+        "train": ["configs/train.json", "configs/quickstart.json"],
+    }
+    placed = {}
+    for name, files in stacks.items():
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser["device"] = "$torch.device('cpu')"
+        weight = parser.get_parsed_content("network").backbone.encoder.conv1.weight
+        placed[name] = weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert placed == {"evaluate": True, "train": False}

@@ -37,6 +37,7 @@ from scripts.cv import config_list
 from scripts.data import build_datalist, preprocessing_transforms
 from scripts.data.foreground import brain_mask
 from scripts.data.synthetic import DEFAULT_SHAPE, generate_pairs
+from scripts.engine.allocator import configure_allocator
 from scripts.evaluate import load_fold_weights
 from scripts.explain.attribution import class_map
 from scripts.maps import DEFAULT_SCALE_COMBINATION
@@ -143,6 +144,7 @@ def check(
     """Load the model of a config stack and print (and write) the pair report (see the module docstring)."""
     parser = ConfigParser()
     parser.read_config(config_list(config_file))
+    configure_allocator(parser.get_parsed_content("allocator", default="retain"))
     class_names = parser.get_parsed_content("class_names")
     model = parser.get_parsed_content(network)
     load_fold_weights(model, model_file)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from scripts.data import find_case_files
 from scripts.data.validate import check_case
+from scripts.engine.allocator import configure_allocator
 from scripts.explain.evidence import SEQUENCE_NAMES, CaseEvidence, explain_case, prototype_contributions
 from scripts.explain.report import sharedness_figure
 from scripts.explain.sources import SourceImages
@@ -171,6 +172,7 @@ def main(
     parser = ConfigParser()
     parser.read_config(config_file)
     parser.update(override)
+    configure_allocator(parser.get_parsed_content("allocator", default="retain"))
     class_names = [str(n) for n in parser.get_parsed_content("class_names")]
     network = parser.get_parsed_content("network_def").to(parser.get_parsed_content("device"))
     network.load_state_dict(torch.load(ckpt_path, map_location=next(network.parameters()).device, weights_only=True))

@@ -24,7 +24,7 @@ from monai.utils import look_up_option
 from torch.optim import Optimizer
 
 from scripts.data import find_case_files, generate_dataset, make_dataset
-from scripts.engine import Schedule, StagedIteration, plain_tensor
+from scripts.engine import Schedule, StagedIteration, configure_allocator, plain_tensor
 from scripts.losses import LastLayerLoss
 from scripts.networks import BackboneCNN, UMProtoShare
 
@@ -97,8 +97,10 @@ SETTINGS = (
 
 
 def build_parts(parser: ConfigParser) -> Parts:
-    """Instantiate the training config's networks, staged iteration, stage-3 objects and transforms."""
+    """Instantiate the training config's networks, staged iteration, stage-3 objects and transforms, and apply
+    its process setting ``allocator`` as the config's ``initialize`` does."""
     settings = {key: parser.get_parsed_content(key) for key in SETTINGS}
+    configure_allocator(settings["allocator"])
     for key, value in settings.items():
         settings[key] = list(value) if isinstance(value, (tuple, list)) else value
     iteration = parser.get_parsed_content("train#iteration")

@@ -113,7 +113,7 @@ def test_flip_spread_and_caution_per_case_recomputed_from_the_network(evaluated)
 
 def test_ids_is_the_trapezoid_of_the_normalised_deletion_curve(evaluated):
     curve = evaluated.metrics["deletion_curve"]
-    assert len(curve) == IDS_STEPS + 1 and evaluated.metrics["ids_batch_size"] == 17
+    assert len(curve) == IDS_STEPS + 1 and evaluated.metrics["ids_batch_size"] == 3  # evaluate.json's, on a CPU
     assert curve[0] == evaluated.metrics["bac"]  # step 0 deletes nothing
     assert curve[-1] == 0.5  # everything deleted: one input, one prediction for both classes
     lo, hi = min(curve[0], curve[-1]), max(curve[0], curve[-1])
@@ -349,3 +349,14 @@ def test_a_bad_dataset_dir_or_model_file_is_one_line_exit_2(evaluated, data_synt
         workflow.run()
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --{option} {tmp_path / 'nowhere'}: does not exist"
+
+
+@pytest.mark.parametrize("device, expected", [("$torch.device('cpu')", 3), ("cpu", 3), ("$torch.device('cuda:0')", 17)])
+def test_ids_batch_size_follows_the_device(device, expected):
+    # a full-size batch of 17 is slower per volume than batches of 3 on a CPU and needs ~15 GiB there
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(["configs/train.json", "configs/evaluate.json"])
+    parser["device"] = device  # a torch.device, or a string as `--device cpu` gives
+    assert parser.get_parsed_content("ids_batch_size") == expected

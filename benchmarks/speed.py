@@ -150,26 +150,19 @@ def _forward(network: nn.Module, x: torch.Tensor, bf16: bool = False) -> Callabl
     return run
 
 
-def _under(allocator: str, call: Callable[[], Any]) -> Callable[[], Any]:
-    """``call`` run with the CPU allocator in mode ``allocator`` (set, untimed, by :func:`side_by_side`'s
-    ``prepare`` before each timed call, and here for the untimed first call and the memory peak)."""
-
-    def run() -> Any:
-        configure_allocator(allocator)  # a no-op when the mode is already set
-        return call()
-
-    return run
-
-
-def _peak_rss_under(allocator: str, call: Callable[[], Any]) -> int | None:
-    """:func:`peak_rss` of ``call`` once its allocator mode is set (so ``system`` has returned kept memory first)."""
-    configure_allocator(allocator)
-    return peak_rss(call)
-
-
-def _preparations(allocators: dict[str, str]) -> dict[str, Callable[[], bool]]:
-    """name → the untimed call that sets its allocator mode."""
+def _allocator_switches(allocators: dict[str, str]) -> dict[str, Callable[[], bool]]:
+    """name → the call that sets its allocator mode, run untimed before each of that name's calls."""
     return {name: functools.partial(configure_allocator, mode) for name, mode in allocators.items()}
+
+
+def _each_switched(switches: dict[str, Callable[[], bool]], calls: dict[str, Callable[[], Any]],
+                   fn: Callable[[Callable[[], Any]], Any]) -> dict[str, Any]:
+    """name → ``fn(call)``, each with its allocator mode set first (so ``system`` has returned kept memory)."""
+    results = {}
+    for name, call in calls.items():
+        switches[name]()
+        results[name] = fn(call)
+    return results
 
 
 def forward_section(parts: Any, repeats: int, official_src: str | None, seed: int) -> dict[str, Any]:
@@ -200,13 +193,13 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         if configured != "system":
             calls["official_fp32_bundle_allocator"] = calls["official_fp32"]
             allocators["official_fp32_bundle_allocator"] = configured
-    calls = {name: _under(allocators[name], call) for name, call in calls.items()}
-    outputs = {name: call() for name, call in calls.items()}  # untimed first calls (oneDNN set-up)
+    switches = _allocator_switches(allocators)
+    outputs = _each_switched(switches, calls, lambda call: call())  # untimed first calls (oneDNN set-up)
     with FlopCounterMode(display=False) as counter:
         calls["fp32"]()
     with OtherLoad() as load:
-        runs = side_by_side(calls, repeats, parts.device, prepare=_preparations(allocators))
-    memory = {name: _peak_rss_under(allocators[name], call) for name, call in calls.items()}
+        runs = side_by_side(calls, repeats, parts.device, prepare=switches)
+    memory = _each_switched(switches, calls, peak_rss)
     configure_allocator(configured)
     seconds = {name: runs.median(name) for name in calls}
     gflop = counter.get_total_flops() / 1e9
@@ -267,13 +260,13 @@ def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed:
     for b, batch in batches.items():
         for suffix, amp, allocator in variants:
             name = f"batch{b}{suffix}"
-            calls[name] = _under(allocator, lambda batch=batch, amp=amp: step(batch, amp))
+            calls[name] = lambda batch=batch, amp=amp: step(batch, amp)
             allocators[name] = allocator
-    for call in calls.values():
-        call()
+    switches = _allocator_switches(allocators)
+    _each_switched(switches, calls, lambda call: call())  # untimed first calls
     with OtherLoad() as load:
-        runs = side_by_side(calls, repeats, parts.device, prepare=_preparations(allocators))
-    memory = {name: _peak_rss_under(allocators[name], call) for name, call in calls.items()}
+        runs = side_by_side(calls, repeats, parts.device, prepare=switches)
+    memory = _each_switched(switches, calls, peak_rss)
     configure_allocator(configured)
     return {
         "allocators": allocators,

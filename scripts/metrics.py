@@ -8,6 +8,7 @@ positive class.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -33,6 +34,8 @@ __all__ = [
     "per_class_recall",
     "similarity_spread",
 ]
+
+logger = logging.getLogger(__name__)
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[int] | Sequence[float]
 
@@ -286,11 +289,14 @@ def _deletion_steps(
     images: torch.Tensor | Sequence[torch.Tensor],
     attributions: torch.Tensor | Sequence[torch.Tensor],
     steps: int,
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (case, step, image (C, H, W, D), attribution (H, W, D), threshold), one case's map at a time.
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, tuple]]:
+    """Yield (case, step, image (C, H, W, D), deleted (H, W, D) bool, key), one case's map at a time.
 
     The attribution is channel-averaged, resized to the image grid and on the image's device; step k
-    deletes the voxels where it is >= the threshold (``deletion_thresholds``).
+    deletes the voxels where it is >= the threshold (``deletion_thresholds``). ``key`` names the copy's
+    content: (case, number of deleted voxels) — the deleted sets of one case are nested, so an equal
+    count is the same set — or, once every voxel is deleted, the all-zero image's (shape, dtype, device),
+    the same for every case.
     """
     for case, (image, attribution) in enumerate(zip(images, attributions)):
         if image.ndim != 4:
@@ -301,10 +307,13 @@ def _deletion_steps(
             raise ValueError(f"case {case}: {error}") from error
         if volume.shape[1:] != image.shape[1:]:
             volume = resize_to_input(volume[:, None], image.shape[1:])[:, 0]
-        volume = volume.to(image.device)
-        thresholds = deletion_thresholds(volume, steps)[0]
+        volume = volume.to(image.device)[0]
+        thresholds = deletion_thresholds(volume[None], steps)[0]
         for step, threshold in enumerate(thresholds):
-            yield case, step, image, volume[0], threshold
+            deleted = volume >= threshold
+            count = int(deleted.sum())
+            key = ("zero", tuple(image.shape), image.dtype, image.device) if count == deleted.numel() else (case, count)
+            yield case, step, image, deleted, key
 
 
 def deletion_curve(
@@ -321,8 +330,11 @@ def deletion_curve(
     (``deletion_thresholds``) are set to 0 in all channels. The (case, step) copies are written in
     batches of ``batch_size`` (a batch may span cases) into one reused input tensor, so memory holds
     one batch of images and no copy is allocated per step; ``predict_fn`` must not keep its input
-    beyond the call. The cost is N·(steps + 1) forward items. ``predict_fn`` runs under
-    ``torch.no_grad``. A map on a coarser grid is first upsampled to the image's (trilinear,
+    beyond the call. A copy identical to one already run is not run again: a step that deletes no
+    voxel more than the case's previous step (tied attributions, e.g. the zeros outside the brain of a
+    brain-only map), and the all-zero image that deleting every voxel leaves, run once for all cases of
+    that size. So the cost is at most N·(steps + 1) forward items, and the curve is the same as with
+    every copy run. ``predict_fn`` runs under ``torch.no_grad``. A map on a coarser grid is first upsampled to the image's (trilinear,
     align_corners=False).
 
     Args:
@@ -343,28 +355,48 @@ def deletion_curve(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     predictions = torch.empty(labels.numel(), steps + 1, dtype=torch.long)
     num_classes = int(labels.max()) + 1
-    copies = _deletion_steps(images, attributions, steps)
+    scored: dict[tuple, tuple[int, int]] = {}  # copy content -> the (case, step) that scores it
+    repeats: list[tuple[int, int, tuple]] = []
+    copies = (copy for copy in _deletion_steps(images, attributions, steps) if not _is_repeat(copy, scored, repeats))
     inputs: torch.Tensor | None = None
     while batch := list(itertools.islice(copies, batch_size)):
-        cases, indices, sources, volumes, thresholds = zip(*batch)
+        cases, indices, sources, masks, _ = zip(*batch)
         first = sources[0]
         layout = (first.shape, first.dtype, first.device)
         if inputs is None or len(inputs) < len(batch) or (inputs.shape[1:], inputs.dtype, inputs.device) != layout:
             inputs = torch.empty(len(batch), *first.shape, dtype=first.dtype, device=first.device)
         zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
-        for row, case, image, volume, threshold in zip(inputs, cases, sources, volumes, thresholds):
+        for row, case, image, deleted in zip(inputs, cases, sources, masks):
             if image.shape != first.shape:
                 raise ValueError(
                     f"case {case}: image {tuple(image.shape)} differs from case {cases[0]}'s {tuple(first.shape)}, "
                     "in the same deletion batch: the copies of one batch need images of one size."
                 )
-            torch.where(volume >= threshold, zero, image, out=row)
+            torch.where(deleted, zero, image, out=row)
         with torch.no_grad():
             logits = predict_fn(inputs[: len(batch)])
         predictions[list(cases), list(indices)] = logits.argmax(dim=1).cpu()
         num_classes = max(num_classes, logits.shape[1])
-    return torch.tensor([balanced_accuracy(labels, predictions[:, k], num_classes) for k in range(steps + 1)],
-                        dtype=torch.float64)
+    for case, step, key in repeats:
+        predictions[case, step] = predictions[scored[key]]
+    logger.info(
+        "IDS: %d of %d deleted copies run (the others repeat one already run)",
+        predictions.numel() - len(repeats),
+        predictions.numel(),
+    )
+    return torch.tensor(
+        [balanced_accuracy(labels, predictions[:, k], num_classes) for k in range(steps + 1)], dtype=torch.float64
+    )
+
+
+def _is_repeat(copy: tuple, scored: dict[tuple, tuple[int, int]], repeats: list[tuple[int, int, tuple]]) -> bool:
+    """Whether ``copy`` (from ``_deletion_steps``) has the content of one already queued; if so, note it."""
+    case, step, _, _, key = copy
+    if key in scored:
+        repeats.append((case, step, key))
+        return True
+    scored[key] = (case, step)
+    return False
 
 
 def incremental_deletion_score(curve: ArrayLike) -> float:

@@ -323,14 +323,47 @@ def test_deletion_curve_streams_the_exact_quantile_copies():
         return _marker_model(batch)
 
     curve = deletion_curve(recording_model, images, attributions, labels, batch_size=7)
-    assert [len(b) for b in seen] == [7] * 21 + [6]  # 3 x 51 = 153 copies, never more than 7 at once
-    copies = torch.cat(seen).view(3, 51, 2, 10, 10, 10)
+    # 3 x 51 = 153 copies, never more than 7 at once; the last step's all-zero image runs once, not 3 times
+    assert [len(b) for b in seen] == [7] * 21 + [4]
+    copies = list(torch.cat(seen))
     masks = deletion_masks(attributions)
     expected = images[:, None] * (~masks)[:, :, None]
-    assert torch.equal(copies, expected)
-    assert torch.equal(copies[:, 0], images)  # step 0 is the unmodified input
+    zero_image = expected[0, -1]
+    for case in range(3):
+        steps = expected[case] if case == 0 else expected[case, :-1]
+        assert torch.equal(torch.stack(copies[: len(steps)]), steps)
+        copies = copies[len(steps) :]
+    assert not zero_image.any() and not copies
+    assert torch.equal(expected[:, 0], images)  # step 0 is the unmodified input
     # the batch size changes nothing
     assert torch.equal(curve, deletion_curve(_marker_model, images, attributions, labels, batch_size=1))
+
+
+def test_deletion_curve_runs_each_distinct_copy_once():
+    """Tied attributions (zeros outside a "brain") repeat copies; the curve equals running every copy."""
+    labels = [1, 0, 1, 0]
+    images, attributions = _marker_cases(labels, top_is_marker=True)
+    attributions = attributions + 1.0  # distinct positive values, the same order
+    attributions[:, :, :, 5:] = 0.0  # half of each volume outside the brain: ties at 0
+    calls: list[int] = []
+
+    def counting_model(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        return _marker_model(batch)
+
+    curve = deletion_curve(counting_model, images, attributions, labels, batch_size=5)
+    # by hand: each case's 500 zeros are the lower half of its 1000 values, so the quantile of level
+    # 1 - k/50 is 0 for k >= 26 (position (1 - k/50)·999 <= 479.5 < 500) and interpolates above 0 at
+    # k = 25 (499.5): steps 0..25 delete distinct sets (distinct positive values), 26 copies per case, and
+    # steps 26..50 delete every voxel, one all-zero image run once for all four cases
+    thresholds = deletion_thresholds(attributions)
+    assert (thresholds[:, 26:] == 0).all() and (thresholds[:, 25] > 0).all()
+    assert sum(calls) == 4 * 26 + 1
+    masks = deletion_masks(attributions)
+    copies = images[:, None] * (~masks)[:, :, None]
+    every_copy = torch.stack([counting_model(case_copies).argmax(1) for case_copies in copies])
+    expected = torch.tensor([balanced_accuracy(torch.tensor(labels), every_copy[:, k], 2) for k in range(51)])
+    assert torch.equal(curve, expected.double())
 
 
 def test_deletion_curve_upsamples_coarse_attribution():
@@ -345,13 +378,14 @@ def test_deletion_curve_upsamples_coarse_attribution():
         return torch.zeros(batch.shape[0], 2)
 
     deletion_curve(recording_model, images, coarse, labels, batch_size=102, steps=50)
-    copies = torch.cat(seen).view(2, 51, 4, 4, 4)
+    copies = torch.cat(seen)[:, 0]
     # step 1: the 0.98 quantile of 64 values lies between the 62nd and 63rd sorted values, both 0.75,
     # so the maximum and its three tied neighbours go (nearest-neighbour resampling would delete 8).
     expected = torch.zeros(4, 4, 4, dtype=torch.bool)
     expected[0, 0, 0] = expected[1, 0, 0] = expected[0, 1, 0] = expected[0, 0, 1] = True
-    for case in range(2):
-        assert torch.equal(copies[case, 1] == 0, expected)
+    deleted = copies == 0  # the images are >= 1, so 0 is deleted
+    fewest = [copy for copy in deleted if 0 < int(copy.sum()) <= 4]  # each case's step 1 and nothing else
+    assert len(fewest) == 2 and all(torch.equal(copy, expected) for copy in fewest)
 
 
 # ---------------------------------------------------------------- localisation read-outs

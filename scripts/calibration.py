@@ -43,6 +43,7 @@ __all__ = [
     "brier_score",
     "calibration_metrics",
     "calibration_targets",
+    "ece_if_calibrated",
     "fit_calibration",
     "fit_temperature",
     "format_probability",
@@ -374,6 +375,34 @@ def top_label_ece(probs: Tensor, labels: Tensor, bins: int = ECE_BINS) -> float:
         num_bins=bins, calibration_reduction="expected", metric_reduction="none", right=False
     )
     return float(metric(y_pred=confidence, y=correct))
+
+
+def ece_if_calibrated(probs: Tensor, bins: int = ECE_BINS) -> float:
+    """The top-label ECE that perfectly calibrated probabilities would show on these N cases, in expectation.
+
+    ECE is a sample statistic: even when every case is right with exactly its top probability p_i, the
+    binned gaps |accuracy − mean confidence| are not zero on a finite set. With correctness drawn
+    independently as Bernoulli(p_i), bin b's count of right answers follows the Poisson-binomial law of
+    its p_i (computed exactly), so E[ECE] = Σ_b (n_b / N) · E|R_b / n_b − mean_b(p)|, with the bins of
+    :func:`reliability_bins`. An ECE near this value is what calibration can reach on N cases; a target
+    below it cannot be told from chance.
+
+    Args:
+        probs: class probabilities, (N, C); only the top probability of each case is used.
+        bins: number of equal-width bins on [0, 1].
+    """
+    confidence = _validated(probs, torch.zeros(len(probs), dtype=torch.long), "probs")[0].max(dim=1).values
+    edges = torch.linspace(0.0, 1.0 + torch.finfo(torch.float32).eps, bins + 1)[1:]  # calibration_binning's
+    members = torch.bucketize(confidence.float(), edges, right=False)
+    expected = 0.0
+    for b in members.unique().tolist():
+        p = confidence[members == b].double()
+        law = torch.ones(1, dtype=torch.float64)  # law[k] = P(k right answers among the cases so far)
+        for p_i in p:
+            law = torch.cat([law * (1 - p_i), law.new_zeros(1)]) + torch.cat([law.new_zeros(1), law * p_i])
+        gaps = (torch.arange(len(p) + 1, dtype=torch.float64) / len(p) - p.mean()).abs()
+        expected += len(p) / len(confidence) * float((law * gaps).sum())
+    return expected
 
 
 def negative_log_likelihood(probs: Tensor, labels: Tensor) -> float:

@@ -23,7 +23,7 @@ import fire
 import numpy as np
 import torch
 
-from scripts.calibration import calibration_metrics
+from scripts.calibration import calibration_metrics, ece_if_calibrated
 from scripts.compare import parse_run_dirs
 from scripts.evaluate import CASES_CSV, read_case_table, write_json
 from scripts.explain.evidence import LOW_PROBABILITY
@@ -61,7 +61,9 @@ def confidence_summary(
     """Pooled calibration and top probability by ambiguity of per-case rows (:func:`read_case_table`).
 
     Returns:
-        ``cases``; ``ece``/``nll``/``brier`` and their ``_raw`` forms; for ``ambiguous`` and ``clear`` cases
+        ``cases``; ``ece``/``nll``/``brier`` and their ``_raw`` forms; ``ece_if_calibrated``, the ECE that
+        perfectly calibrated probabilities with these top values would show on these cases in expectation
+        (:func:`~scripts.calibration.ece_if_calibrated`: the floor that chance sets on a set this size); for ``ambiguous`` and ``clear`` cases
         the count, mean and median calibrated top probability, the share flagged (< :data:`LOW_PROBABILITY`),
         the share ``cautioned`` (the report's banner fires for any reason, the flip spread included; NaN for
         tables without the ``caution`` column) and the accuracy; ``points``: (appearance, calibrated top
@@ -83,7 +85,11 @@ def confidence_summary(
         "ambiguous": (look >= AMBIGUOUS[0]) & (look <= AMBIGUOUS[1]),
         "clear": (look < CLEAR[0]) | (look > CLEAR[1]),
     }
-    summary: dict[str, Any] = {"cases": len(rows), **calibration_metrics(calibrated, labels)}
+    summary: dict[str, Any] = {
+        "cases": len(rows),
+        **calibration_metrics(calibrated, labels),
+        "ece_if_calibrated": ece_if_calibrated(calibrated),
+    }
     summary.update({f"{key}_raw": value for key, value in calibration_metrics(raw, labels).items()})
     for name, chosen in groups.items():
         values = top[chosen]
@@ -103,14 +109,15 @@ def confidence_summary(
 def format_confidence(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: one row per run."""
     lines = [
-        "| run | cases | ECE raw → cal. | NLL raw → cal. | Brier (cal.) | ambiguous: n, mean top p, flagged, acc. "
+        "| run | cases | ECE raw → cal. (if calibrated) | NLL raw → cal. | Brier (cal.) | ambiguous: n, mean top p, flagged, acc. "
         "| clear: n, median top p, flagged, acc. | banner (all signals): ambiguous, clear |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():
         a, c = s["ambiguous"], s["clear"]
         lines.append(
-            f"| {name} | {s['cases']} | {s['ece_raw']:.3f} → {s['ece']:.3f} | {s['nll_raw']:.3f} → {s['nll']:.3f} | "
+            f"| {name} | {s['cases']} | {s['ece_raw']:.3f} → {s['ece']:.3f} ({s['ece_if_calibrated']:.3f}) | "
+            f"{s['nll_raw']:.3f} → {s['nll']:.3f} | "
             f"{s['brier']:.3f} | {a['cases']}, {a['mean_top_probability']:.3f}, {a['flagged']:.2f}, "
             f"{a['accuracy']:.2f} | {c['cases']}, {c['median_top_probability']:.3f}, {c['flagged']:.2f}, "
             f"{c['accuracy']:.2f} | {a['cautioned']:.2f}, {c['cautioned']:.2f} |"

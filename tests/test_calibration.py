@@ -15,6 +15,7 @@ from scripts.calibration import (
     brier_score,
     calibration_metrics,
     calibration_targets,
+    ece_if_calibrated,
     fit_calibration,
     fit_temperature,
     format_probability,
@@ -266,6 +267,35 @@ def test_ece_of_perfectly_confident_right_answers_is_zero_and_wrong_is_one():
     probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert top_label_ece(probs, torch.tensor([0, 1])) == pytest.approx(0.0)
     assert top_label_ece(probs, torch.tensor([1, 0])) == pytest.approx(1.0)
+
+
+def test_ece_if_calibrated_hand_values():
+    # one case, top p 0.9, right with probability 0.9: E|R - 0.9| = 0.9 * 0.1 + 0.1 * 0.9 = 0.18
+    assert ece_if_calibrated(torch.tensor([[0.1, 0.9]])) == pytest.approx(0.18)
+    # two cases at 0.5 in one bin: R = 0, 1, 2 with 1/4, 1/2, 1/4; gaps 0.5, 0, 0.5 -> 0.25
+    assert ece_if_calibrated(torch.tensor([[0.5, 0.5], [0.5, 0.5]])) == pytest.approx(0.25)
+    # 0.9 and 0.6 in separate bins: (0.18 + 2 * 0.6 * 0.4) / 2 = 0.33
+    assert ece_if_calibrated(torch.tensor([[0.9, 0.1], [0.4, 0.6]])) == pytest.approx(0.33)
+    # 0.65 and 0.7 share a bin of 5, (0.6, 0.8]: gaps |R / 2 - 0.675| = 0.675, 0.175, 0.325 for R = 0, 1, 2,
+    # with P = 0.35 * 0.3 = 0.105, 0.65 * 0.3 + 0.35 * 0.7 = 0.44, 0.65 * 0.7 = 0.455: 0.29575
+    assert ece_if_calibrated(torch.tensor([[0.35, 0.65], [0.3, 0.7]]), bins=5) == pytest.approx(0.29575)
+    # 0.6 lies on an edge and goes to the lower bin, (0.4, 0.6], apart from 0.65: (0.48 + 0.455) / 2
+    assert ece_if_calibrated(torch.tensor([[0.4, 0.6], [0.35, 0.65]]), bins=5) == pytest.approx(0.4675)
+    # certain answers: no sampling error at all
+    assert ece_if_calibrated(torch.tensor([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(0.0)
+
+
+def test_ece_if_calibrated_is_the_mean_ece_of_labels_drawn_from_the_probabilities():
+    generator = torch.Generator().manual_seed(0)
+    top = 0.5 + 0.5 * torch.rand(30, generator=generator, dtype=torch.float64)
+    top[:3] = torch.tensor([0.6, 0.8, 14 / 15])  # on bin edges, which reliability_bins puts in the lower bin
+    probs = torch.stack([1 - top, top], dim=1)
+    draws = [
+        top_label_ece(probs, (torch.rand(30, generator=generator, dtype=torch.float64) < top).long())
+        for _ in range(3000)
+    ]
+    # 3000 draws: the mean's standard error is about 0.03 / sqrt(3000) < 0.001
+    assert sum(draws) / len(draws) == pytest.approx(ece_if_calibrated(probs), abs=0.004)
 
 
 def test_negative_log_likelihood_and_brier_by_hand():

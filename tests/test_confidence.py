@@ -52,6 +52,10 @@ def test_pooled_calibration_and_confidence_by_ambiguity(tmp_path, capsys):
     labels = torch.tensor([1, 0, 1, 0, 0, 1])
     calibrated = torch.tensor([[0.4, 0.6], [0.3, 0.7], [0.05, 0.95], [0.95, 0.05], [0.8, 0.2], [0.1, 0.9]])
     assert summary["ece"] == pytest.approx(calibration_metrics(calibrated, labels)["ece"], abs=1e-6)
+    # the chance floor of the six top probabilities, in 15 bins 0.6 | 0.7 | 0.8 | 0.9 | 0.95, 0.95: a lone case
+    # gives 2 p (1 - p) (0.48, 0.42, 0.32, 0.18); the pair at 0.95 gaps 0.95, 0.45, 0.05 for R = 0, 1, 2 with
+    # P = 0.0025, 0.095, 0.9025: 0.09025. (1.4 + 2 × 0.09025) / 6 = 0.263417
+    assert summary["ece_if_calibrated"] == pytest.approx(0.263417, abs=1e-6)
     assert summary["cases"] == 6 and len(summary["points"]) == 6
     main(runs=f"UM={tmp_path / 's0'},{tmp_path / 's1'}", info=str(info), plot=str(tmp_path / "c.png"))
     assert "| UM | 6 |" in capsys.readouterr().out

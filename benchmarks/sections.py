@@ -191,7 +191,8 @@ def ids_section(
 
     The reference runs the same network on preallocated inputs in batches of the same sizes, so the
     ratio is the cost of building the deleted copies and scoring them. Attributions are seeded random
-    maps on the input grid.
+    maps on the input grid, which have no ties: IDS runs every copy but the all-zero last step, run once
+    for all N cases (N − 1 copies fewer than the reference).
 
     Args:
         parts: the benchmarked parts.

@@ -17,13 +17,16 @@ so that machine drift hits every variant alike:
   forward's FLOPs from ``torch.utils.flop_counter``), the machine's measured throughput of a lone
   3×3×3 convolution, peak resident memory, and how far folded and bf16 outputs are from fp32.
 - ``stage1_step``: one stage-1 training step of the configured iteration (every stage-1 loss term,
-  decoder frozen, optimiser step) at batch 1 and 2, in fp32 and under bf16 autocast (``amp``).
+  decoder frozen, optimiser step) at batch 1 and 2, in fp32 and under bf16 autocast (``amp``); with
+  ``--official_src``, also the authors' own stage-1 step (their ``train.py``'s joint stage, every loss
+  term of theirs, their optimiser and schedule) on the same batches, which needs their ``train.py``'s
+  imports (torchio, torchmetrics, scikit-learn, pandas, joblib, matplotlib, tqdm) beside torchvision.
 
 Every variant runs with the CPU allocator the config names (``allocator``, :mod:`scripts.engine.allocator`:
 ``retain`` by default), except where its name says otherwise: ``fp32_system_allocator`` and the stage-1
 steps ``batch<b>_system_allocator`` run ours with the C library's default, ``official_fp32`` and
-``official_bf16`` run the authors' model as released (the default allocator), and
-``official_fp32_bundle_allocator`` runs it with ours. ``fp32_channels_last`` and ``bf16_channels_last`` run
+``official_bf16`` (and the steps ``official_batch<b>``) run the authors' code as released (the default
+allocator), and ``official_fp32_bundle_allocator`` (``official_batch<b>_bundle_allocator``) runs it with ours. ``fp32_channels_last`` and ``bf16_channels_last`` run
 a copy placed channels-last, as ``configs/inference.json`` places its network (``channels_last_3d``). The mode is switched, untimed, before each call.
 
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
@@ -34,6 +37,7 @@ the section ``"quiet": false`` and its ratios are not to be reported.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
@@ -124,18 +128,50 @@ def conv_throughput(repeats: int = 3, bf16: bool = False) -> float:
     return flops / median(seconds) / 1e9
 
 
-def official_network(src: str | Path, input_shape: tuple[int, ...]) -> nn.Module:
-    """The authors' UM-ProtoShare from their ``src`` folder, in eval mode, as their ``main_Code.py`` builds it
-    with its defaults: ``p_mode=5`` (the full model), cosine distances, 30 prototypes, the decoder frozen."""
+def _official_module(src: str | Path, name: str) -> Any:
+    """The module ``name`` (``models``, ``train``, ``utils``) of the authors' ``src`` folder."""
     folder = Path(src).resolve()
     if not (folder / "models.py").is_file():
         raise FileNotFoundError(f"--official_src must be the authors' src folder with models.py; got {folder}.")
     sys.path.insert(0, str(folder))
     try:
-        models = importlib.import_module("models")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(folder))
+
+
+def official_network(src: str | Path, input_shape: tuple[int, ...]) -> nn.Module:
+    """The authors' UM-ProtoShare from their ``src`` folder, in eval mode, as their ``main_Code.py`` builds it
+    with its defaults: ``p_mode=5`` (the full model), cosine distances, 30 prototypes, the decoder frozen."""
+    models = _official_module(src, "models")
     return models.UM_Proto_Share(in_size=tuple(input_shape), p_mode=5, f_dist="cos", freeze_unet=True).eval()
+
+
+def official_stage1_step(src: str | Path, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """One step of the authors' joint stage (their stage 1) as their ``main_Code.py`` sets it up and their
+    ``train.py`` runs it: ``train_one_epoch_UM_ProtoShare("joint", ...)`` over a one-batch loader, with their
+    defaults (focal loss weighted by BraTS 2020's 293 / 76 grades, AdamW at lr 1e-3 and weight decay 1e-2
+    over every parameter, their warm-up cosine schedule, a disabled GradScaler, soft class assignment,
+    ``get_loss_coefs``'s coefficients: classification, clustering, separation, map, online CAM, diversity).
+    Their ``train.py`` and ``utils.py`` also import torchio, torchmetrics, scikit-learn, pandas, joblib,
+    matplotlib and tqdm. Their progress bar and epoch line are discarded."""
+    network = official_network(src, tuple(images.shape[1:])).to(images.device).train()
+    train, utils = _official_module(src, "train"), _official_module(src, "utils")
+    weights = torch.tensor([293 / 369, 76 / 369], device=images.device)
+    loss = utils.FocalLoss(weight=weights)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=1e-3, weight_decay=1e-2)
+    scheduler = utils.warmup_cosine_scheduler(optimiser, num_epochs=100, use_warmup=True, warmup_ratio=0.2)
+    scaler = torch.amp.GradScaler(enabled=False)
+    loader = [([f"case{i}" for i in range(len(labels))], images, nn.functional.one_hot(labels, 2).float(), None)]
+
+    def step() -> None:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            train.train_one_epoch_UM_ProtoShare(
+                "joint", network, loader, optimiser, weights, loss, utils.get_loss_coefs(), True, scaler, scheduler,
+                "soft",
+            )
+
+    return step
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -234,9 +270,12 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
     return section
 
 
-def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed: int) -> dict[str, Any]:
+def stage1_section(
+    parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed: int, official_src: str | None = None
+) -> dict[str, Any]:
     """One stage-1 step of the configured iteration (loss terms, backward, optimiser) per batch size, fp32 and
-    bf16 autocast, interleaved."""
+    bf16 autocast, interleaved; given ``official_src``, also the authors' own stage-1 step in fp32
+    (:func:`official_stage1_step`) as released and with this bundle's allocator setting."""
     generator = torch.Generator().manual_seed(seed)
     engine = engine_at(parts.schedule.warmup_epochs + 1, parts.device)
     parts.network.set_trainable(parts.schedule.trainable_groups("stage1"))
@@ -262,15 +301,28 @@ def stage1_section(parts: Any, repeats: int, batch_sizes: tuple[int, ...], seed:
             name = f"batch{b}{suffix}"
             calls[name] = lambda batch=batch, amp=amp: step(batch, amp)
             allocators[name] = allocator
+        if official_src is not None:
+            calls[f"official_batch{b}"] = official_stage1_step(official_src, batch["image"], batch["label"])
+            allocators[f"official_batch{b}"] = "system"
+            if configured != "system":
+                calls[f"official_batch{b}_bundle_allocator"] = calls[f"official_batch{b}"]
+                allocators[f"official_batch{b}_bundle_allocator"] = configured
     switches = _allocator_switches(allocators)
     _each_switched(switches, calls, lambda call: call())  # untimed first calls
     with OtherLoad() as load:
         runs = side_by_side(calls, repeats, parts.device, prepare=switches)
     memory = _each_switched(switches, calls, peak_rss)
     configure_allocator(configured)
+    seconds = {name: runs.median(name) for name in calls}
+    official = {
+        name: round(seconds[f"official_batch{b}"] / s, 3)
+        for b in batches for name, s in seconds.items()
+        if f"official_batch{b}" in seconds and name.startswith(f"batch{b}")
+    }
     return {
         "allocators": allocators,
-        "seconds": {name: runs.median(name) for name in calls},
+        "seconds": seconds,
+        **({"speedup_over_official_fp32": official} if official else {}),
         "cpu_seconds": {name: runs.median(name, "cpu") for name in calls},
         "peak_rss_mib": {name: None if m is None else round(m / 2**20) for name, m in memory.items()},
         "runs": runs.as_dict(),
@@ -311,7 +363,7 @@ def report(
     logger.info("forward: %d rounds", repeats)
     forward = forward_section(parts, repeats, official_src, seed)
     logger.info("stage-1 step: %d rounds at batch %s", repeats, list(batch_sizes))
-    stage1 = stage1_section(parts, repeats, tuple(int(b) for b in batch_sizes), seed)
+    stage1 = stage1_section(parts, repeats, tuple(int(b) for b in batch_sizes), seed, official_src)
     result: dict[str, Any] = {
         "settings": {
             "configuration": configuration, "torch": torch.__version__, "threads": torch.get_num_threads(),

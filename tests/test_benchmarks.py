@@ -37,6 +37,61 @@ def test_tiny_report_prints_one_json_with_every_section(tmp_path, capsys):
     assert report["inference"]["umprotoshare_peak_mib_per_volume"] > 0
 
 
+FAKE_OFFICIAL = {
+    "models.py": """
+import torch
+from torch import nn
+class UM_Proto_Share(nn.Module):
+    def __init__(self, in_size, p_mode, f_dist, freeze_unet):
+        super().__init__()
+        self.linear = nn.Linear(in_size[0], 2)
+    def forward(self, x):
+        return self.linear(x.mean(dim=(2, 3, 4)))
+""",
+    "train.py": """
+CALLS = []
+def train_one_epoch_UM_ProtoShare(stage, model, loader, optimiser, class_weights, loss_class, loss_coefs,
+                                  use_l1_mask, scaler, lr_scheduler, class_assignments):
+    print("their epoch line")
+    for subject_id, image, label, seg in loader:
+        optimiser.zero_grad()
+        loss = loss_class(model(image), label.argmax(dim=1))
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        lr_scheduler.step()
+        CALLS.append((stage, model.training, subject_id, image, label, class_weights, loss_coefs, class_assignments))
+""",
+    "utils.py": """
+import torch
+FocalLoss = torch.nn.CrossEntropyLoss
+def warmup_cosine_scheduler(optimiser, num_epochs, use_warmup, warmup_ratio):
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+def get_loss_coefs():
+    return {"loss_class_coe": 1.0}
+""",
+}
+
+
+def test_official_stage1_step_runs_their_joint_stage_on_our_batch(tmp_path, capsys):
+    for name, text in FAKE_OFFICIAL.items():
+        (tmp_path / name).write_text(text)
+    images, labels = torch.randn(2, 4, 3, 3, 3), torch.tensor([1, 0])
+    try:
+        step = speed.official_stage1_step(tmp_path, images, labels)
+        train = sys.modules["train"]
+        step()
+        step()
+        stage, training, subject_id, image, label, weights, coefs, assignment = train.CALLS[-1]
+    finally:
+        for name in ("models", "train", "utils"):
+            sys.modules.pop(name, None)
+    assert len(train.CALLS) == 2  # one call of their epoch over a one-batch loader per step
+    assert (stage, training, assignment, coefs) == ("joint", True, "soft", {"loss_class_coe": 1.0})
+    assert image is images and torch.equal(label, torch.tensor([[0.0, 1.0], [1.0, 0.0]])) and len(subject_id) == 2
+    assert weights.tolist() == pytest.approx([293 / 369, 76 / 369])
+    assert "their epoch line" not in capsys.readouterr().out
+
+
 def test_unknown_configuration_is_refused():
     with pytest.raises(ValueError, match="huge"):
         load_config("huge", "cpu")

@@ -4,6 +4,7 @@ Command (from the bundle root)::
 
     python -m benchmarks.speed [--tiny] [--repeats 3] [--official_src PATH] [--reference FILE]
                                [--save_reference FILE] [--overrides "{'decoder_kind': 'lite'}"] [--out report.json]
+                               [--ids_cases N [--workdir DIR]]
 
 One process builds the training config's network (``configs/train.json``: ResNet-152 encoder,
 4×128×128×96, 30 prototypes; ``--tiny`` overlays the quick start's) and times, interleaved round by round
@@ -16,6 +17,9 @@ so that machine drift hits every variant alike:
   (``p_mode=5``, the paper's model) in fp32 and bf16. Printed beside each: achieved GFLOP/s (the
   forward's FLOPs from ``torch.utils.flop_counter``), the machine's measured throughput of a lone
   3×3×3 convolution, peak resident memory, and how far folded and bf16 outputs are from fp32.
+- ``ids`` (with ``--ids_cases N``): IDS per case (:func:`~scripts.metrics.deletion_curve`, 50 steps) on N
+  synthetic phantoms with the evaluation's class map, as this version runs it, with every copy run, and as
+  the bundle ran it before 0.11.0 (:data:`IDS_VARIANTS`); minutes per case and variant at full size.
 - ``stage1_step``: one stage-1 training step of the configured iteration (every stage-1 loss term,
   decoder frozen, optimiser step) at batch 1 and 2, in fp32 and under bf16 autocast (``amp``); with
   ``--official_src``, also the authors' own stage-1 step (their ``train.py``'s joint stage, every loss
@@ -45,6 +49,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,12 +60,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from scripts.engine import place
+from scripts.data.foreground import foreground_mask
+from scripts.engine import place, plain_tensor
 from scripts.engine.allocator import configure_allocator
+from scripts.explain.attribution import class_map
+from scripts.metrics import deletion_curve
 from scripts.networks.folding import fold_batch_norms
 from scripts.networks.precision import autocast, cpu_info
 
-from .bundle import build_parts, engine_at, load_config
+from .bundle import build_parts, engine_at, load_config, synthetic_cohort
 from .measure import command_signature, emit, median, side_by_side
 
 __all__ = ["OtherLoad", "conv_throughput", "official_network", "peak_rss", "report"]
@@ -330,6 +338,59 @@ def stage1_section(
     }
 
 
+IDS_VARIANTS = {
+    "each_distinct_copy_once": (True, 3, None, True),
+    "every_copy": (False, 3, None, True),
+    "before_0.11": (False, 17, "system", False),
+}
+"""IDS variant → (reuse identical copies, copies per forward, allocator (None: the config's), channels-last):
+this version as ``configs/evaluate.json`` runs it on a CPU; the same running all 51 copies (0.11.0); the
+bundle before 0.11.0 (batch 17, the C library's allocator, contiguous)."""
+
+
+def ids_section(parts: Any, cases: int, workdir: str | Path, seed: int) -> dict[str, Any]:
+    """IDS per case as the evaluation runs it, on ``cases`` synthetic phantoms of the config's ROI size with the
+    class map the evaluation computes (brain only), for each of :data:`IDS_VARIANTS`: one timed call per case
+    and variant (each takes minutes at full size), and whether their deletion curves are equal."""
+    plain, _ = synthetic_cohort(Path(workdir) / "ids_phantoms", cases, parts, Path(workdir) / "ids_cache", seed=seed)
+    network, configured = parts.network.eval(), parts.settings["allocator"]
+    rows = []
+    with OtherLoad() as load:
+        for index in range(len(plain)):
+            item = plain[index]
+            image, label = plain_tensor(item["image"]).float().to(parts.device), int(item["label"])
+            with torch.no_grad():
+                attribution = class_map(network, image[None], [label], brain_only=True)[0]
+            row: dict[str, Any] = {
+                "brain_share": round(float(foreground_mask(image[None]).float().mean()), 3), "seconds": {}, "copies": {}
+            }
+            curves = []
+            for name, (reuse, batch, allocator, channels_last) in IDS_VARIANTS.items():
+                configure_allocator(allocator or configured)
+                network.to(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+                sizes: list[int] = []
+
+                def predict(x: torch.Tensor) -> torch.Tensor:
+                    sizes.append(len(x))
+                    return network(x)
+
+                start = time.perf_counter()
+                curves.append(deletion_curve(predict, [image], [attribution], [label], batch, 50, reuse))
+                row["seconds"][name], row["copies"][name] = round(time.perf_counter() - start, 2), sum(sizes)
+            row["curves_equal"] = all(torch.equal(curves[0], curve) for curve in curves[1:])
+            rows.append(row)
+    configure_allocator(configured)
+    network.to(memory_format=torch.contiguous_format)
+    mean = {name: sum(row["seconds"][name] for row in rows) / len(rows) for name in IDS_VARIANTS}
+    return {
+        "cases": rows,
+        "mean_seconds_per_case": {name: round(value, 2) for name, value in mean.items()},
+        "ratio_over_before_0.11": {name: round(value / mean["before_0.11"], 3) for name, value in mean.items()},
+        "curves_equal": all(row["curves_equal"] for row in rows),
+        **load.as_dict(),
+    }
+
+
 def _against(current: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
     """Today's medians over the reference's, for every section and variant both have (< 1: faster today)."""
     ratios = {}
@@ -349,10 +410,14 @@ def report(
     batch_sizes: tuple[int, ...] = (1, 2),
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    ids_cases: int = 0,
+    workdir: str | None = None,
 ) -> dict[str, Any]:
-    """Build the configuration's parts and run both sections; see the module docstring.
+    """Build the configuration's parts and run the sections; see the module docstring.
 
     ``overrides`` are config ids → values set on the training config (e.g. ``{"decoder_kind": "lite"}``).
+    ``ids_cases`` > 0 adds the IDS section on that many phantoms written under ``workdir`` (a temporary
+    folder if None).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
@@ -364,6 +429,11 @@ def report(
     forward = forward_section(parts, repeats, official_src, seed)
     logger.info("stage-1 step: %d rounds at batch %s", repeats, list(batch_sizes))
     stage1 = stage1_section(parts, repeats, tuple(int(b) for b in batch_sizes), seed, official_src)
+    ids = None
+    if ids_cases > 0:
+        logger.info("IDS: %d case(s), one call per variant", ids_cases)
+        with tempfile.TemporaryDirectory() as temporary:
+            ids = ids_section(parts, ids_cases, workdir or temporary, seed)
     result: dict[str, Any] = {
         "settings": {
             "configuration": configuration, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -372,6 +442,7 @@ def report(
         },
         "forward": forward,
         "stage1_step": stage1,
+        **({"ids": ids} if ids is not None else {}),
     }
     if reference is not None:
         result["reference"] = {"file": reference, "ratio": _against(result, json.loads(Path(reference).read_text()))}
@@ -383,8 +454,8 @@ def main(tiny: bool = False, out: str | None = None, save_reference: str | None 
     """Print the report as JSON (and write it to ``out``); ``save_reference`` also keeps its medians for later runs."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = report("tiny" if tiny else "full", **options)
-    for name in ("forward", "stage1_step"):
-        if not result[name]["quiet"]:
+    for name in ("forward", "stage1_step", "ids"):
+        if name in result and not result[name]["quiet"]:
             logger.warning("%s: other processes used %.0f%% of a core; do not report its ratios",
                            name, 100 * result[name]["other_share_of_a_core"])
     if save_reference is not None:

@@ -323,6 +323,7 @@ def deletion_curve(
     labels: ArrayLike,
     batch_size: int = 17,
     steps: int = 50,
+    reuse_identical: bool = True,
 ) -> torch.Tensor:
     """Fold-level BAC after deleting the most attributed voxels, C_0..C_steps (SPEC §6 IDS).
 
@@ -344,6 +345,8 @@ def deletion_curve(
         labels: ground-truth class indices, (N,).
         batch_size: forward batch size; 17 splits a case's 51 copies into 3 full batches.
         steps: number of deletion steps.
+        reuse_identical: score a copy identical to one already run by that run's prediction (False runs
+            every copy: the same curve, the benchmark's reference).
 
     Returns:
         (steps + 1,) float64 BAC per step.
@@ -357,7 +360,11 @@ def deletion_curve(
     num_classes = int(labels.max()) + 1
     scored: dict[tuple, tuple[int, int]] = {}  # copy content -> the (case, step) that scores it
     repeats: list[tuple[int, int, tuple]] = []
-    copies = (copy for copy in _deletion_steps(images, attributions, steps) if not _is_repeat(copy, scored, repeats))
+    copies = (
+        copy
+        for copy in _deletion_steps(images, attributions, steps)
+        if not (reuse_identical and _is_repeat(copy, scored, repeats))
+    )
     inputs: torch.Tensor | None = None
     while batch := list(itertools.islice(copies, batch_size)):
         cases, indices, sources, masks, _ = zip(*batch)

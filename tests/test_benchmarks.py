@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks import gpu, speed
-from benchmarks.bundle import load_config
+from benchmarks.bundle import build_parts, load_config
 from benchmarks.measure import MIB, Runs, peak_memory, side_by_side
 from benchmarks.run import TARGETS, main
 from scripts.metrics import deletion_curve
@@ -220,6 +220,19 @@ def test_speed_report_with_a_reference_on_the_tiny_network(tmp_path, capsys):
         after = second["forward"]["seconds"][name]
         assert second["reference"]["ratio"][f"forward.{name}"] == pytest.approx(after / before, abs=1e-3)
     assert all(isinstance(first[section]["quiet"], bool) for section in ("forward", "stage1_step"))
+
+
+def test_ids_section_times_the_variants_on_phantoms_with_equal_curves(tmp_path):
+    parts = build_parts(load_config("tiny", "cpu"))
+    section = speed.ids_section(parts, 1, tmp_path, seed=0)
+    (case,) = section["cases"]
+    assert set(case["seconds"]) == set(speed.IDS_VARIANTS) and section["curves_equal"] is case["curves_equal"] is True
+    # every copy runs without reuse; with it, only the steps inside the brain, plus the all-zero image
+    assert case["copies"]["every_copy"] == case["copies"]["before_0.11"] == 51
+    assert case["copies"]["each_distinct_copy_once"] <= round(51 * case["brain_share"]) + 2
+    assert 0 < case["brain_share"] < 1 and section["ratio_over_before_0.11"]["before_0.11"] == 1.0
+    kernel = next(p for p in parts.network.parameters() if p.ndim == 5 and p.shape[2] > 1)
+    assert kernel.is_contiguous()  # training's placement is restored after the channels-last variants
 
 
 def test_other_load_sees_another_process_use_the_cpu():

@@ -364,6 +364,9 @@ def test_deletion_curve_runs_each_distinct_copy_once():
     every_copy = torch.stack([counting_model(case_copies).argmax(1) for case_copies in copies])
     expected = torch.tensor([balanced_accuracy(torch.tensor(labels), every_copy[:, k], 2) for k in range(51)])
     assert torch.equal(curve, expected.double())
+    calls.clear()
+    assert torch.equal(deletion_curve(counting_model, images, attributions, labels, 5, reuse_identical=False), curve)
+    assert sum(calls) == 4 * 51
 
 
 def test_deletion_curve_upsamples_coarse_attribution():

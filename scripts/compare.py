@@ -11,8 +11,10 @@ inside the tumour, the mean / minimum per-prototype similarity spread, and for p
 CNN) the AP of the paper's own read-out (Eq. 28: the scales summed over the whole volume), the share of the
 top prototypes' map peaks inside the brain (all cases) and inside the tumour (correctly classified cases),
 and the share of prototypes whose push source's class is the class their weights favour; last the held-out
-calibration: top-label ECE (15 bins) and NLL before and after the fold's calibration, and the calibrated
-Brier score (– for folds evaluated before calibration existed).
+calibration: top-label ECE (15 bins) and NLL before and after the fold's calibration, the ECE that perfectly
+calibrated probabilities would show on the same cases (:func:`scripts.calibration.ece_if_calibrated`: what
+chance alone gives on a fold this size), and the calibrated Brier score (– for folds evaluated before these
+existed).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ COLUMNS = {
     "prototype_source_agrees": "source class = weights' class",
     "ece_raw": "ECE (raw)",
     "ece": "ECE",
+    "ece_if_calibrated": "ECE if calibrated",
     "nll_raw": "NLL (raw)",
     "nll": "NLL",
     "brier": "Brier",
@@ -76,7 +79,7 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "spread_min": number(spread.get("min")),
         **{key: number(metrics.get(key)) for key in
            ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees",
-            "ece_raw", "ece", "nll_raw", "nll", "brier")},
+            "ece_raw", "ece", "ece_if_calibrated", "nll_raw", "nll", "brier")},
     }
 
 

@@ -18,7 +18,7 @@ from helpers import mirror_probabilities
 from monai.bundle import ConfigWorkflow, run
 from test_engine_micro import MICRO, micro_workflow, run_micro
 
-from scripts.calibration import Calibration, calibration_metrics
+from scripts.calibration import Calibration, calibration_metrics, ece_if_calibrated
 from scripts.data import preprocessing_transforms, split_fold
 from scripts.data.synthetic import generate_dataset
 from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_table, replace_missing
@@ -185,6 +185,8 @@ def test_one_calibration_for_evaluation_inference_and_their_files(evaluated, tmp
         probs = torch.tensor([[row[f"{prefix}_LGG"], row[f"{prefix}_HGG"]] for row in rows], dtype=torch.float64)
         for key, value in calibration_metrics(probs, labels).items():
             assert metrics[f"{key}{suffix}"] == pytest.approx(value, abs=1e-6)
+    shown = torch.tensor([[row["prob_LGG"], row["prob_HGG"]] for row in rows], dtype=torch.float64)
+    assert metrics["ece_if_calibrated"] == pytest.approx(ece_if_calibrated(shown), abs=1e-6)
     singles = [int(row["single_prob_HGG"] > row["single_prob_LGG"]) for row in rows]
     assert metrics["bac_single"] == pytest.approx(_bac(labels.tolist(), singles), abs=1e-12)
     assert (evaluated.fold_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,7 +29,7 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from scripts.calibration import Calibration, calibration_metrics, plot_reliability
+from scripts.calibration import Calibration, calibration_metrics, ece_if_calibrated, plot_reliability
 from scripts.cli import ERRORS_JSON
 from scripts.data import DataError
 from scripts.data.foreground import brain_mask
@@ -264,7 +264,8 @@ class FoldEvaluator:
     ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``: ``bac``, ``accuracy``,
     ``sensitivity``, ``specificity``, ``roc_auc`` (of the calibrated probabilities: the temperature keeps
     every argmax and ranking), ``ece``, ``nll``, ``brier`` (calibrated) and ``ece_raw``, ``nll_raw``,
-    ``brier_raw``, ``calibration``, ``ap``, ``ids`` (fractions; NaN as null), the deletion curve and the
+    ``brier_raw``, ``ece_if_calibrated`` (the ECE chance gives perfectly calibrated probabilities on these
+    cases), ``calibration``, ``ap``, ``ids`` (fractions; NaN as null), the deletion curve and the
     settings used. Prototype models add ``ap_eq28``, the peak shares
     (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
     (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
@@ -438,6 +439,7 @@ class FoldEvaluator:
         metrics: dict[str, Any] = {
             **classification_metrics(result.labels, probs),
             **calibration_metrics(probs, result.labels),
+            "ece_if_calibrated": ece_if_calibrated(probs),
             **{f"{key}_raw": value for key, value in calibration_metrics(result.probs, result.labels).items()},
             **{f"{key}_single": value for key, value in calibration_metrics(single, result.labels).items()},
             "bac_single": classification_metrics(result.labels, single)["bac"],

@@ -235,6 +235,27 @@ def test_ids_section_times_the_variants_on_phantoms_with_equal_curves(tmp_path):
     assert kernel.is_contiguous()  # training's placement is restored after the channels-last variants
 
 
+def test_allocator_switch_regrows_the_kept_heap_untimed_after_a_change_of_mode():
+    from scripts.engine import allocator_mode, configure_allocator
+
+    before = allocator_mode()
+    ran: list[str] = []
+    allocators = {"ours": "retain", "theirs": "system", "ours_again": "retain"}
+    calls = {name: (lambda name=name: ran.append(name)) for name in allocators}
+    switches = speed._allocator_switches(allocators, calls)
+    try:
+        switches["ours"]()  # the first mode set: nothing kept yet, nothing to regrow
+        assert ran == [] and allocator_mode() == "retain"
+        switches["theirs"]()  # into system: its calls fault pages in anyway
+        assert ran == [] and allocator_mode() == "system"
+        switches["ours_again"]()  # back to retain: one untimed call regrows the heap
+        assert ran == ["ours_again"] and allocator_mode() == "retain"
+        switches["ours"]()  # the same mode again: nothing more
+        assert ran == ["ours_again"]
+    finally:
+        configure_allocator(before)
+
+
 def test_other_load_sees_another_process_use_the_cpu():
     with speed.OtherLoad() as idle:
         time.sleep(0.5)

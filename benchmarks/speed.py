@@ -30,8 +30,10 @@ Every variant runs with the CPU allocator the config names (``allocator``, :mod:
 ``retain`` by default), except where its name says otherwise: ``fp32_system_allocator`` and the stage-1
 steps ``batch<b>_system_allocator`` run ours with the C library's default, ``official_fp32`` and
 ``official_bf16`` (and the steps ``official_batch<b>``) run the authors' code as released (the default
-allocator), and ``official_fp32_bundle_allocator`` (``official_batch<b>_bundle_allocator``) runs it with ours. ``fp32_channels_last`` and ``bf16_channels_last`` run
-a copy placed channels-last, as ``configs/inference.json`` places its network (``channels_last_3d``). The mode is switched, untimed, before each call.
+allocator), and ``official_fp32_bundle_allocator`` (``official_batch<b>_bundle_allocator``) runs it with
+ours. ``fp32_channels_last`` and ``bf16_channels_last`` run a copy placed channels-last, as
+``configs/inference.json`` places its network (``channels_last_3d``). The mode is switched, untimed,
+before each call (:func:`_allocator_switches`).
 
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
 one written on an earlier commit) and prints today's medians over it. Every section says whether the
@@ -341,7 +343,7 @@ def stage1_section(
     official = {
         name: round(seconds[f"official_batch{b}"] / s, 3)
         for b in batches for name, s in seconds.items()
-        if f"official_batch{b}" in seconds and name.startswith(f"batch{b}")
+        if f"official_batch{b}" in seconds and (name == f"batch{b}" or name.startswith(f"batch{b}_"))
     }
     return {
         "allocators": allocators,

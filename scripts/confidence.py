@@ -63,8 +63,8 @@ def confidence_summary(
     Returns:
         ``cases``; ``ece``/``nll``/``brier`` and their ``_raw`` forms; ``ece_if_calibrated``, the ECE that
         perfectly calibrated probabilities with these top values would show on these cases in expectation
-        (:func:`~scripts.calibration.ece_if_calibrated`: the floor that chance sets on a set this size); for ``ambiguous`` and ``clear`` cases
-        the count, mean and median calibrated top probability, the share flagged (< :data:`LOW_PROBABILITY`),
+        (:func:`~scripts.calibration.ece_if_calibrated`: the floor that chance sets on a set this size);
+        for ``ambiguous`` and ``clear`` cases the count, mean and median calibrated top probability, the share flagged (< :data:`LOW_PROBABILITY`),
         the share ``cautioned`` (the report's banner fires for any reason, the flip spread included; NaN for
         tables without the ``caution`` column) and the accuracy; ``points``: (appearance, calibrated top
         probability, correct) per case.
@@ -109,8 +109,9 @@ def confidence_summary(
 def format_confidence(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: one row per run."""
     lines = [
-        "| run | cases | ECE raw → cal. (if calibrated) | NLL raw → cal. | Brier (cal.) | ambiguous: n, mean top p, flagged, acc. "
-        "| clear: n, median top p, flagged, acc. | banner (all signals): ambiguous, clear |",
+        "| run | cases | ECE raw → cal. (if calibrated) | NLL raw → cal. | Brier (cal.) "
+        "| ambiguous: n, mean top p, flagged, acc. | clear: n, median top p, flagged, acc. "
+        "| banner (all signals): ambiguous, clear |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summaries.items():

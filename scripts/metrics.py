@@ -335,8 +335,8 @@ def deletion_curve(
     voxel more than the case's previous step (tied attributions, e.g. the zeros outside the brain of a
     brain-only map), and the all-zero image that deleting every voxel leaves, run once for all cases of
     that size. So the cost is at most N·(steps + 1) forward items, and the curve is the same as with
-    every copy run. ``predict_fn`` runs under ``torch.no_grad``. A map on a coarser grid is first upsampled to the image's (trilinear,
-    align_corners=False).
+    every copy run. ``predict_fn`` runs under ``torch.no_grad``. A map on a coarser grid is first
+    upsampled to the image's (trilinear, align_corners=False).
 
     Args:
         predict_fn: (b, C_in, H, W, D) -> logits (b, num_classes); the prediction is their argmax.

@@ -92,6 +92,25 @@ def test_official_stage1_step_runs_their_joint_stage_on_our_batch(tmp_path, caps
     assert "their epoch line" not in capsys.readouterr().out
 
 
+def test_stage1_section_reports_our_steps_over_the_authors_of_the_same_batch(tmp_path):
+    for name, text in FAKE_OFFICIAL.items():
+        (tmp_path / name).write_text(text)
+    parts = build_parts(load_config("tiny", "cpu"))
+    try:
+        section = speed.stage1_section(parts, 1, (10, 1), seed=0, official_src=str(tmp_path))
+    finally:
+        for name in ("models", "train", "utils"):
+            sys.modules.pop(name, None)
+    seconds, speedup = section["seconds"], section["speedup_over_official_fp32"]
+    ours = {f"batch{b}{suffix}" for b in (1, 10) for suffix in ("", "_bf16", "_system_allocator")}
+    assert set(speedup) == ours  # batch 10's steps against batch 10's, never batch 1's
+    for name in ours:
+        b = name.split("_")[0].removeprefix("batch")
+        assert speedup[name] == pytest.approx(seconds[f"official_batch{b}"] / seconds[name], abs=1e-3)
+    assert section["allocators"]["official_batch1"] == "system"
+    assert section["allocators"]["official_batch10_bundle_allocator"] == "retain"
+
+
 def test_unknown_configuration_is_refused():
     with pytest.raises(ValueError, match="huge"):
         load_config("huge", "cpu")

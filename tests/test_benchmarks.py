@@ -254,7 +254,7 @@ def test_ids_section_times_the_variants_on_phantoms_with_equal_curves(tmp_path):
     assert kernel.is_contiguous()  # training's placement is restored after the channels-last variants
 
 
-def test_allocator_switch_regrows_the_kept_heap_untimed_after_a_change_of_mode():
+def test_allocator_switch_regrows_each_kept_heap_untimed_after_a_system_call():
     from scripts.engine import allocator_mode, configure_allocator
 
     before = allocator_mode()
@@ -263,14 +263,18 @@ def test_allocator_switch_regrows_the_kept_heap_untimed_after_a_change_of_mode()
     calls = {name: (lambda name=name: ran.append(name)) for name in allocators}
     switches = speed._allocator_switches(allocators, calls)
     try:
-        switches["ours"]()  # the first mode set: nothing kept yet, nothing to regrow
+        switches["ours"]()  # no system call yet: nothing has been returned, nothing to regrow
         assert ran == [] and allocator_mode() == "retain"
         switches["theirs"]()  # into system: its calls fault pages in anyway
         assert ran == [] and allocator_mode() == "system"
         switches["ours_again"]()  # back to retain: one untimed call regrows the heap
         assert ran == ["ours_again"] and allocator_mode() == "retain"
-        switches["ours"]()  # the same mode again: nothing more
-        assert ran == ["ours_again"]
+        switches["ours"]()  # a system call ran since ours last did: ours_again's heap may be too small for it
+        assert ran == ["ours_again", "ours"]
+        switches["ours"](), switches["ours_again"]()  # nothing returned since either ran: nothing more
+        assert ran == ["ours_again", "ours"]
+        switches["theirs"](), switches["ours"]()
+        assert ran == ["ours_again", "ours", "ours"]
     finally:
         configure_allocator(before)
 

@@ -32,8 +32,10 @@ steps ``batch<b>_system_allocator`` run ours with the C library's default, ``off
 ``official_bf16`` (and the steps ``official_batch<b>``) run the authors' code as released (the default
 allocator), and ``official_fp32_bundle_allocator`` (``official_batch<b>_bundle_allocator``) runs it with
 ours. ``fp32_channels_last`` and ``bf16_channels_last`` run a copy placed channels-last, as
-``configs/inference.json`` places its network (``channels_last_3d``). The mode is switched, untimed,
-before each call (:func:`_allocator_switches`).
+``configs/inference.json`` places its network (``channels_last_3d``); the other forwards run contiguous
+copies. The ``bf16`` variants run bf16 alone; ``bf16_channels_last_rechecked`` is what ``--precision bf16``
+costs for a case whose logits fall under ``bf16_recheck_margin`` (bf16, then fp32 again). The stage-1 steps run the network as ``configs/train.json`` places it: channels-last on a CPU
+since 0.13.0. The mode is switched, untimed, before each call (:func:`_allocator_switches`).
 
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
 one written on an earlier commit) and prints today's medians over it. Every section says whether the
@@ -49,6 +51,7 @@ import functools
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -68,7 +71,7 @@ from scripts.engine.allocator import configure_allocator
 from scripts.explain.attribution import class_map
 from scripts.metrics import deletion_curve
 from scripts.networks.folding import fold_batch_norms
-from scripts.networks.precision import autocast, cpu_info
+from scripts.networks.precision import autocast, cpu_info, set_precision
 
 from .bundle import build_parts, engine_at, load_config, synthetic_cohort
 from .measure import command_signature, emit, median, side_by_side
@@ -233,21 +236,33 @@ def _each_switched(switches: dict[str, Callable[[], None]], calls: dict[str, Cal
     return results
 
 
+def _restore_placement(parts: Any) -> None:
+    """Put both networks back in the memory layout training places them in (``channels_last_3d``)."""
+    layout = torch.channels_last_3d if parts.settings["channels_last_3d"] else torch.contiguous_format
+    for network in (parts.network, parts.cnn):
+        network.to(memory_format=layout)
+
+
 def forward_section(parts: Any, repeats: int, official_src: str | None, seed: int) -> dict[str, Any]:
     """Eval forwards at batch 1, interleaved: fp32, folded fp32, bf16, the CNN and (given) the authors' model."""
     shape = (1, 4, *parts.input_size)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(parts.device)
-    network = parts.network.eval()
+    # the plain variants are contiguous whatever training's placement; inference.json places channels-last
+    network = parts.network.eval().to(memory_format=torch.contiguous_format)
     configured = parts.settings["allocator"]
+    channels_last = place(copy.deepcopy(network), parts.device, channels_last_3d=True)
     calls = {
         "fp32": _forward(network, x),
         "folded_fp32": _forward(fold_batch_norms(network), x),
         "bf16": _forward(network, x, bf16=True),
-        "cnn_fp32": _forward(parts.cnn.eval(), x),
+        "cnn_fp32": _forward(parts.cnn.eval().to(memory_format=torch.contiguous_format), x),
+        "fp32_channels_last": _forward(channels_last, x),
+        "bf16_channels_last": _forward(channels_last, x, True),
+        # --precision bf16 on a case that falls under bf16_recheck_margin: bf16, then fp32 again
+        "bf16_channels_last_rechecked": _forward(
+            set_precision(copy.deepcopy(channels_last), "bf16", parts.device, recheck_margin=math.inf), x
+        ),
     }
-    if not parts.settings["channels_last_3d"]:  # inference.json places its network channels-last by default
-        channels_last = place(copy.deepcopy(network), parts.device, channels_last_3d=True)
-        calls |= {"fp32_channels_last": _forward(channels_last, x), "bf16_channels_last": _forward(channels_last, x, True)}
     allocators = dict.fromkeys(calls, configured)
     if configured != "system":
         calls["fp32_system_allocator"], allocators["fp32_system_allocator"] = calls["fp32"], "system"
@@ -269,6 +284,7 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         runs = side_by_side(calls, repeats, parts.device, prepare=switches)
     memory = _each_switched(switches, calls, peak_rss)
     configure_allocator(configured)
+    _restore_placement(parts)
     seconds = {name: runs.median(name) for name in calls}
     gflop = counter.get_total_flops() / 1e9
     fp32 = outputs["fp32"]
@@ -278,7 +294,8 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
         "peak_rss_mib": {name: None if m is None else round(m / 2**20) for name, m in memory.items()},
         "gflop": round(gflop, 1),
         "achieved_gflops": {
-            name: round(gflop / seconds[name], 1) for name in seconds if not name.startswith(("cnn", "official"))
+            name: round(gflop / seconds[name], 1)
+            for name in seconds if not name.startswith(("cnn", "official")) and not name.endswith("_rechecked")
         },
         "conv_gflops_fp32": round(conv_throughput(), 1),
         "conv_gflops_bf16": round(conv_throughput(bf16=True), 1),
@@ -288,7 +305,7 @@ def forward_section(parts: Any, repeats: int, official_src: str | None, seed: in
             (outputs["bf16"].softmax(1) - fp32.softmax(1)).abs().max()
         ),
         "channels_last_max_abs_logit_difference": float(
-            (outputs.get("fp32_channels_last", fp32) - fp32).abs().max()
+            (outputs["fp32_channels_last"] - fp32).abs().max()
         ),
         "parameters": parameters,
         "allocators": allocators,
@@ -404,7 +421,7 @@ def ids_section(parts: Any, cases: int, workdir: str | Path, seed: int) -> dict[
             row["curves_equal"] = all(torch.equal(curves[0], curve) for curve in curves[1:])
             rows.append(row)
     configure_allocator(configured)
-    network.to(memory_format=torch.contiguous_format)
+    _restore_placement(parts)
     mean = {name: sum(row["seconds"][name] for row in rows) / len(rows) for name in IDS_VARIANTS}
     return {
         "cases": rows,

@@ -227,7 +227,8 @@ def test_speed_report_with_a_reference_on_the_tiny_network(tmp_path, capsys):
     speed.main(tiny=True, repeats=1, batch_sizes=(1,), reference=str(reference))
     second = json.loads(capsys.readouterr().out)
     assert set(first["forward"]["seconds"]) == {
-        "fp32", "folded_fp32", "bf16", "cnn_fp32", "fp32_channels_last", "bf16_channels_last", "fp32_system_allocator"
+        "fp32", "folded_fp32", "bf16", "cnn_fp32", "fp32_channels_last", "bf16_channels_last",
+        "bf16_channels_last_rechecked", "fp32_system_allocator"
     }
     assert first["forward"]["allocators"]["fp32_system_allocator"] == "system"
     assert first["forward"]["allocators"]["fp32"] == "retain"
@@ -251,7 +252,8 @@ def test_ids_section_times_the_variants_on_phantoms_with_equal_curves(tmp_path):
     assert case["copies"]["each_distinct_copy_once"] <= round(51 * case["brain_share"]) + 2
     assert 0 < case["brain_share"] < 1 and section["ratio_over_before_0.11"]["before_0.11"] == 1.0
     kernel = next(p for p in parts.network.parameters() if p.ndim == 5 and p.shape[2] > 1)
-    assert kernel.is_contiguous()  # training's placement is restored after the channels-last variants
+    # training's placement (channels-last on a CPU) is restored after the contiguous variants
+    assert parts.settings["channels_last_3d"] is True and kernel.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_allocator_switch_regrows_each_kept_heap_untimed_after_a_system_call():

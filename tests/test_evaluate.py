@@ -25,6 +25,7 @@ from scripts.evaluate import missing_sequence_bac, missing_subsets, read_case_ta
 from scripts.explain.attribution import class_map
 from scripts.explain.evidence import LOW_PROBABILITY
 from scripts.metrics import activation_precision
+from scripts.networks import BF16_RECHECK_MARGIN
 from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
 SHORT = {
@@ -234,7 +235,8 @@ def test_a_bf16_evaluation_follows_fp32_and_leaves_the_network_at_fp32(evaluated
     out = tmp_path / "bf16" / "out" / "fold0"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["precision"] == "bf16" and evaluated.metrics["precision"] == "fp32"
-    assert network.precision == "fp32"  # restored after the evaluation
+    assert metrics["bf16_recheck_margin"] == BF16_RECHECK_MARGIN and evaluated.metrics["bf16_recheck_margin"] is None
+    assert network.precision == "fp32" and network.bf16_recheck_margin == BF16_RECHECK_MARGIN  # restored
     low = {row["case_id"]: row for row in read_case_table(out / "per_case.csv")}
     full = {row["case_id"]: row for row in read_case_table(evaluated.fold_dir / "per_case.csv")}
     assert low.keys() == full.keys()

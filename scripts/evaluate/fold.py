@@ -50,7 +50,7 @@ from scripts.metrics import (
     localisation_summary,
     similarity_spread,
 )
-from scripts.networks import UMProtoShare, resolve_precision, unwrap
+from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, resolve_precision, unwrap
 from scripts.uncertainty import flip_probabilities, spread_of
 
 from .missing import missing_sequence_bac
@@ -299,6 +299,8 @@ class FoldEvaluator:
         push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
         precision: the network's precision during the evaluation (:data:`~scripts.networks.PRECISIONS`);
             the network's own setting is restored afterwards.
+        bf16_recheck_margin: at bf16, cases whose two largest logits lie closer than this run again in fp32
+            (:meth:`~scripts.networks.groups.GroupedNetwork.at_precision`); 0: bf16 alone.
         uncertainty_flips: also measure each case's flip spread (:func:`scripts.uncertainty.spread_of`, 8
             forward passes per case): ``flip_spread`` and ``caution`` (the report's banner would fire, for any
             of :func:`~scripts.explain.evidence.confidence_warnings`' reasons) in ``per_case.csv``, their
@@ -337,6 +339,7 @@ class FoldEvaluator:
         top_prototypes: int = TOP_PROTOTYPES,
         push_dir: str | PathLike | None = None,
         precision: str = "fp32",
+        bf16_recheck_margin: float = BF16_RECHECK_MARGIN,
         uncertainty_flips: bool | str = True,
         flip_average: bool | str = True,
     ) -> None:
@@ -368,6 +371,9 @@ class FoldEvaluator:
         self.top_prototypes = int(top_prototypes)
         self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
         self.precision = resolve_precision(precision, self.device)
+        if bf16_recheck_margin < 0:
+            raise ValueError(f"bf16_recheck_margin must be >= 0, got {bf16_recheck_margin}.")
+        self.bf16_recheck_margin = float(bf16_recheck_margin)
         self.uncertainty_flips = as_flag(uncertainty_flips, "uncertainty_flips")
         self.flip_average = as_flag(flip_average, "flip_average")
 
@@ -413,12 +419,12 @@ class FoldEvaluator:
         load_fold_weights(self.network, self.model_file, self.device)
         self.network.eval()
         model = unwrap(self.network)
-        previous = getattr(model, "precision", "fp32")
-        model.precision = self.precision
+        previous = getattr(model, "precision", "fp32"), getattr(model, "bf16_recheck_margin", BF16_RECHECK_MARGIN)
+        model.precision, model.bf16_recheck_margin = self.precision, self.bf16_recheck_margin
         try:
             return self._evaluate(model)
         finally:
-            model.precision = previous
+            model.precision, model.bf16_recheck_margin = previous
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         push = load_push_for(self.push_dir, model) if isinstance(model, UMProtoShare) else None
@@ -466,6 +472,7 @@ class FoldEvaluator:
             "ids_steps": self.ids_steps,
             "ids_batch_size": self.ids_batch_size,
             "precision": self.precision,
+            "bf16_recheck_margin": self.bf16_recheck_margin if self.precision == "bf16" else None,
             "flip_spread": None if caution is None else float(caution["flip_spread"].mean()),
             "caution_rate": None if caution is None else float(caution["caution"].mean()),
         }

@@ -18,10 +18,16 @@ import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
-__all__ = ["CPU_FLAGS", "PRECISIONS", "as_float32", "autocast", "cpu_info", "resolve_precision", "set_precision"]
+__all__ = [
+    "BF16_RECHECK_MARGIN", "CPU_FLAGS", "PRECISIONS", "as_float32", "autocast", "cpu_info", "rerun_rows", "resolve_precision",
+    "set_precision",
+]
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 """/proc/cpuinfo flags oneDNN and MKL choose kernels by (oneDNN's ISA levels AVX2 ... AVX512_CORE_AMX)."""
+
+BF16_RECHECK_MARGIN = 2.0
+"""Default logit margin below which a case's bf16 forward is run again in fp32 (:func:`set_precision`)."""
 
 PRECISIONS = ("fp32", "bf16", "auto")
 """``fp32``: full precision (the default); ``bf16``: bf16 autocast; ``auto``: bf16 where the hardware has
@@ -69,12 +75,48 @@ def resolve_precision(precision: str, device: str | torch.device, cpu_has_amx: b
     return "fp32"
 
 
-def set_precision(network: NetworkT, precision: str = "fp32", device: str | torch.device | None = None) -> NetworkT:
-    """Set the eval-mode precision of ``network`` (resolving ``auto`` for ``device``, default where it lives); returns it."""
+def set_precision(
+    network: NetworkT,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    recheck_margin: float = BF16_RECHECK_MARGIN,
+) -> NetworkT:
+    """Set the eval-mode precision of ``network`` (resolving ``auto`` for ``device``, default where it lives); returns it.
+
+    Args:
+        recheck_margin: at bf16, a case whose two largest logits lie closer than this is run again in fp32
+            (its outputs are then fp32's); 0 turns the check off, ``inf`` runs every case in fp32 too.
+    """
+    if recheck_margin < 0:
+        raise ValueError(f"recheck_margin must be >= 0, got {recheck_margin}.")
     if device is None:
         device = next(network.parameters()).device
     network.precision = resolve_precision(precision, device)
+    network.bf16_recheck_margin = float(recheck_margin)
     return network
+
+
+def rerun_rows(first: Any, rerun: Any, rows: Tensor, batch: int) -> Any:
+    """``first`` (a network's output for a batch of ``batch`` cases: a tensor or nested tuples, lists and named
+    tuples of them) with the cases ``rows`` taken from ``rerun``, the same output for ``x[rows]`` only.
+
+    A tensor whose first dimension is the batch in ``first`` and ``len(rows)`` in ``rerun`` is per case and
+    gets those rows replaced; one of equal shape on both sides (prototypes, weights: not per case) is taken
+    from ``rerun``; anything else (ints, strings) is kept.
+    """
+    if isinstance(first, Tensor):
+        if first.shape == rerun.shape:
+            return rerun
+        if first.shape[0] == batch and rerun.shape[0] == len(rows) and first.shape[1:] == rerun.shape[1:]:
+            spliced = first.clone()
+            spliced[rows] = rerun.to(first.dtype)
+            return spliced
+        raise ValueError(f"cannot replace rows of a {tuple(first.shape)} output by a {tuple(rerun.shape)} one.")
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(rerun_rows(a, b, rows, batch) for a, b in zip(first, rerun)))
+    if isinstance(first, (list, tuple)):
+        return type(first)(rerun_rows(a, b, rows, batch) for a, b in zip(first, rerun))
+    return first
 
 
 def as_float32(value: Any) -> Any:

@@ -127,7 +127,8 @@ class GliomaGradingInfer(BundleInferTask):
 
         # the bundle's `precision` (fp32 | bf16 | auto); MONAI Label serves deep copies of this network
         set_precision(self.network, self.bundle_config.get_parsed_content("precision"),
-                      self.bundle_config.get_parsed_content("device"))
+                      self.bundle_config.get_parsed_content("device"),
+                      self.bundle_config.get_parsed_content("bf16_recheck_margin"))
         # one model file per server: never switch to another *.pt found under <bundle>/models
         self._config.pop("model_filename", None)
         self._config["evidence"] = True

@@ -249,12 +249,17 @@ def test_an_input_dir_without_cases_is_one_line_exit_2(served, tmp_path, capsys)
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --input_dir {tmp_path / 'empty'}: ")
 
 
-def test_bf16_serving_gives_the_fp32_prediction(served, tmp_path):
+@pytest.mark.parametrize("margin", [0.0, 50.0])
+def test_bf16_serving_gives_the_fp32_prediction(served, tmp_path, margin):
     cases = tmp_path / "cases"
     shutil.copytree(Path(served.good["image"][0]).parent, cases / "good")
-    _serve(served.root, cases, tmp_path / "out", precision="bf16")
+    _serve(served.root, cases, tmp_path / "out", precision="bf16", bf16_recheck_margin=margin)
     low = json.loads((tmp_path / "out" / "good" / "prediction.json").read_text())
     assert low["predicted_class"] == served.prediction["predicted_class"]
-    assert low["logits"] != served.prediction["logits"]  # bf16 really ran
-    for name, probability in served.prediction["probabilities"].items():
-        assert low["probabilities"][name] == pytest.approx(probability, abs=0.01)
+    if margin == 0:  # bf16 alone: it really ran, close to fp32
+        assert low["logits"] != served.prediction["logits"]
+        for name, probability in served.prediction["probabilities"].items():
+            assert low["probabilities"][name] == pytest.approx(probability, abs=0.01)
+    else:  # the case lies under the margin: run again in fp32, every output fp32's
+        assert low["logits"] == served.prediction["logits"]
+        assert low["probabilities"] == served.prediction["probabilities"]

@@ -45,7 +45,7 @@ def test_the_inference_config_places_its_network_channels_last():
     assert not contiguous.backbone.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
 
 
-def test_evaluation_follows_inference_and_training_stays_contiguous():
+def test_evaluation_follows_inference_and_training_is_channels_last_on_a_cpu_only():
     stacks = {
         "evaluate": ["configs/train.json", "configs/quickstart.json", "configs/evaluate.json"],
         "train": ["configs/train.json", "configs/quickstart.json"],
@@ -57,4 +57,8 @@ def test_evaluation_follows_inference_and_training_stays_contiguous():
         parser["device"] = "$torch.device('cpu')"
         weight = parser.get_parsed_content("network").backbone.encoder.conv1.weight
         placed[name] = weight.is_contiguous(memory_format=torch.channels_last_3d)
-    assert placed == {"evaluate": True, "train": False}
+    assert placed == {"evaluate": True, "train": True}
+    parser = ConfigParser()
+    parser.read_config(stacks["train"])
+    parser["device"] = "$torch.device('cuda')"  # the setting only: nothing is placed on a GPU here
+    assert parser.get_parsed_content("channels_last_3d") is False  # not measured in fp32 on CUDA: contiguous

@@ -34,8 +34,9 @@ allocator), and ``official_fp32_bundle_allocator`` (``official_batch<b>_bundle_a
 ours. ``fp32_channels_last`` and ``bf16_channels_last`` run a copy placed channels-last, as
 ``configs/inference.json`` places its network (``channels_last_3d``); the other forwards run contiguous
 copies. The ``bf16`` variants run bf16 alone; ``bf16_channels_last_rechecked`` is what ``--precision bf16``
-costs for a case whose logits fall under ``bf16_recheck_margin`` (bf16, then fp32 again). The stage-1 steps run the network as ``configs/train.json`` places it: channels-last on a CPU
-since 0.13.0. The mode is switched, untimed, before each call (:func:`_allocator_switches`).
+costs for a case whose logits fall under ``bf16_recheck_margin`` (bf16, then fp32 again). The stage-1
+steps run the network as ``configs/train.json`` places it: channels-last on a CPU since 0.13.0. The mode
+is switched, untimed, before each call (:func:`_allocator_switches`).
 
 ``--save_reference`` writes the medians to a JSON file; ``--reference`` reads such a file (for example
 one written on an earlier commit) and prints today's medians over it. Every section says whether the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import nibabel as nib
 import numpy as np
@@ -156,6 +157,9 @@ def test_the_banner_reads_the_calibrated_probability():
     assert calibration_note(calibrated["calibration"], flip_average=True) == (
         "calibrated (T = 2.00 on 12 validation cases), mean of 8 mirror images"
     )
+    assert calibration_note(raw["calibration"], precision="fp32 (bf16 recheck)") == (
+        "uncalibrated softmax, computed in fp32 (bf16 recheck)"
+    )
 
 
 def test_the_banner_says_when_the_mirror_images_mean_grades_otherwise_than_the_image_as_given():
@@ -249,3 +253,20 @@ def test_explain_case_flip_average_shows_the_mirror_images_mean_and_predicts_its
     record = prediction_record(evidence, [(1, k) for k in range(3)], ["LGG", "HGG"])
     assert record["flip_average"] is True
     assert record["probabilities"]["HGG"] == pytest.approx(float(per_mirror.mean(0)[1]), abs=1e-6)
+
+
+def test_the_record_says_what_the_case_was_computed_in(tmp_path):
+    from scripts.networks import set_precision
+
+    item = write_case(tmp_path / "c", "c", seed=3)
+    image = torch.as_tensor(preprocessing_transforms(**GEOMETRY)(item)["image"])
+    torch.manual_seed(1)
+    model = UMProtoShare(**CONSTRUCTED).eval()
+    seen = {}
+    for name, precision, margin in (("fp32", "fp32", 2.0), ("alone", "bf16", 0.0), ("recheck", "bf16", math.inf)):
+        evidence = explain_case(set_precision(model, precision, recheck_margin=margin), image)
+        seen[name] = (evidence.precision, evidence.logits)
+    assert [seen[name][0] for name in seen] == ["fp32", "bf16", "fp32 (bf16 recheck)"]
+    assert torch.equal(seen["recheck"][1], seen["fp32"][1]) and not torch.equal(seen["alone"][1], seen["fp32"][1])
+    record = prediction_record(explain_case(model, image), [(1, k) for k in range(3)], ["LGG", "HGG"])
+    assert record["precision"] == "fp32 (bf16 recheck)"

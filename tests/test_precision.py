@@ -87,17 +87,20 @@ def test_bf16_runs_the_close_cases_again_in_fp32(network):
     with torch.no_grad():
         fp32 = model(x)
         alone = set_precision(model, "bf16", recheck_margin=0)(x)
+        assert model.rechecked == []
         margins = _margins(alone)
         order = margins.argsort()
         cut = float(margins[order[1:3]].mean())  # the two closest cases fall under it, the others not
         model.bf16_recheck_margin = cut
         checked = model(x)
+        rechecked = list(model.rechecked)
         close = order[:2]
         again = model.logits(x[close])  # what fp32 gives for those cases alone
         model.bf16_recheck_margin = float("inf")
         every = model(x)
     far = order[2:]
     assert torch.equal(checked[close], again) and torch.equal(checked[far], alone[far])
+    assert sorted(rechecked) == sorted(close.tolist()) and model.rechecked == [0, 1, 2, 3]
     assert not torch.equal(alone[close], again)  # bf16 alone really differed there
     assert torch.equal(every, fp32)  # every case run again: fp32's logits exactly
 

@@ -182,10 +182,12 @@ def probability_text(name: str, probability: float) -> str:
     return f"p({name}) {text}" if text[0] in "<>" else f"p({name}) = {text}"
 
 
-def calibration_note(calibration: Mapping[str, Any], flip_average: bool = False) -> str:
-    """What a reader is told about a record's ``calibration`` (and ``flip_average``): ``calibrated (T = 2.31 on
-    12 validation cases)`` or ``uncalibrated softmax``, then ``, mean of 8 mirror images`` when averaged."""
+def calibration_note(calibration: Mapping[str, Any], flip_average: bool = False, precision: str = "fp32") -> str:
+    """What a reader is told about a record's ``calibration`` (and ``flip_average``, ``precision``): ``calibrated
+    (T = 2.31 on 12 validation cases)`` or ``uncalibrated softmax``, then ``, mean of 8 mirror images`` when
+    averaged and ``, computed in bf16`` (or ``fp32 (bf16 recheck)``) when not plain fp32."""
     mirrored = ", mean of 8 mirror images" if flip_average else ""
+    mirrored += "" if precision == "fp32" else f", computed in {precision}"
     if calibration.get("method", "none") == "none":
         return f"uncalibrated softmax{mirrored}"
     return f"calibrated (T = {calibration['temperature']:.2f} on {calibration['cases']} validation cases){mirrored}"
@@ -258,6 +260,9 @@ class CaseEvidence:
     flip_average: bool = False
     """True: ``probabilities`` (and ``predicted``) are the mean over the image's mirror images of the calibrated
     probabilities; False: the calibrated probabilities of the image as given."""
+    precision: str = "fp32"
+    """What the image as given was computed in: ``fp32``, ``bf16``, or ``fp32 (bf16 recheck)`` when bf16 was
+    asked for and the case fell under the network's ``bf16_recheck_margin``."""
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
@@ -284,6 +289,7 @@ def explain_case(
     calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
         explanation = model.explain(image[None])
+        precision = "fp32" if not model.uses_autocast() else "fp32 (bf16 recheck)" if model.rechecked else "bf16"
         weight = model.classifier.effective_weight.detach()
         contributions = prototype_contributions(explanation.similarities, weight)[0]
         delta = sequence_evidence(model, image, explanation.similarities)
@@ -307,6 +313,7 @@ def explain_case(
         active=model.active_columns.cpu(),
         flip_spread=float(spread_of(mirrored, torch.tensor([predicted]))[0]) if flips else None,
         flip_average=flip_average,
+        precision=precision,
     )
 
 
@@ -392,7 +399,8 @@ def prediction_record(
     ``probabilities`` are calibrated (``calibration``: the temperature, method and validation cases it was
     fitted on; method "none" when the model has none) and, when ``flip_average`` is true, averaged over the
     8 mirror images; ``raw_probabilities`` the plain softmax of the image as given; the low-confidence
-    warning reads ``probabilities``. ``flip_spread`` is the evidence's (None: not measured).
+    warning reads ``probabilities``. ``flip_spread`` is the evidence's (None: not measured); ``precision`` what
+    the image as given was computed in (``fp32``, ``bf16``, ``fp32 (bf16 recheck)``).
 
     Prototypes (pruned ones left out) are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
@@ -449,6 +457,7 @@ def prediction_record(
         "calibration": evidence.calibration.to_dict(),
         "flip_average": evidence.flip_average,
         "flip_spread": evidence.flip_spread,
+        "precision": evidence.precision,
         "warnings": confidence_warnings(
             probabilities, evidence.similarities[evidence.active].tolist(), evidence.flip_spread,
             class_names[int(evidence.logits.argmax())] if evidence.flip_average else None,

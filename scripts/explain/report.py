@@ -240,7 +240,9 @@ def case_figure(
     logits = ", ".join(f"{n} {v:+.2f}" for n, v in prediction["logits"].items())
     known = f"  |  {grade_line(prediction)}" if grade_line(prediction) else ""
     probability = probability_text(predicted, prediction["probabilities"][predicted])
-    calibration = calibration_note(prediction.get("calibration", {}), prediction.get("flip_average", False))
+    calibration = calibration_note(
+        prediction.get("calibration", {}), prediction.get("flip_average", False), prediction.get("precision", "fp32")
+    )
     title = (f"{case_id}: predicted {predicted} ({probability}, {calibration}); logits {logits}"
              f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
     if warnings:

@@ -270,7 +270,8 @@ def case_html(
     )
     predicted = record["predicted_class"]
     probabilities = ", ".join(html.escape(probability_text(n, v)) for n, v in record["probabilities"].items())
-    probabilities += f" ({html.escape(calibration_note(record.get('calibration', {}), record.get('flip_average', False)))})"
+    note = calibration_note(record.get("calibration", {}), record.get("flip_average", False), record.get("precision", "fp32"))
+    probabilities += f" ({html.escape(note)})"
     grade = grade_line(record)
     disagrees = grade and record["true_class"] != predicted
     known = (f'<p id="grade" class="grade{" disagrees" if disagrees else ""}">predicted {html.escape(predicted)}; '

@@ -45,6 +45,8 @@ class GroupedNetwork(nn.Module):
         self.frozen_groups: tuple[str, ...] = ()
         self.precision = "fp32"
         self.bf16_recheck_margin = BF16_RECHECK_MARGIN
+        self.rechecked: list[int] = []
+        """Batch rows the last bf16 call ran again in fp32 (:meth:`at_precision`)."""
 
     def uses_autocast(self) -> bool:
         """Whether eval-mode calls run under bf16 autocast (never in training, nor in TorchScript)."""
@@ -61,6 +63,7 @@ class GroupedNetwork(nn.Module):
         """
         with autocast(x.device, True):
             result = as_float32(fn(x))
+        self.rechecked = []
         if self.bf16_recheck_margin <= 0 or torch.is_grad_enabled():
             return result
         logits = result if isinstance(result, Tensor) else result.logits
@@ -68,6 +71,7 @@ class GroupedNetwork(nn.Module):
         rows = ((top[:, 0] - top[:, 1]) < self.bf16_recheck_margin).nonzero().flatten()
         if len(rows) == 0:
             return result
+        self.rechecked = rows.tolist()
         return rerun_rows(result, fn(x[rows]), rows, len(x))
 
     @torch.jit.unused

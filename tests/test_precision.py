@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from scripts.networks import BackboneCNN, UMProtoShare, rerun_rows, resolve_precision, set_precision
+from scripts.networks import (
+    BackboneCNN,
+    UMProtoShare,
+    checked_recheck_margin,
+    rerun_rows,
+    resolve_precision,
+    set_precision,
+)
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 8, "embed_dim": 16}
 X = torch.randn(2, 4, 32, 32, 24, generator=torch.Generator().manual_seed(0))
@@ -30,13 +39,17 @@ def test_unknown_precision_is_refused():
         resolve_precision("fp16", "cpu")
 
 
+def tiny_network(kind: str) -> UMProtoShare | BackboneCNN:
+    """The tiny UM-ProtoShare or a same-sized CNN, seeded, in eval mode."""
+    if kind == "umprotoshare":
+        return tiny_model()
+    torch.manual_seed(0)
+    return BackboneCNN(**TINY).eval()
+
+
 @pytest.mark.parametrize("network", ["umprotoshare", "cnn"])
 def test_bf16_forward_is_float32_close_to_fp32_and_not_identical(network):
-    if network == "cnn":
-        torch.manual_seed(0)
-        model = BackboneCNN(**TINY).eval()
-    else:
-        model = tiny_model()
+    model = tiny_network(network)
     with torch.no_grad():
         fp32 = model(X)
         low = set_precision(model, "bf16", recheck_margin=0)(X)  # bf16 alone
@@ -78,11 +91,7 @@ def _margins(logits: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("network", ["umprotoshare", "cnn"])
 def test_bf16_runs_the_close_cases_again_in_fp32(network):
-    if network == "cnn":
-        torch.manual_seed(0)
-        model = BackboneCNN(**TINY).eval()
-    else:
-        model = tiny_model()
+    model = tiny_network(network)
     x = torch.cat([X, X.flip(2)])  # four cases
     with torch.no_grad():
         fp32 = model(x)
@@ -150,5 +159,8 @@ def test_rerun_rows_replaces_per_case_rows_in_nested_outputs():
 
 
 def test_negative_recheck_margin_is_refused():
-    with pytest.raises(ValueError, match="recheck_margin"):
+    with pytest.raises(ValueError, match=r"recheck margin must be >= 0, got -1"):
         set_precision(tiny_model(), "bf16", recheck_margin=-1)
+    with pytest.raises(ValueError, match=r"recheck margin must be >= 0, got -0.5"):
+        checked_recheck_margin(-0.5)  # the evaluator's check too
+    assert checked_recheck_margin(0) == 0.0 and checked_recheck_margin(math.inf) == math.inf

@@ -50,7 +50,7 @@ from scripts.metrics import (
     localisation_summary,
     similarity_spread,
 )
-from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, resolve_precision, unwrap
+from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, checked_recheck_margin, resolve_precision, unwrap
 from scripts.uncertainty import flip_probabilities, spread_of
 
 from .missing import missing_sequence_bac
@@ -371,9 +371,7 @@ class FoldEvaluator:
         self.top_prototypes = int(top_prototypes)
         self.push_dir = self.model_file.parent if push_dir is None else Path(push_dir)
         self.precision = resolve_precision(precision, self.device)
-        if bf16_recheck_margin < 0:
-            raise ValueError(f"bf16_recheck_margin must be >= 0, got {bf16_recheck_margin}.")
-        self.bf16_recheck_margin = float(bf16_recheck_margin)
+        self.bf16_recheck_margin = checked_recheck_margin(bf16_recheck_margin)
         self.uncertainty_flips = as_flag(uncertainty_flips, "uncertainty_flips")
         self.flip_average = as_flag(flip_average, "flip_average")
 

@@ -47,6 +47,7 @@ __all__, __getattr__, __dir__ = exports(
         "UMProtoShare": "model",
         "BF16_RECHECK_MARGIN": "precision",
         "PRECISIONS": "precision",
+        "checked_recheck_margin": "precision",
         "rerun_rows": "precision",
         "resolve_precision": "precision",
         "set_precision": "precision",

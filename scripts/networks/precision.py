@@ -19,8 +19,8 @@ from monai.utils import look_up_option
 from torch import Tensor, nn
 
 __all__ = [
-    "BF16_RECHECK_MARGIN", "CPU_FLAGS", "PRECISIONS", "as_float32", "autocast", "cpu_info", "rerun_rows", "resolve_precision",
-    "set_precision",
+    "BF16_RECHECK_MARGIN", "CPU_FLAGS", "PRECISIONS", "as_float32", "autocast", "checked_recheck_margin", "cpu_info",
+    "rerun_rows", "resolve_precision", "set_precision",
 ]
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -87,13 +87,19 @@ def set_precision(
         recheck_margin: at bf16, a case whose two largest logits lie closer than this is run again in fp32
             (its outputs are then fp32's); 0 turns the check off, ``inf`` runs every case in fp32 too.
     """
-    if recheck_margin < 0:
-        raise ValueError(f"recheck_margin must be >= 0, got {recheck_margin}.")
+    margin = checked_recheck_margin(recheck_margin)
     if device is None:
         device = next(network.parameters()).device
     network.precision = resolve_precision(precision, device)
-    network.bf16_recheck_margin = float(recheck_margin)
+    network.bf16_recheck_margin = margin
     return network
+
+
+def checked_recheck_margin(margin: float) -> float:
+    """``margin`` as a float, refused when negative (0: bf16 alone, ``inf``: every case again in fp32)."""
+    if margin < 0:
+        raise ValueError(f"bf16 recheck margin must be >= 0, got {margin}.")
+    return float(margin)
 
 
 def rerun_rows(first: Any, rerun: Any, rows: Tensor, batch: int) -> Any:

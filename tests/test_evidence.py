@@ -158,8 +158,9 @@ def test_the_banner_reads_the_calibrated_probability():
         "calibrated (T = 2.00 on 12 validation cases), mean of 8 mirror images"
     )
     assert calibration_note(raw["calibration"], precision="fp32 (bf16 recheck)") == (
-        "uncalibrated softmax, computed in fp32 (bf16 recheck)"
+        "uncalibrated softmax, recomputed in fp32: too close to call in bf16"
     )
+    assert calibration_note(raw["calibration"], precision="bf16") == "uncalibrated softmax, computed in bf16"
 
 
 def test_the_banner_says_when_the_mirror_images_mean_grades_otherwise_than_the_image_as_given():

@@ -34,6 +34,7 @@ __all__ = [
     "DRIVING_THRESHOLD",
     "LOW_PROBABILITY",
     "LOW_SIMILARITY_SPREAD",
+    "RECHECKED",
     "SEQUENCE_NAMES",
     "CaseEvidence",
     "calibration_note",
@@ -182,12 +183,18 @@ def probability_text(name: str, probability: float) -> str:
     return f"p({name}) {text}" if text[0] in "<>" else f"p({name}) = {text}"
 
 
+RECHECKED = "fp32 (bf16 recheck)"
+"""``precision`` of a case asked for in bf16 and run again in fp32 (its logits lay within the recheck margin)."""
+
+
 def calibration_note(calibration: Mapping[str, Any], flip_average: bool = False, precision: str = "fp32") -> str:
     """What a reader is told about a record's ``calibration`` (and ``flip_average``, ``precision``): ``calibrated
     (T = 2.31 on 12 validation cases)`` or ``uncalibrated softmax``, then ``, mean of 8 mirror images`` when
-    averaged and ``, computed in bf16`` (or ``fp32 (bf16 recheck)``) when not plain fp32."""
+    averaged and ``, computed in bf16`` or ``, recomputed in fp32: too close to call in bf16`` when not plain fp32."""
     mirrored = ", mean of 8 mirror images" if flip_average else ""
-    mirrored += "" if precision == "fp32" else f", computed in {precision}"
+    mirrored += {"fp32": "", "bf16": ", computed in bf16", RECHECKED: ", recomputed in fp32: too close to call in bf16"}[
+        precision
+    ]
     if calibration.get("method", "none") == "none":
         return f"uncalibrated softmax{mirrored}"
     return f"calibrated (T = {calibration['temperature']:.2f} on {calibration['cases']} validation cases){mirrored}"
@@ -289,7 +296,7 @@ def explain_case(
     calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
         explanation = model.explain(image[None])
-        precision = "fp32" if not model.uses_autocast() else "fp32 (bf16 recheck)" if model.rechecked else "bf16"
+        precision = "fp32" if not model.uses_autocast() else RECHECKED if model.rechecked else "bf16"
         weight = model.classifier.effective_weight.detach()
         contributions = prototype_contributions(explanation.similarities, weight)[0]
         delta = sequence_evidence(model, image, explanation.similarities)

@@ -243,8 +243,8 @@ def case_figure(
     calibration = calibration_note(
         prediction.get("calibration", {}), prediction.get("flip_average", False), prediction.get("precision", "fp32")
     )
-    title = (f"{case_id}: predicted {predicted} ({probability}, {calibration}); logits {logits}"
-             f"{known}\ntop prototypes per scale by contribution to {predicted}; research use only")
+    title = (f"{case_id}: predicted {predicted} ({probability}, {calibration})\nlogits {logits}"
+             f"{known}; top prototypes per scale by contribution to {predicted}; research use only")
     if warnings:
         title = "CAUTION: " + "\n".join(warnings) + "\n" + title  # a line each: three do not fit on one
     fig.suptitle(title, fontsize=9, color=CAUTION if warnings else "black",

@@ -45,6 +45,7 @@ COLUMNS = {
     "ap_eq28": "AP (Eq. 28)",
     "topk_peak_in_brain": "top-k peaks in brain",
     "topk_peak_in_tumour_correct": "top-k peaks in tumour (correct)",
+    "topk_peak_tumour_distance_correct": "top-k peaks' distance to tumour, voxels (correct)",
     "prototype_source_agrees": "source class = weights' class",
     "ece_raw": "ECE (raw)",
     "ece": "ECE",
@@ -78,7 +79,8 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "spread_mean": number(spread.get("mean")),
         "spread_min": number(spread.get("min")),
         **{key: number(metrics.get(key)) for key in
-           ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees",
+           ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
+            "prototype_source_agrees",
             "ece_raw", "ece", "ece_if_calibrated", "nll_raw", "nll", "brier")},
     }
 

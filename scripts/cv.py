@@ -56,11 +56,12 @@ logger = logging.getLogger(__name__)
 
 METRICS = (
     "bac", "accuracy", "sensitivity", "specificity", "roc_auc", "ap", "ids", "ap_eq28", "topk_peak_in_brain",
-    "topk_peak_in_tumour_correct", "prototype_source_agrees", "ece_raw", "ece", "brier_raw", "brier", "nll_raw", "nll",
+    "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct", "prototype_source_agrees", "ece_raw", "ece",
+    "brier_raw", "brier", "nll_raw", "nll",
 )
 """Keys of a fold's ``metrics.json`` that the summary averages (fractions, in %, but for :data:`UNSCALED`)."""
-UNSCALED = frozenset({"nll_raw", "nll"})
-"""Summary rows printed as they are (negative log-likelihoods are not fractions)."""
+UNSCALED = frozenset({"nll_raw", "nll", "topk_peak_tumour_distance_correct"})
+"""Summary rows printed as they are (negative log-likelihoods and distances in voxels are not fractions)."""
 TABLE_COLUMNS = {"bac": "BAC", "ids": "IDS", "ap": "AP", "ece": "ECE"}
 """Table 1 columns: metric key → header."""
 SUMMARY_JSON = "summary.json"
@@ -182,13 +183,13 @@ def _percent(entry: Mapping[str, Any], scale: float = 100.0) -> str:
 
 
 def format_summary(summary: Mapping[str, Any], title: str = "Cross-validation summary") -> str:
-    """Markdown: one row per metric, mean ± std and each fold's value, in % (NLL as it is)."""
+    """Markdown: one row per metric, mean ± std and each fold's value, in % (NLL and the distance as they are)."""
     folds = summary["folds"]
     lines = [
         f"# {title}",
         "",
         f"Folds {', '.join(str(f) for f in folds)}; mean ± std over folds (ddof {summary['ddof']}), in % "
-        "(NLL in nats).",
+        "(NLL in nats, the peaks' distance in voxels).",
         "",
         "| Metric | Mean ± std | " + " | ".join(f"Fold {f}" for f in folds) + " |",
         "|---|---|" + "---|" * len(folds),

@@ -60,14 +60,20 @@ def test_top_six_peaks_of_a_planted_case_give_the_hand_counted_shares():
     peaks = prototype_peaks(maps, COLUMNS, chosen, GRID)
     assert peaks == [[0, 0, 0], [2, 2, 2], [7, 7, 7], [3, 3, 3], [5, 5, 5], [1, 6, 1]]
     shares = peak_shares(peaks, brain_mask(image), tumour)
-    assert shares == {"topk_peak_in_brain": 4 / 6, "topk_peak_in_tumour": 2 / 6}
+    assert shares["topk_peak_in_brain"] == 4 / 6 and shares["topk_peak_in_tumour"] == 2 / 6
+    # nearest tumour voxels: (2,2,2) for (0,0,0): √12; (3,3,3) for (7,7,7): √48 and for (5,5,5): √12;
+    # (2,3,2) for (1,6,1): √11; the two peaks inside: 0
+    assert shares["topk_peak_tumour_distance"] == pytest.approx((8 * math.sqrt(3) + math.sqrt(11)) / 6)
     # the prediction's class decides the ranking: for class 0 the top 2 are columns 1 and 7, both in the tumour
     other = top_prototype_columns(prototype_contributions(similarities, weight)[0, 0], 2)
     assert other == [1, 7]
     assert peak_shares(prototype_peaks(maps, COLUMNS, other, GRID), brain_mask(image), tumour) == {
-        "topk_peak_in_brain": 1.0, "topk_peak_in_tumour": 1.0
+        "topk_peak_in_brain": 1.0, "topk_peak_in_tumour": 1.0, "topk_peak_tumour_distance": 0.0
     }
-    assert math.isnan(peak_shares(peaks, brain_mask(image))["topk_peak_in_tumour"])
+    without = peak_shares(peaks, brain_mask(image))
+    assert math.isnan(without["topk_peak_in_tumour"]) and math.isnan(without["topk_peak_tumour_distance"])
+    empty = peak_shares(peaks, brain_mask(image), torch.zeros(GRID, dtype=torch.bool))
+    assert empty["topk_peak_in_tumour"] == 0.0 and math.isnan(empty["topk_peak_tumour_distance"])
 
 
 def test_source_agreement_on_a_constructed_push_record():
@@ -121,3 +127,6 @@ def test_evaluation_maps_the_ground_truth_class_and_reads_eq28_and_peaks():
         brain = (images[i] > images[i].amin()).any(0)
         assert result.peaks["topk_peak_in_brain"][i] == float(brain[peak])
         assert result.peaks["topk_peak_in_tumour"][i] == float(masks[i, 0][peak] > 0)
+        tumour = masks[i, 0].nonzero().double()
+        nearest = float(((tumour - torch.stack(peak).double()) ** 2).sum(dim=1).min().sqrt())
+        assert result.peaks["topk_peak_tumour_distance"][i] == pytest.approx(nearest)

@@ -71,7 +71,8 @@ def test_tiny_quickstart_learns_without_collapse(quickstart):
     comparison = json.loads((quickstart.root / "out" / "comparison.json").read_text())
     assert set(comparison["runs"]) == {"UM-ProtoShare", "CNN + Grad-CAM"}
     assert comparison["runs"]["UM-ProtoShare"]["bac"]["mean"] == pytest.approx(metrics["bac"])
-    for key in ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "prototype_source_agrees"):
+    for key in ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
+                "prototype_source_agrees"):
         assert comparison["runs"]["UM-ProtoShare"][key]["mean"] == pytest.approx(metrics[key])
         assert comparison["runs"]["CNN + Grad-CAM"][key]["mean"] is None  # the CNN has no prototypes
 

@@ -115,8 +115,8 @@ class FoldPredictions(NamedTuple):
     """AP per case (N,) of the ground-truth class's Eq. 28 map (scales summed, whole volume) of a prototype
     model, float64, NaN without mask; None for a CNN."""
     peaks: dict[str, Tensor] | None
-    """:data:`~.prototypes.PEAK_KEYS` → per-case share (N,) of the top prototypes' peaks in the brain / tumour
-    (prototype models; NaN in the tumour without mask); None for a CNN."""
+    """:data:`~.prototypes.PEAK_KEYS` → per-case share (N,) of the top prototypes' peaks in the brain / tumour and
+    their mean distance to the tumour in voxels (prototype models; NaN for the tumour without mask); None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -259,14 +259,15 @@ class FoldEvaluator:
     Calling it loads ``model_file`` into ``network`` and its calibration (``calibration.json`` beside it;
     none: the identity) and writes, in ``output_dir``: ``per_case.csv`` (case id, label, calibrated
     probabilities, prediction, AP, the raw probabilities ``raw_prob_<class>`` and logits ``logit_<class>``;
-    for prototype models also ``ap_eq28`` and the ``topk_peak_in_brain`` / ``topk_peak_in_tumour`` shares), ``deletion_curve.png``,
+    for prototype models also ``ap_eq28``, the ``topk_peak_in_brain`` / ``topk_peak_in_tumour`` shares and
+    ``topk_peak_tumour_distance``), ``deletion_curve.png``,
     ``reliability.png`` (raw and calibrated), optionally ``maps/`` (``save_maps``) and
     ``missing_sequences.json`` (``missing_sequences``), and last ``metrics.json``: ``bac``, ``accuracy``,
     ``sensitivity``, ``specificity``, ``roc_auc`` (of the calibrated probabilities: the temperature keeps
     every argmax and ranking), ``ece``, ``nll``, ``brier`` (calibrated) and ``ece_raw``, ``nll_raw``,
     ``brier_raw``, ``ece_if_calibrated`` (the ECE chance gives perfectly calibrated probabilities on these
     cases), ``calibration``, ``ap``, ``ids`` (fractions; NaN as null), the deletion curve and the
-    settings used. Prototype models add ``ap_eq28``, the peak shares
+    settings used. Prototype models add ``ap_eq28``, the peak shares and distance
     (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
     (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
     their share that agrees, ``prototype_source_agrees``; null for a CNN.
@@ -509,7 +510,8 @@ class FoldEvaluator:
             logger.info("fold %d held-out similarity spread per prototype: %s", self.fold, metrics["similarity_spread"])
             logger.info(
                 "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.3f, in "
-                "the tumour %.3f (correct cases: %.3f, %.3f); push source class = weights' class: %s", self.fold,
+                "the tumour %.3f, %.2f voxels from it on average (correct cases: %.3f, %.3f, %.2f); push source class = "
+                "weights' class: %s", self.fold,
                 *(metrics[key] for key in ("ap_eq28", "top_prototypes", *PEAK_KEYS)),
                 *(metrics[f"{key}_correct"] for key in PEAK_KEYS), metrics["prototype_source_agrees"],
             )

@@ -3,7 +3,8 @@
 - The top prototypes of a case are the ``top_k`` columns with the largest contribution to the predicted
   class (Δy = S·w, Eq. 31: :func:`scripts.explain.evidence.prototype_contributions`); each one's map M_s^k
   peaks where :func:`scripts.push.peak_voxel` says (the argmax on the input grid, after the one resize);
-  :func:`peak_shares` gives the share of those peaks inside the brain and inside the whole tumour.
+  :func:`peak_shares` gives the share of those peaks inside the brain and inside the whole tumour, and their
+  mean distance to the tumour (0 inside it), which tells a peak at the tumour's margin from one far away.
 - A prototype's source agrees with its weights when the class of the case it was pushed from (the push
   record) is the class whose classifier weight on its column is largest.
 """
@@ -33,8 +34,8 @@ __all__ = [
 TOP_PROTOTYPES = 6
 """Prototypes per case whose peaks are read: as many as a report shows, but the largest over all scales (a report
 takes the 2 largest of each of the 3 scales)."""
-PEAK_KEYS = ("topk_peak_in_brain", "topk_peak_in_tumour")
-"""Per-case read-outs of :func:`peak_shares`."""
+PEAK_KEYS = ("topk_peak_in_brain", "topk_peak_in_tumour", "topk_peak_tumour_distance")
+"""Per-case read-outs of :func:`peak_shares`: two shares and a mean distance in voxels of the input grid."""
 READOUT_KEYS = (
     "ap_eq28",
     "top_prototypes",
@@ -91,7 +92,10 @@ def prototype_peaks(
 
 
 def peak_shares(peaks: Sequence[Sequence[int]], brain: Tensor, tumour: Tensor | None = None) -> dict[str, float]:
-    """Share of ``peaks`` inside the brain and inside the tumour (NaN without a tumour mask).
+    """Share of ``peaks`` inside the brain and inside the tumour, and their mean distance to the tumour.
+
+    The distance of a peak is the Euclidean distance, in voxels of the input grid, from its voxel centre to the
+    nearest tumour voxel's centre (0 inside the tumour); NaN without a tumour mask or with an empty one.
 
     Args:
         peaks: voxel indices [i, j, l] on the input grid (at least one).
@@ -99,20 +103,31 @@ def peak_shares(peaks: Sequence[Sequence[int]], brain: Tensor, tumour: Tensor | 
         tumour: bool (H, W, D), the whole-tumour mask, or None.
 
     Returns:
-        :data:`PEAK_KEYS` → fraction.
+        :data:`PEAK_KEYS` → fraction, fraction, voxels.
     """
     if not peaks:
         raise ValueError("peak_shares needs at least one peak.")
 
-    def share(mask: Tensor) -> float:
+    def as_mask(mask: Tensor) -> Tensor:
         mask = torch.as_tensor(mask).bool()
         if mask.ndim != 3:
             raise ValueError(f"masks must be (H, W, D), got shape {tuple(mask.shape)}.")
+        return mask
+
+    def share(mask: Tensor) -> float:
+        mask = as_mask(mask)
         return sum(bool(mask[tuple(peak)]) for peak in peaks) / len(peaks)
+
+    def distance(mask: Tensor) -> float:
+        voxels = as_mask(mask).nonzero().double()
+        if not len(voxels):
+            return math.nan
+        return float(torch.cdist(torch.tensor(peaks, dtype=torch.float64), voxels).min(dim=1).values.mean())
 
     return {
         "topk_peak_in_brain": share(brain),
         "topk_peak_in_tumour": math.nan if tumour is None else share(tumour),
+        "topk_peak_tumour_distance": math.nan if tumour is None else distance(tumour),
     }
 
 
@@ -169,7 +184,7 @@ def fold_readouts(
 
     Args:
         ap_eq28: per-case AP of the Eq. 28 map, (N,).
-        peaks: :data:`PEAK_KEYS` → per-case share, (N,) each.
+        peaks: :data:`PEAK_KEYS` → per-case value, (N,) each.
         correct: bool (N,), the cases classified correctly (a ``_correct`` mean is NaN when there is none).
         top_k: prototypes read per case.
         sources: :func:`source_agreement` of the fold's push record, or None without one.

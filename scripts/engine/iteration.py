@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.engines.utils import default_prepare_batch
+from monai.utils import look_up_option
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -24,7 +26,10 @@ from scripts.networks.precision import autocast
 from .diagnostics import stage1_diagnostics
 from .stages import Schedule
 
-__all__ = ["StagedIteration", "autocast", "plain_tensor", "train_last_layer_epoch"]
+__all__ = ["MAP_GRADIENTS", "StagedIteration", "autocast", "plain_tensor", "train_last_layer_epoch"]
+
+MAP_GRADIENTS = ("all", "own_class")
+"""Which cases' similarities train a prototype's map in stage 1 (``StagedIteration(map_gradient=...)``)."""
 
 
 def plain_tensor(images: Tensor, channels_last_3d: bool = False) -> Tensor:
@@ -52,6 +57,8 @@ class StagedIteration:
         stage1_forward: module whose forward gives the explanation; default ``ExplainForward(network)``.
         amp: bf16 autocast (CUDA or CPU).
         channels_last_3d: feed channels-last images.
+        map_gradient: ``"all"`` (the paper): every case's S_k trains prototype k's map; ``"own_class"``: only the
+            cases of the class k's weights favour (:meth:`~scripts.networks.UMProtoShare.own_class_map_gradient`).
 
     Returns (per call) a dict: ``loss`` (float), ``terms`` (unweighted terms, floats), ``diagnostics``
     (stage 1: the collapse read-outs of :func:`~scripts.engine.diagnostics.stage1_diagnostics`), ``stage``,
@@ -71,6 +78,7 @@ class StagedIteration:
         stage1_forward: nn.Module | None = None,
         amp: bool = False,
         channels_last_3d: bool = False,
+        map_gradient: str = "all",
     ) -> None:
         self.network = network
         self.warmup_network = warmup_network
@@ -82,6 +90,7 @@ class StagedIteration:
         self.stage1_forward = ExplainForward(network) if stage1_forward is None else stage1_forward
         self.amp = amp
         self.channels_last_3d = channels_last_3d
+        self.map_gradient = look_up_option(map_gradient, MAP_GRADIENTS)
 
     def __call__(self, engine: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
         """One step on ``batch`` for the stage of ``engine.state.epoch``."""
@@ -99,8 +108,10 @@ class StagedIteration:
                 terms = {"cls": loss.detach()}
             else:
                 self.stage1_forward.train()
-                explanation = self.stage1_forward(images)
                 net = self.network
+                own = net.own_class_map_gradient(labels) if self.map_gradient == "own_class" else nullcontext()
+                with own:
+                    explanation = self.stage1_forward(images)
                 loss, terms = self.stage1_loss(
                     net.loss_inputs(explanation), explanation.logits, labels, net.classifier.effective_weight,
                     net.ownership,

@@ -275,6 +275,9 @@ class PrototypeHead(nn.Module):
         anneals the maps' coverage (:meth:`~scripts.engine.Schedule.map_shift`)."""
         self.soft_mask_weight = float(soft_mask_weight)
         self.soft_mask_threshold = float(soft_mask_threshold)
+        self.map_gradient_mask: Optional[Tensor] = None
+        """(B, K_s) bool while training with ``map_gradient="own_class"``: S_k of case b sends gradient into
+        its map only where True (the forward values are unchanged); None: everywhere."""
 
     def _mapping(self) -> MappingModule:
         if self.mapping is None:
@@ -329,6 +332,9 @@ class PrototypeHead(nn.Module):
             raw_maps, soft_maps = self.activate(self.mapping.pre_activation(hidden))
             maps = soft_maps if support is None else soft_maps * support
             maps = l1_normalise(maps) if self.map_activation == "soft_mask" else maps
+            mask = self.map_gradient_mask
+            if mask is not None:
+                maps = torch.where(mask.reshape(mask.shape + (1,) * (maps.ndim - 2)), maps, maps.detach())
             descriptors = prototype_descriptors(embeddings, maps)
             similarities = prototype_similarity(descriptors, self.prototypes, self.similarity_clamp)
             return HeadOutput(hidden, raw_maps, soft_maps, maps, embeddings, descriptors, similarities, similarities)

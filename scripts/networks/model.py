@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from os import PathLike
 from typing import NamedTuple, Optional
 
@@ -263,6 +264,24 @@ class UMProtoShare(GroupedNetwork):
         """Shift every head's map pre-activation z by ``shift`` (> 0 widens the maps; 0 is the model itself)."""
         for head in self.heads.values():
             head.map_shift = float(shift)
+
+    @contextlib.contextmanager
+    def own_class_map_gradient(self, labels: Tensor) -> Iterator[None]:
+        """Inside: S_k of a case sends gradient into prototype k's map only when the case's label is the class
+        k's classifier weights favour (argmax of its column); forward values are unchanged.
+
+        Args:
+            labels: (B,) class indices of the batch about to be run.
+        """
+        favoured = self.classifier.effective_weight.detach().argmax(dim=0)
+        try:
+            for s in self.scales:
+                mask = labels.reshape(-1, 1).to(favoured.device) == favoured[self.columns(s)].reshape(1, -1)
+                self.head(s).map_gradient_mask = mask
+            yield
+        finally:
+            for head in self.heads.values():
+                head.map_gradient_mask = None
 
     def balanced_assignment(self) -> Tensor:
         """(K_total, C) one-hot: prototype k of each scale goes to class k mod C (the "balanced" start)."""

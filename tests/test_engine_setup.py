@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from scripts.engine import (
+    check_flags,
     configure_backends,
     ensure_synthetic_dataset,
     place,
@@ -16,6 +20,8 @@ from scripts.engine.fingerprint import volumes_fingerprint
 from scripts.engine.setup import SYNTHETIC_FINGERPRINT
 from scripts.networks.precision import autocast
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def test_deterministic_mode_wins_over_cudnn_benchmark(restore_backends):
     configure_backends(cudnn_benchmark=True, deterministic=True)
@@ -23,6 +29,30 @@ def test_deterministic_mode_wins_over_cudnn_benchmark(restore_backends):
     assert not torch.backends.cudnn.benchmark
     configure_backends(cudnn_benchmark=True, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+
+
+def test_a_switch_given_as_a_string_is_refused_by_name():
+    check_flags({"use_map": True, "use_oc": False})
+    with pytest.raises(ValueError, match=r"--use_oc must be True or False, got 'false' \(str\)"):
+        check_flags({"use_map": True, "use_oc": "false"})
+    with pytest.raises(ValueError, match="--amp must be True or False, got 0"):
+        check_flags({"amp": 0})
+
+
+def test_the_training_config_checks_its_switches_before_anything_runs():
+    """``monai.bundle run ... --use_oc false`` (lower case) reaches the config as the string 'false': the first step
+    of ``initialize`` names it, and the defaults pass."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json")])
+    first = parser["initialize"][0]
+    assert first.startswith("$scripts.engine.check_flags(") and "'use_oc': @use_oc" in first
+    parser.ref_resolver.reset()
+    parser.get_parsed_content("initialize#0")
+    parser["use_oc"] = "false"
+    parser.parse()
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the expression's error
+        parser.get_parsed_content("initialize#0")
+    assert isinstance(failure.value.__cause__, ValueError) and "--use_oc must be True or False" in str(failure.value.__cause__)
 
 
 def test_channels_last_placement_and_inputs():

@@ -42,6 +42,7 @@ __all__, __getattr__, __dir__ = exports(
         "FinalModelWriter": "persistence",
         "RNGState": "persistence",
         "atomic_save": "persistence",
+        "check_flags": "setup",
         "compiled": "setup",
         "configure_backends": "setup",
         "configure_determinism": "setup",

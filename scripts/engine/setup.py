@@ -1,4 +1,4 @@
-"""Run set-up used by the configs: datalist, synthetic data on first use, seeds and threads, torch back-end switches,
+"""Run set-up used by the configs: switches checked, datalist, synthetic data on first use, seeds and threads, torch back-end switches,
 placement."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import monai
 import torch
@@ -18,6 +19,7 @@ from scripts.data import ensure_datalist, generate_dataset
 from scripts.engine.fingerprint import arithmetic_environment, short_hash, volumes_fingerprint
 
 __all__ = [
+    "check_flags",
     "compiled",
     "configure_backends",
     "configure_determinism",
@@ -129,6 +131,26 @@ def configure_determinism(seed: int | None, num_threads: int | None = None) -> N
     environment = arithmetic_environment()
     logger.info("arithmetic fingerprint %s: %s", short_hash(repr(sorted(environment.items()))),
                 ", ".join(f"{k} {v}" for k, v in environment.items()))
+
+
+def check_flags(flags: Mapping[str, Any]) -> None:
+    """Refuse a switch that is not a bool, naming it: ``monai.bundle run`` passes ``--use_oc false`` (any spelling
+    but ``True``/``False``) as the string ``'false'``, which Python reads as true, so the run would silently do
+    the opposite.
+
+    Args:
+        flags: setting name → its resolved value.
+
+    Raises:
+        ValueError: the first setting whose value is not a bool.
+    """
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"--{name} must be True or False, got {value!r} ({type(value).__name__}): write --{name} True or "
+                f"--{name} False (other spellings reach the configuration as strings, and any non-empty string "
+                "counts as true)."
+            )
 
 
 def configure_backends(cudnn_benchmark: bool = False, deterministic: bool = False) -> None:

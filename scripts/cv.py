@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 METRICS = (
     "bac", "accuracy", "sensitivity", "specificity", "roc_auc", "ap", "ids", "ap_eq28", "topk_peak_in_brain",
-    "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct", "prototype_source_agrees", "ece_raw", "ece",
+    "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct", "prototype_source_agrees", "prototype_separates",
+    "ece_raw", "ece",
     "brier_raw", "brier", "nll_raw", "nll",
 )
 """Keys of a fold's ``metrics.json`` that the summary averages (fractions, in %, but for :data:`UNSCALED`)."""

@@ -1,25 +1,58 @@
 """What the network, the losses and the read-outs share about prototypes, defined once.
 
-The sharing modes, the soft class coefficients ζ (Eq. 7) and the ownership read from them, and
-:class:`ScaleTerms`, what :meth:`scripts.networks.UMProtoShare.loss_inputs` hands the stage-1 loss.
+The sharing modes, the soft class coefficients ζ (Eq. 7) and the ownership read from them, how well a
+prototype tells the classes apart (:func:`class_separation`), and :class:`ScaleTerms`, what :meth:`scripts.networks.UMProtoShare.loss_inputs` hands the stage-1 loss.
 PyTorch only, below :mod:`scripts.networks`, :mod:`scripts.losses` and :mod:`scripts.explain`, so
 that none of them imports another for these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["PROTOTYPE_SHARING", "ZETA_EPS", "ScaleTerms", "soft_class_coefficients", "soft_ownership"]
+__all__ = [
+    "PROTOTYPE_SHARING",
+    "SEPARATION_FLOOR",
+    "ZETA_EPS",
+    "ScaleTerms",
+    "class_separation",
+    "soft_class_coefficients",
+    "soft_ownership",
+]
 
 PROTOTYPE_SHARING = ("shared", "class_specific")
 """``shared``: class-agnostic prototypes (UM-ProtoShare, A2–E); ``class_specific``: hard ownership, K_s / C
 prototypes per class (A1)."""
 ZETA_EPS = 1e-6
 """Added to ζ's denominator (Eq. 7) so that a prototype with no positive weight gets zeros."""
+SEPARATION_FLOOR = 0.05
+"""A prototype whose :func:`class_separation` is below this matches the other classes' cases about as well as
+(or better than) the cases of the class it votes for: its match says little about the class."""
+
+
+def class_separation(class_similarity: Mapping[str, float | None] | None, favoured: str) -> float | None:
+    """How much better a prototype matches the class it votes for than any other class, on the push set.
+
+    Args:
+        class_similarity: class name → mean S over that class's training cases (the push record's
+            ``class_similarity``), or None where it was not measured.
+        favoured: the class whose classifier weight on the prototype's column is largest.
+
+    Returns:
+        S̄(favoured) − max over the other classes of S̄(c); None when a mean is missing (or NaN).
+    """
+    if class_similarity is None:
+        return None
+    values = dict(class_similarity)
+    if favoured not in values or len(values) < 2:
+        raise ValueError(f"class_similarity {values} must hold the favoured class {favoured!r} and another.")
+    if any(value is None or math.isnan(value) for value in values.values()):
+        return None
+    return float(values[favoured]) - max(float(v) for name, v in values.items() if name != favoured)
 
 
 def soft_class_coefficients(classifier_weight: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,21 @@ from scripts.data.foreground import foreground_mask
 from scripts.maps import resize_to_input
 from scripts.networks import ScaleExplanation, UMProtoShare, unwrap
 
-__all__ = ["PUSH_JSON", "PUSH_MAPS", "PushResult", "load_push", "peak_voxel", "push_prototypes", "save_push"]
+__all__ = [
+    "PUSH_JSON",
+    "PUSH_MAPS",
+    "PushResult",
+    "class_mean_similarity",
+    "load_push",
+    "peak_voxel",
+    "push_prototypes",
+    "save_push",
+]
 
 PUSH_JSON = "push.json"
 """File name of the provenance records written by :func:`save_push`."""
+COSINE_EPS = 1e-8
+"""Norm floor of the unit vectors behind the class-mean similarities (``torch.nn.functional.cosine_similarity``'s)."""
 PUSH_MAPS = "push_maps.pt"
 """File name of the winning attention maps written by :func:`save_push`."""
 
@@ -43,8 +54,10 @@ class PushResult:
     ``records``: one dict per classifier column, in column order, with keys ``column``, ``scale``, ``k``,
     ``case_id``, ``label``, ``class_name``, ``similarity`` (the S that won, before the push; for
     ProtoPNet's ``voxel_topk`` similarity, the best voxel's similarity, see ``push_similarities``),
-    ``peak_voxel`` ([i, j, l] in the input grid), ``map_shape`` ([h_s, w_s, d_s]) and ``input_shape``
-    (the grid of ``peak_voxel``). ``maps``: column → the winning attention map M_s^k, (h_s, w_s, d_s).
+    ``peak_voxel`` ([i, j, l] in the input grid), ``map_shape`` ([h_s, w_s, d_s]), ``input_shape``
+    (the grid of ``peak_voxel``) and ``class_similarity`` (class name → the mean S of the pushed prototype
+    over that class's cases of the push set, None for a class without cases; the whole entry None where
+    S is not a plain cosine: clamped, or ProtoPNet's ``voxel_topk``). ``maps``: column → the winning attention map M_s^k, (h_s, w_s, d_s).
     """
 
     class_names: list[str] = field(default_factory=list)
@@ -208,10 +221,16 @@ def _batch_fields(batch: Mapping[str, Any], class_names: Sequence[str]) -> tuple
 
 def _search(
     net: UMProtoShare, loader: Iterable[Mapping[str, Any]], class_names: Sequence[str], device: torch.device
-) -> list[_Best]:
-    """Stream over ``loader`` keeping, per scale, each prototype's most similar eligible case (eval, no grad)."""
+) -> tuple[list[_Best], list[Tensor], Tensor]:
+    """Stream over ``loader`` keeping, per scale, each prototype's most similar eligible case (eval, no grad).
+
+    Also sums, per class and scale, the unit-length descriptors H/|H| of every case, (C, K_s, E) float64,
+    and counts the cases per class, (C,): the class means of cos(H, p) for any p follow from them.
+    """
     owners = None if net.ownership is None else net.ownership.argmax(dim=1).to(device)
     bests = [_Best.empty(net.prototypes_per_scale[s - 1]) for s in net.scales]
+    sums: list[Tensor] = []
+    counts = torch.zeros(len(class_names), dtype=torch.float64, device=device)
     grid: list[int] | None = None
     for batch in loader:
         images, labels, case_ids = _batch_fields(batch, class_names)
@@ -224,13 +243,37 @@ def _search(
         explanation = net.explain(images.to(device))
         brains = foreground_mask(images)[:, 0] if net.map_support == "brain" else None
         label_tensor = torch.tensor(labels, device=device)
-        for best, entry in zip(bests, explanation.per_scale):
+        one_hot = torch.nn.functional.one_hot(label_tensor, len(class_names)).double()
+        counts += one_hot.sum(dim=0)
+        for index, (best, entry) in enumerate(zip(bests, explanation.per_scale)):
             if owners is None:
                 eligible = torch.ones_like(entry.similarities, dtype=torch.bool)
             else:
                 eligible = label_tensor[:, None] == owners[net.columns(entry.scale)][None, :]
             best.absorb(_Best.from_batch(entry, eligible, case_ids, labels, grid, brains))
-    return bests
+            units = torch.nn.functional.normalize(entry.descriptors.double(), dim=-1, eps=COSINE_EPS)
+            batch_sums = torch.einsum("bc,bke->cke", one_hot, units)
+            if index == len(sums):
+                sums.append(batch_sums)
+            else:
+                sums[index] += batch_sums
+    return bests, sums, counts
+
+
+def class_mean_similarity(sums: Tensor, counts: Tensor, prototypes: Tensor) -> Tensor:
+    """Mean over each class's cases of cos(H, p_k), from the summed unit descriptors (C, K_s, E).
+
+    Args:
+        sums: Σ over the cases of class c of H_k/|H_k|, (C, K_s, E).
+        counts: cases per class, (C,).
+        prototypes: p, (K_s, E).
+
+    Returns:
+        (C, K_s) float64; NaN for a class without cases.
+    """
+    units = torch.nn.functional.normalize(prototypes.double(), dim=-1, eps=COSINE_EPS)
+    totals = torch.einsum("cke,ke->ck", sums.double(), units.to(sums.device))
+    return totals / counts.to(totals.device)[:, None].where(counts.to(totals.device)[:, None] > 0, torch.nan)
 
 
 def _merge_ranks(bests: list[_Best]) -> list[_Best]:
@@ -304,22 +347,29 @@ def push_prototypes(
     model.eval()
     try:
         with torch.no_grad():
-            bests = _search(net, loader, class_names, device)
+            bests, sums, counts = _search(net, loader, class_names, device)
     finally:
         for module, mode in modes.items():
             module.training = mode
     bests = _merge_ranks(bests)
     _check_found(net, bests, class_names)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed:
+        for tensor in [*sums, counts]:
+            dist.all_reduce(tensor)
+    class_similarity: list[Tensor | None] = []
     with torch.no_grad():
-        for s, best in zip(net.scales, bests):
-            prototypes = net.head(s).prototypes
-            prototypes.data.copy_(best.descriptors)
+        for s, best, scale_sums in zip(net.scales, bests, sums):
+            head = net.head(s)
+            head.prototypes.data.copy_(best.descriptors)
             if distributed:
-                dist.broadcast(prototypes.data, src=0)
+                dist.broadcast(head.prototypes.data, src=0)
+            linear = head.similarity_kind == "descriptor" and not head.similarity_clamp
+            class_similarity.append(class_mean_similarity(scale_sums, counts, head.prototypes).cpu() if linear else None)
     result = PushResult(class_names=class_names)
     for column, (s, k) in enumerate(net.prototype_columns):
         best = bests[net.scales.index(s)]
+        means = class_similarity[net.scales.index(s)]
         attention_map = best.maps[k].clone()
         grid = list(best.input_shapes[k]) if input_size is None else [int(n) for n in input_size]
         result.records.append(
@@ -334,6 +384,9 @@ def push_prototypes(
                 "peak_voxel": best.peaks[k] if grid == best.input_shapes[k] else peak_voxel(attention_map, grid),
                 "map_shape": list(attention_map.shape),
                 "input_shape": grid,
+                "class_similarity": None if means is None else {
+                    name: None if math.isnan(value) else value for name, value in zip(class_names, means[:, k].tolist())
+                },
             }
         )
         result.maps[column] = attention_map

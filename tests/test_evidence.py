@@ -29,6 +29,7 @@ from scripts.explain.evidence import (
     top_columns,
     write_nifti,
 )
+from scripts.explain.report import separation_line
 from scripts.networks import UMProtoShare
 
 
@@ -127,6 +128,28 @@ def test_prediction_record_sorted_by_predicted_class_contribution():
     first = record["prototypes"][0]
     assert first["class_weights"] == {"LGG": -1.0, "HGG": 2.0}
     assert first["driving_sequence"] == "T2" and first["source"] is None
+
+
+def test_prediction_record_says_which_prototypes_separate_the_classes_on_the_push_set():
+    # favoured classes (argmax of each weight column): LGG, HGG, LGG
+    means = [{"LGG": 0.80, "HGG": 0.40}, {"LGG": 0.71, "HGG": 0.74}, {"LGG": 0.50, "HGG": 0.60}]
+    records = [
+        {"scale": 1, "k": k, "case_id": f"c{k}", "class_name": "HGG", "similarity": 0.9, "peak_voxel": [0, 0, 0],
+         "input_shape": [2, 2, 2], "class_similarity": m}
+        for k, m in enumerate(means)
+    ]
+    record = prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"], records)
+    by_column = {p["column"]: p for p in record["prototypes"]}
+    assert [by_column[c]["separation"] for c in range(3)] == pytest.approx([0.40, 0.03, -0.10])
+    assert [by_column[c]["separates_classes"] for c in range(3)] == [True, False, False]
+    assert by_column[1]["source"]["class_similarity"] == {"LGG": 0.71, "HGG": 0.74}
+    line = separation_line(by_column[1])
+    assert line.startswith("training S: LGG 0.71, HGG 0.74") and "matches the other class as well" in line
+    assert "matches" not in separation_line(by_column[0])
+    old = [{key: value for key, value in r.items() if key != "class_similarity"} for r in records]
+    unknown = prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"], old)["prototypes"][0]
+    assert unknown["separation"] is None and unknown["separates_classes"] is None
+    assert separation_line(unknown) == "training cases: S per class not recorded"
 
 
 def test_a_pruned_prototype_is_neither_listed_nor_chosen():

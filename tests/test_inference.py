@@ -23,6 +23,7 @@ from scripts.data import DataError, find_cases, preprocessing_transforms
 from scripts.data.synthetic import brats_affine
 from scripts.explain.evidence import DRIVING_THRESHOLD
 from scripts.networks import UMProtoShare
+from scripts.prototypes import SEPARATION_FLOOR
 from scripts.push import save_push
 from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
@@ -128,6 +129,12 @@ def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):
     for entry in prediction["prototypes"]:
         record = served.push.records[entry["column"]]
         assert entry["source"]["case_id"] == record["case_id"] and entry["source"]["class_name"] == record["class_name"]
+        means = record["class_similarity"]  # the push set's class means reach the served evidence
+        assert entry["source"]["class_similarity"] == means and set(means) == {"LGG", "HGG"}
+        favoured = max(entry["class_weights"], key=entry["class_weights"].get)
+        other = "LGG" if favoured == "HGG" else "HGG"
+        assert entry["separation"] == pytest.approx(means[favoured] - means[other])
+        assert entry["separates_classes"] == (entry["separation"] >= SEPARATION_FLOOR)
         w = entry["class_weights"]
         assert entry["contribution"][predicted] == pytest.approx(w[predicted] * entry["similarity"], abs=1e-6)
         # the constructed model reads FLAIR only: the others' evidence is zero up to the summation order
@@ -212,6 +219,11 @@ def test_html_report_beside_the_png(served):
     page = (served.out / "report.html").read_text(encoding="utf-8")
     assert "predicted " + served.prediction["predicted_class"] in page and page.count("<tr><td>") == len(
         served.prediction["prototypes"])
+    for entry in served.prediction["prototypes"]:  # each row shows the push set's class means and the verdict
+        means = entry["source"]["class_similarity"]
+        verdict = "yes" if entry["separates_classes"] else "NO: matches the other class as well"
+        cells = f"<td>LGG {means['LGG']:.2f}, HGG {means['HGG']:.2f}</td><td>{verdict}</td>"
+        assert cells in page
 
 
 def test_a_missing_input_dir_is_one_line_exit_2_and_errors_json(served, tmp_path):

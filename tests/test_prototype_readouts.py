@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from scripts.data.foreground import brain_mask
 from scripts.evaluate import predict_fold
 from scripts.evaluate.prototypes import (
+    PEAK_KEYS,
+    fold_readouts,
     peak_shares,
     prototype_peaks,
     source_agreement,
@@ -20,6 +22,7 @@ from scripts.evaluate.prototypes import (
 from scripts.explain.evidence import prototype_contributions
 from scripts.metrics import activation_precision
 from scripts.networks import UMProtoShare
+from scripts.prototypes import class_separation
 
 GRID = (8, 8, 8)
 COLUMNS = [(1, k) for k in range(5)] + [(2, k) for k in range(3)]
@@ -87,6 +90,36 @@ def test_source_agreement_on_a_constructed_push_record():
     assert rows[3]["source_case"] == "case3"
     with pytest.raises(ValueError, match="4 push records"):
         source_agreement(records, weight[:, :3], names)
+    assert [r["separates"] for r in rows] == [None] * 4  # a record without class means
+    assert fold_readouts(torch.zeros(1), {k: torch.zeros(1) for k in PEAK_KEYS}, torch.ones(1, dtype=torch.bool), 6,
+                         rows)["prototype_separates"] is None
+
+
+def test_class_separation_hand_computed():
+    assert class_separation({"LGG": 0.9, "HGG": 0.6}, "LGG") == pytest.approx(0.3)
+    assert class_separation({"LGG": 0.9, "HGG": 0.6}, "HGG") == pytest.approx(-0.3)
+    assert class_separation({"a": 0.5, "b": 0.7, "c": 0.2}, "b") == pytest.approx(0.2)  # against the best other
+    assert class_separation({"LGG": None, "HGG": 0.6}, "HGG") is None
+    assert class_separation(None, "HGG") is None
+    with pytest.raises(ValueError, match="favoured class 'WHO4'"):
+        class_separation({"LGG": 0.9, "HGG": 0.6}, "WHO4")
+
+
+def test_share_of_prototypes_that_separate_the_classes():
+    names = ["LGG", "HGG"]
+    weight = torch.tensor([[0.9, -0.5, 0.2], [-0.5, 0.7, 0.3]])  # favoured: LGG, HGG, HGG
+    means = [{"LGG": 0.9, "HGG": 0.5}, {"LGG": 0.6, "HGG": 0.63}, {"LGG": 0.2, "HGG": 0.8}]
+    records = [{"column": c, "scale": 1, "k": c, "case_id": "x", "label": 0, "class_similarity": m}
+               for c, m in enumerate(means)]
+    rows = source_agreement(records, weight, names)
+    assert [r["separation"] for r in rows] == pytest.approx([0.4, 0.03, 0.6])
+    assert [r["separates"] for r in rows] == [True, False, True]
+    readouts = fold_readouts(torch.zeros(2), {k: torch.zeros(2) for k in PEAK_KEYS}, torch.ones(2, dtype=torch.bool),
+                             6, rows)
+    assert readouts["prototype_separates"] == pytest.approx(2 / 3)
+    active = source_agreement(records, weight, names, active=torch.tensor([True, False, True]))
+    assert fold_readouts(torch.zeros(1), {k: torch.zeros(1) for k in PEAK_KEYS}, torch.ones(1, dtype=torch.bool), 6,
+                         active)["prototype_separates"] == 1.0
 
 
 def shared_model() -> UMProtoShare:

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from monai.data import DataLoader, MetaTensor
 
 from scripts.networks import UMProtoShare
-from scripts.push import PUSH_JSON, PushResult, load_push, peak_voxel, push_prototypes, save_push
+from scripts.push import (
+    PUSH_JSON,
+    PushResult,
+    class_mean_similarity,
+    load_push,
+    peak_voxel,
+    push_prototypes,
+    save_push,
+)
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 8, "embed_dim": 16, "mapping_dim": 12}
 COUNTS = (2, 4, 2)
@@ -90,6 +98,37 @@ def test_eq2_shared_push_takes_the_most_similar_case_over_all_cases():
     winners = [int(r["case_id"][4:]) for r in result.records]
     own_similarity = similarities[winners, range(model.num_prototypes)]
     assert torch.allclose(own_similarity, torch.ones(model.num_prototypes), atol=1e-5)
+
+
+@pytest.mark.parametrize("sharing", ["shared", "class_specific"])
+def test_class_similarity_is_each_class_mean_s_of_the_pushed_prototypes(sharing):
+    model = tiny(sharing)
+    cases = make_cases([0, 1, 0, 1, 1, 0, 1])
+    result = push_prototypes(model, batches(cases, batch_size=3), CLASSES)
+    similarities, _ = brute_force(model, cases)  # S of every case to the pushed prototypes
+    labels = torch.tensor([c["label"] for c in cases])
+    for record in result.records:
+        for label, name in enumerate(CLASSES):
+            expected = float(similarities[labels == label, record["column"]].mean())
+            assert record["class_similarity"][name] == pytest.approx(expected, abs=1e-5)
+    assert json.loads(json.dumps(result.records)) == result.records
+
+
+def test_class_mean_similarity_hand_computed_and_empty_class():
+    # two classes, one prototype p = (3, 4): class 0 has H = (1, 0) and (0, 2) (cos 0.6, 0.8), class 1 none
+    units = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]]) + torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]])
+    means = class_mean_similarity(units, torch.tensor([2.0, 0.0]), torch.tensor([[3.0, 4.0]]))
+    assert means[0, 0].item() == pytest.approx(0.7)
+    assert torch.isnan(means[1, 0])
+
+
+def test_class_similarity_is_none_where_s_is_not_a_plain_cosine():
+    torch.manual_seed(0)
+    model = UMProtoShare(**TINY, prototypes_per_scale=COUNTS, similarity_clamp=True)
+    result = push_prototypes(model, batches(make_cases([0, 1, 1])), CLASSES)
+    assert all(record["class_similarity"] is None for record in result.records)
+    result = push_prototypes(tiny(), batches(make_cases([1, 1, 1])), CLASSES)
+    assert all(record["class_similarity"]["LGG"] is None for record in result.records)
 
 
 def test_eq20_class_specific_push_searches_only_the_owning_class():

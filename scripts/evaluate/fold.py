@@ -270,7 +270,8 @@ class FoldEvaluator:
     settings used. Prototype models add ``ap_eq28``, the peak shares and distance
     (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
     (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
-    their share that agrees, ``prototype_source_agrees``; null for a CNN.
+    their share that agrees, ``prototype_source_agrees``, and the share of prototypes that separate the classes
+    on the push set, ``prototype_separates`` (null where the record has no class means); null for a CNN.
 
     Args:
         network: the fold's model, on ``device`` (``@fold_model``: UM-ProtoShare, a baseline or the CNN).
@@ -511,8 +512,9 @@ class FoldEvaluator:
             logger.info(
                 "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.3f, in "
                 "the tumour %.3f, %.2f voxels from it on average (correct cases: %.3f, %.3f, %.2f); push source class = "
-                "weights' class: %s", self.fold,
+                "weights' class: %s; prototypes that separate the classes on the push set: %s", self.fold,
                 *(metrics[key] for key in ("ap_eq28", "top_prototypes", *PEAK_KEYS)),
                 *(metrics[f"{key}_correct"] for key in PEAK_KEYS), metrics["prototype_source_agrees"],
+                metrics["prototype_separates"],
             )
         return metrics

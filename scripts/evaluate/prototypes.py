@@ -7,6 +7,9 @@
   mean distance to the tumour (0 inside it), which tells a peak at the tumour's margin from one far away.
 - A prototype's source agrees with its weights when the class of the case it was pushed from (the push
   record) is the class whose classifier weight on its column is largest.
+- A prototype separates the classes when its mean S over the push set's cases of the class it favours exceeds
+  that of every other class by :data:`~scripts.prototypes.SEPARATION_FLOOR`
+  (:func:`~scripts.prototypes.class_separation`); one that does not votes with a match every class shows.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scripts.prototypes import SEPARATION_FLOOR, class_separation
 from scripts.push import peak_voxel
 
 __all__ = [
@@ -42,6 +46,7 @@ READOUT_KEYS = (
     *PEAK_KEYS,
     *(f"{key}_correct" for key in PEAK_KEYS),
     "prototype_source_agrees",
+    "prototype_separates",
     "prototype_sources",
 )
 """The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
@@ -147,7 +152,9 @@ def source_agreement(
 
     Returns:
         One dict per active column: ``column``, ``scale``, ``k``, ``source_case``, ``source_class``,
-        ``favoured_class`` (names) and ``agrees``.
+        ``favoured_class`` (names), ``agrees``, ``class_similarity`` (the record's, or None), ``separation``
+        (:func:`~scripts.prototypes.class_separation`, or None) and ``separates`` (separation ≥
+        :data:`~scripts.prototypes.SEPARATION_FLOOR`, or None).
     """
     if classifier_weight.ndim != 2 or classifier_weight.shape[1] != len(records):
         shape = tuple(classifier_weight.shape)
@@ -159,6 +166,8 @@ def source_agreement(
             raise ValueError(f"push record {column} is for column {record['column']}: records out of column order.")
         if active is not None and not bool(active[column]):
             continue
+        class_similarity = record.get("class_similarity")
+        separation = class_separation(class_similarity, class_names[cls])
         rows.append(
             {
                 "column": column,
@@ -168,6 +177,9 @@ def source_agreement(
                 "source_class": class_names[int(record["label"])],
                 "favoured_class": class_names[cls],
                 "agrees": int(record["label"]) == cls,
+                "class_similarity": class_similarity,
+                "separation": separation,
+                "separates": None if separation is None else separation >= SEPARATION_FLOOR,
             }
         )
     return rows
@@ -194,5 +206,8 @@ def fold_readouts(
         readouts[key] = float(peaks[key].mean())
         readouts[f"{key}_correct"] = float(peaks[key][correct].mean()) if correct.any() else math.nan
     readouts["prototype_source_agrees"] = None if sources is None else sum(r["agrees"] for r in sources) / len(sources)
+    separates = None if sources is None else [r["separates"] for r in sources]
+    known = separates is not None and bool(separates) and None not in separates
+    readouts["prototype_separates"] = sum(separates) / len(separates) if known else None
     readouts["prototype_sources"] = None if sources is None else list(sources)
     return readouts

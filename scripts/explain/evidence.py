@@ -26,7 +26,7 @@ from torch import Tensor
 from scripts.calibration import Calibration, format_probability
 from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
-from scripts.prototypes import soft_class_coefficients
+from scripts.prototypes import SEPARATION_FLOOR, class_separation, soft_class_coefficients
 from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_probabilities, spread_of
 
 __all__ = [
@@ -412,8 +412,10 @@ def prediction_record(
     Prototypes (pruned ones left out) are sorted by their contribution to the predicted class, largest first; each lists
     its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
     similarity change per sequence replaced by its mean (and :func:`driving_sequence`: the sequence that
-    drives the match, or None), and the case and class it was pushed from (``push_records``, in column
-    order). ``warnings`` lists :func:`confidence_warnings`.
+    drives the match, or None), the case and class it was pushed from (``push_records``, in column
+    order) with its mean S over each class's push-set cases, and ``separation`` / ``separates_classes``
+    (:func:`~scripts.prototypes.class_separation` against :data:`~scripts.prototypes.SEPARATION_FLOOR`;
+    None without those means): whether it matches the class it votes for better than the others. ``warnings`` lists :func:`confidence_warnings`.
 
     Args:
         evidence: from :func:`explain_case`.
@@ -432,10 +434,13 @@ def prediction_record(
         if not evidence.active[column]:
             continue  # pruned: no evidence
         delta = evidence.sequence_delta[:, column]
-        source = None
+        source, separation = None, None
         if push_records is not None:
             record = push_records[column]
             source = {key: record[key] for key in ("case_id", "class_name", "similarity", "peak_voxel", "input_shape")}
+            source["class_similarity"] = record.get("class_similarity")
+            favoured = class_names[int(evidence.classifier_weight[:, column].argmax())]
+            separation = class_separation(source["class_similarity"], favoured)
         entries.append(
             {
                 "column": column,
@@ -448,6 +453,8 @@ def prediction_record(
                 "sequence_evidence": _by_class(delta, sequences),
                 "driving_sequence": driving_sequence(_by_class(delta, sequences)),
                 "source": source,
+                "separation": separation,
+                "separates_classes": None if separation is None else separation >= SEPARATION_FLOOR,
                 **dict((details or {}).get(column, {})),
             }
         )

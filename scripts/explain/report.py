@@ -47,6 +47,7 @@ __all__ = [
     "grade_line",
     "overlay_panel",
     "prototype_strip",
+    "separation_line",
     "sharedness_figure",
     "source_panel",
 ]
@@ -166,12 +167,22 @@ def driving_line(entry: Mapping[str, Any]) -> str:
     return f"no single sequence dominates\n  (needs ΔS ≤ −{DRIVING_THRESHOLD}, {DRIVING_DOMINANCE:g}× any other)"
 
 
+def separation_line(entry: Mapping[str, Any]) -> str:
+    """The prototype's mean S on each class's training (push-set) cases, and a warning when it does not separate them."""
+    means = (entry.get("source") or {}).get("class_similarity")
+    if not means:
+        return "training cases: S per class not recorded"
+    text = "training S: " + ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in means.items())
+    return text + ("\n  ! matches the other class as well: weak evidence" if entry.get("separates_classes") is False else "")
+
+
 def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
-    """"similarity × weight = contribution" per class, then the per-sequence similarity change."""
+    """"similarity × weight = contribution" per class, the push-set means, then the per-sequence similarity change."""
     similarity = entry["similarity"]
     lines = [f"scale {entry['scale']}, k {entry['k']}:  S = {similarity:.2f}"]
     for name, weight in entry["class_weights"].items():
         lines.append(f"{name}: {similarity:.2f} × {weight:+.2f} = {entry['contribution'][name]:+.2f}")
+    lines += separation_line(entry).split("\n")
     changes = [f"{name} {delta:+.2f}" for name, delta in entry["sequence_evidence"].items()]
     lines.append("ΔS, sequence set to its mean:")
     lines += ["  " + "  ".join(changes[i : i + 2]) for i in range(0, len(changes), 2)]

@@ -41,7 +41,9 @@ from scripts.explain.report import (
     OUTSIDE,
     driving_line,
     grade_line,
+    separation_line,
 )
+from scripts.prototypes import SEPARATION_FLOOR
 
 __all__ = ["CROSSHAIR", "PANEL_WIDTH", "case_html", "grey_slices", "in_plane_box", "overlay_slices", "start_slice"]
 
@@ -116,7 +118,7 @@ def _table(record: Mapping[str, Any]) -> str:
     classes = record["class_names"]
     sequences = list(record["prototypes"][0]["sequence_evidence"]) if record["prototypes"] else []
     head = ["scale", "k", "S", *(f"w {c}" for c in classes), *(f"Δy {c}" for c in classes),
-            *(f"ΔS {s}" for s in sequences), "driving", "source", "peak in brain"]
+            *(f"ΔS {s}" for s in sequences), "driving", "source", "S on training cases", "separates", "peak in brain"]
     rows = []
     for entry in record["prototypes"]:
         source = entry.get("source") or {}
@@ -126,6 +128,8 @@ def _table(record: Mapping[str, Any]) -> str:
                  *(f"{entry['sequence_evidence'][s]:+.3f}" for s in sequences),
                  driving_line(entry).split("\n")[0],
                  f"{source.get('case_id', '–')} ({source.get('class_name', '–')})" if source else "–",
+                 separation_line(entry).split("\n")[0].removeprefix("training S: "),
+                 {True: "yes", False: "NO: matches the other class as well"}.get(entry.get("separates_classes"), "–"),
                  {True: "yes", False: "NO"}.get(entry.get("peak_in_brain"), "")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
@@ -303,7 +307,10 @@ Link to a view: <code>report.html#overlay=s1_k0&amp;z=20</code>.</p>
 <div class="bar"></div><p style="font-size: 12px">0 → 1: {html.escape(COLOUR_BAR_LABEL)}</p>
 <h2>Prototype evidence</h2>
 <p>S: similarity; w: classifier weight; Δy = S·w, the prototype's contribution to each class logit (Eq. 31);
-ΔS: change of S when a sequence is set to its mean (negative: the sequence supports the match).</p>
+ΔS: change of S when a sequence is set to its mean (negative: the sequence supports the match);
+S on training cases: the prototype's mean S over each class's training cases (the push set); "separates": whether
+that mean is higher, by at least {SEPARATION_FLOOR}, for the class it votes for than for any other (a prototype that
+does not is a match every class shows: weak evidence for the grade).</p>
 {_table(record)}
 <script type="application/json" id="slices">{payload}</script>
 <script>{_SCRIPT}</script>

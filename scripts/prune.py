@@ -21,6 +21,10 @@ The rules, on the fold's training cases (no augmentation):
   ``outside_brain_share`` of the cases.
 - ``unused``: never among a case's ``unused_top_k`` largest contributions to its predicted class, or
   every classifier weight of the column below ``unused_weight`` in magnitude.
+- ``non_separating``: the prototype's mean S over the push set's cases of the class its weights favour
+  exceeds that of every other class by less than ``separation_floor``
+  (:func:`~scripts.prototypes.class_separation`, from ``push.json``'s ``class_similarity``): every class
+  shows what it matches, so its votes are not evidence for one.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from scripts.explain.evidence import prototype_contributions
 from scripts.explain.gallery import write_gallery
 from scripts.losses import LastLayerLoss, Stage1Loss, forget_loss
 from scripts.networks import UMProtoShare, prototype_descriptors
+from scripts.prototypes import SEPARATION_FLOOR, class_separation
 from scripts.push import PushResult, load_push, push_prototypes, save_push
 
 __all__ = [
@@ -65,6 +70,7 @@ __all__ = [
     "duplicate_prototypes",
     "forbidden_patches",
     "merge_duplicates",
+    "non_separating_prototypes",
     "outside_brain_prototypes",
     "patch_similarity",
     "prototype_usage",
@@ -73,14 +79,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRUNE_RULES = ("outside_brain", "unused", "duplicate")
+PRUNE_RULES = ("outside_brain", "unused", "non_separating", "duplicate")
 """The automatic rules, in the order they are applied (whatever order they are listed in): a duplicate is
 only sought among the prototypes the other rules keep, so none goes for a partner that goes too."""
 PRUNE_JSON = "prune.json"
 PRUNED_DIR = "pruned"
 FORGET_GROUPS = ("mapping", "prototypes")
 """What the forgetting fine-tune trains: where each prototype looks, and the prototypes; G stays fixed."""
-SUMMARY_KEYS = ("bac", "ap", "ids", "ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour", "prototype_source_agrees")
+SUMMARY_KEYS = (
+    "bac", "ap", "ids", "ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour", "prototype_source_agrees",
+    "prototype_separates",
+)
 """The figures of ``metrics.json`` compared before and after, in the log line and in ``prune.json``."""
 
 
@@ -224,6 +233,38 @@ def unused_prototypes(
     }
 
 
+def non_separating_prototypes(
+    model: UMProtoShare,
+    records: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    floor: float,
+    candidates: Sequence[int],
+) -> dict[int, dict[str, Any]]:
+    """Prototypes whose push-set :func:`~scripts.prototypes.class_separation` (favoured class: the largest
+    classifier weight of the column) is below ``floor``; column → figures (``separation``, ``class_similarity``,
+    ``favoured_class``).
+
+    Raises:
+        ValueError: a candidate's push record has no ``class_similarity`` (a push from before the bundle
+            recorded it, or a similarity that is not a plain cosine).
+    """
+    favoured = model.classifier.effective_weight.detach().argmax(dim=0).tolist()
+    found: dict[int, dict[str, Any]] = {}
+    for column in candidates:
+        means = records[column].get("class_similarity")
+        separation = class_separation(means, class_names[favoured[column]])
+        if separation is None:
+            raise ValueError(
+                f"prototype {model.prototype_name(column)}: its push record has no class means (class_similarity "
+                f"{means!r}), so the rule non_separating cannot judge it; push again with this bundle (a plain "
+                "cosine similarity) or leave the rule out."
+            )
+        if separation < floor:
+            found[column] = {"separation": separation, "class_similarity": dict(means),
+                             "favoured_class": class_names[favoured[column]]}
+    return found
+
+
 def forbidden_patches(
     model: UMProtoShare, push: PushResult, columns: Sequence[int], images: Mapping[str, Tensor], device: torch.device
 ) -> dict[int, list[Tensor]]:
@@ -311,7 +352,8 @@ class PruneFold:
         device: where everything runs.
         prune_prototypes: names (``s1_k3`` or ``prototype_s1_k3``) to remove.
         prune_rules: any of :data:`PRUNE_RULES`.
-        duplicate_cosine, duplicate_map_cosine, outside_brain_share, unused_top_k, unused_weight: the rules' thresholds.
+        duplicate_cosine, duplicate_map_cosine, outside_brain_share, unused_top_k, unused_weight, separation_floor:
+            the rules' thresholds.
         forbid_prototypes: names to forget (kept, fine-tuned away from their pushed patches, re-pushed).
         forget_epochs, forget_weight, forget_lr: the forgetting fine-tune (:data:`FORGET_GROUPS`, AdamW).
         stage1_weight_decay: weight decay of that fine-tune.
@@ -346,6 +388,7 @@ class PruneFold:
         outside_brain_share: float = 0.5,
         unused_top_k: int = 6,
         unused_weight: float = 1e-3,
+        separation_floor: float = SEPARATION_FLOOR,
         forbid_prototypes: Sequence[str] = (),
         forget_epochs: int = 5,
         forget_weight: float = 5.0,
@@ -378,6 +421,7 @@ class PruneFold:
         self.outside_brain_share = float(outside_brain_share)
         self.unused_top_k = int(unused_top_k)
         self.unused_weight = float(unused_weight)
+        self.separation_floor = float(separation_floor)
         self.forbid_names = [str(name) for name in forbid_prototypes]
         self.forget_epochs = int(forget_epochs)
         self.forget_weight = float(forget_weight)
@@ -411,6 +455,9 @@ class PruneFold:
                 )
             elif rule == "outside_brain":
                 found = outside_brain_prototypes(usage, self.outside_brain_share, candidates)
+            elif rule == "non_separating":
+                found = non_separating_prototypes(model, push.records, self.class_names, self.separation_floor,
+                                                  candidates)
             else:
                 found = unused_prototypes(model, usage, self.unused_weight, self.unused_top_k, candidates)
             for column, figures in sorted(found.items()):
@@ -497,7 +544,8 @@ class PruneFold:
             "rules": {"applied": self.rules, "duplicate_cosine": self.duplicate_cosine,
                       "duplicate_map_cosine": self.duplicate_map_cosine,
                       "outside_brain_share": self.outside_brain_share, "unused_top_k": self.unused_top_k,
-                      "unused_weight": self.unused_weight, "training_cases": usage.cases},
+                      "unused_weight": self.unused_weight, "separation_floor": self.separation_floor,
+                      "training_cases": usage.cases},
             "forbidden": [],
         }
         if forbidden:

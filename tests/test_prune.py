@@ -20,10 +20,12 @@ from scripts.data.synthetic import brats_affine
 from scripts.engine import train_last_layer_epoch
 from scripts.losses import LastLayerLoss, forget_loss
 from scripts.networks import UMProtoShare
+from scripts.prototypes import SEPARATION_FLOOR
 from scripts.prune import (
     PrototypeUsage,
     duplicate_prototypes,
     merge_duplicates,
+    non_separating_prototypes,
     outside_brain_prototypes,
     prototype_usage,
     unused_prototypes,
@@ -185,6 +187,22 @@ def test_unused_prototypes_by_top_contributions_and_by_weight(phantoms):
     assert list(unused_prototypes(model, usage, 1e-5, 1, [0, 1, 2])) == [1]
 
 
+def test_non_separating_prototypes_by_the_push_sets_class_means():
+    model = _tiny(prototypes_per_scale=(3, 0, 0))
+    with torch.no_grad():  # favoured: LGG, HGG, HGG
+        model.classifier.weight.copy_(torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, 1.0]]))
+    means = [{"LGG": 0.90, "HGG": 0.70}, {"LGG": 0.82, "HGG": 0.80}, {"LGG": 0.60, "HGG": 0.50}]
+    records = [{"class_similarity": m} for m in means]
+    found = non_separating_prototypes(model, records, ["LGG", "HGG"], 0.05, [0, 1, 2])
+    assert list(found) == [1, 2]
+    assert found[1]["separation"] == pytest.approx(-0.02) and found[2]["separation"] == pytest.approx(-0.10)
+    assert found[2]["favoured_class"] == "HGG" and found[2]["class_similarity"] == means[2]
+    assert list(non_separating_prototypes(model, records, ["LGG", "HGG"], -0.05, [0, 1, 2])) == [2]
+    assert list(non_separating_prototypes(model, records, ["LGG", "HGG"], 0.05, [0])) == []  # candidates only
+    with pytest.raises(ValueError, match="s1_k1: its push record has no class means"):
+        non_separating_prototypes(model, [records[0], {}, records[2]], ["LGG", "HGG"], 0.05, [0, 1, 2])
+
+
 SHORT = {**EVALUATED_FOLD, "ids_steps": 2}
 """One epoch of each stage on a 16^3 grid (as the evaluation tests); two IDS steps."""
 
@@ -211,6 +229,7 @@ def test_the_record_says_what_went_by_whom_and_before_and_after(pruned):
     by_rule = [e for e in record["removed"] if e["by"] != "user"]
     assert by_rule and all(e["by"] == "rule:unused" and e["figures"]["top_contributor_cases"] == 0 for e in by_rule)
     assert "s3_k1" not in names  # forbidden: kept and fine-tuned, never a rule's candidate
+    assert record["rules"]["separation_floor"] == SEPARATION_FLOOR
     assert [f["prototype"] for f in record["forbidden"]] == ["s3_k1"]
     similarity = record["forgetting"]
     for key in ("heldout_patch_similarity_before", "heldout_patch_similarity_after"):

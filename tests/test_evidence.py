@@ -29,7 +29,7 @@ from scripts.explain.evidence import (
     top_columns,
     write_nifti,
 )
-from scripts.explain.report import separation_line
+from scripts.explain.report import separation_line, separation_verdict
 from scripts.networks import UMProtoShare
 
 
@@ -146,10 +146,13 @@ def test_prediction_record_says_which_prototypes_separate_the_classes_on_the_pus
     line = separation_line(by_column[1])
     assert line.startswith("training S: LGG 0.71, HGG 0.74") and "matches the other class as well" in line
     assert "matches" not in separation_line(by_column[0])
+    assert separation_line(by_column[2]).endswith("! matches the other class better: weak evidence")
+    assert [separation_verdict(by_column[c]) for c in range(3)] == [
+        "yes", "NO: matches the other class as well", "NO: matches the other class better"]
     old = [{key: value for key, value in r.items() if key != "class_similarity"} for r in records]
     unknown = prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"], old)["prototypes"][0]
     assert unknown["separation"] is None and unknown["separates_classes"] is None
-    assert separation_line(unknown) == "training cases: S per class not recorded"
+    assert separation_line(unknown) == "training cases: S per class not recorded" and separation_verdict(unknown) is None
 
 
 def test_a_pruned_prototype_is_neither_listed_nor_chosen():

@@ -221,7 +221,9 @@ def test_html_report_beside_the_png(served):
         served.prediction["prototypes"])
     for entry in served.prediction["prototypes"]:  # each row shows the push set's class means and the verdict
         means = entry["source"]["class_similarity"]
-        verdict = "yes" if entry["separates_classes"] else "NO: matches the other class as well"
+        separation = entry["separation"]
+        verdict = "yes" if entry["separates_classes"] else "NO: matches the other class " + (
+            "better" if separation <= -SEPARATION_FLOOR else "as well")
         cells = f"<td>LGG {means['LGG']:.2f}, HGG {means['HGG']:.2f}</td><td>{verdict}</td>"
         assert cells in page
 

@@ -35,6 +35,7 @@ from scripts.explain.evidence import (
 )
 from scripts.explain.input_grid import InputCase, InputMap, map_peak
 from scripts.maps import DEFAULT_SCALE_COMBINATION
+from scripts.prototypes import SEPARATION_FLOOR
 
 __all__ = [
     "MAP_COLOURS",
@@ -48,6 +49,7 @@ __all__ = [
     "overlay_panel",
     "prototype_strip",
     "separation_line",
+    "separation_verdict",
     "sharedness_figure",
     "source_panel",
 ]
@@ -167,13 +169,24 @@ def driving_line(entry: Mapping[str, Any]) -> str:
     return f"no single sequence dominates\n  (needs ΔS ≤ −{DRIVING_THRESHOLD}, {DRIVING_DOMINANCE:g}× any other)"
 
 
+def separation_verdict(entry: Mapping[str, Any]) -> str | None:
+    """"yes", "NO: matches the other class as well" / "... better" (separation below −floor), or None when unknown."""
+    separation = entry.get("separation")
+    if separation is None:
+        return None
+    if separation >= SEPARATION_FLOOR:
+        return "yes"
+    return "NO: matches the other class " + ("better" if separation <= -SEPARATION_FLOOR else "as well")
+
+
 def separation_line(entry: Mapping[str, Any]) -> str:
     """The prototype's mean S on each class's training (push-set) cases, and a warning when it does not separate them."""
     means = (entry.get("source") or {}).get("class_similarity")
     if not means:
         return "training cases: S per class not recorded"
     text = "training S: " + ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in means.items())
-    return text + ("\n  ! matches the other class as well: weak evidence" if entry.get("separates_classes") is False else "")
+    verdict = separation_verdict(entry)
+    return text if verdict in (None, "yes") else f"{text}\n  ! {verdict.removeprefix('NO: ')}: weak evidence"
 
 
 def contribution_lines(entry: Mapping[str, Any]) -> list[str]:

@@ -42,6 +42,7 @@ from scripts.explain.report import (
     driving_line,
     grade_line,
     separation_line,
+    separation_verdict,
 )
 from scripts.prototypes import SEPARATION_FLOOR
 
@@ -129,7 +130,7 @@ def _table(record: Mapping[str, Any]) -> str:
                  driving_line(entry).split("\n")[0],
                  f"{source.get('case_id', '–')} ({source.get('class_name', '–')})" if source else "–",
                  separation_line(entry).split("\n")[0].removeprefix("training S: "),
-                 {True: "yes", False: "NO: matches the other class as well"}.get(entry.get("separates_classes"), "–"),
+                 separation_verdict(entry) or "–",
                  {True: "yes", False: "NO"}.get(entry.get("peak_in_brain"), "")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"

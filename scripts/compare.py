@@ -48,6 +48,7 @@ COLUMNS = {
     "topk_peak_tumour_distance_correct": "top-k peaks' distance to tumour, voxels (correct)",
     "prototype_source_agrees": "source class = weights' class",
     "prototype_separates": "prototypes that separate the classes",
+    "topk_separating_correct": "top-k that separate the classes (correct)",
     "ece_raw": "ECE (raw)",
     "ece": "ECE",
     "ece_if_calibrated": "ECE if calibrated",
@@ -81,7 +82,7 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "spread_min": number(spread.get("min")),
         **{key: number(metrics.get(key)) for key in
            ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
-            "prototype_source_agrees", "prototype_separates",
+            "prototype_source_agrees", "prototype_separates", "topk_separating_correct",
             "ece_raw", "ece", "ece_if_calibrated", "nll_raw", "nll", "brier")},
     }
 

@@ -72,7 +72,8 @@ def test_compare_shows_the_prototype_read_outs_and_a_dash_for_the_cnn(tmp_path):
     um = _fold(tmp_path, "um", 0.9, 0.6, 0.2)
     metrics = json.loads((tmp_path / "um" / "metrics.json").read_text())
     readouts = {"ap_eq28": 0.25, "topk_peak_in_brain": 5 / 6, "topk_peak_in_tumour_correct": 0.5,
-                "topk_peak_tumour_distance_correct": 1.25, "prototype_source_agrees": 0.75}
+                "topk_peak_tumour_distance_correct": 1.25, "prototype_source_agrees": 0.75,
+                "prototype_separates": 0.6, "topk_separating_correct": 0.5}
     (tmp_path / "um" / "metrics.json").write_text(json.dumps({**metrics, **readouts}))
     cnn = _fold(tmp_path, "cnn", 0.9, 0.1, None)
     result = compare({"UM": [um], "CNN": [cnn]})
@@ -83,7 +84,9 @@ def test_compare_shows_the_prototype_read_outs_and_a_dash_for_the_cnn(tmp_path):
     assert cells[" top-k peaks in tumour (correct) "].strip() == "0.500"
     assert cells[" top-k peaks' distance to tumour, voxels (correct) "].strip() == "1.250"
     assert cells[" source class = weights' class "].strip() == "0.750"
-    assert cnn_row.endswith("| – | – | – | – | – | – | – |")  # spreads and the five prototype read-outs
+    assert cells[" prototypes that separate the classes "].strip() == "0.600"
+    assert cells[" top-k that separate the classes (correct) "].strip() == "0.500"
+    assert cnn_row.endswith("| – | – | – | – | – | – | – | – | – |")  # spreads and the seven prototype read-outs
 
 
 def test_compare_errors_name_the_missing_file_and_bad_run(tmp_path):

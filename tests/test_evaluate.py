@@ -26,6 +26,7 @@ from scripts.explain.attribution import class_map
 from scripts.explain.evidence import LOW_PROBABILITY
 from scripts.metrics import activation_precision
 from scripts.networks import BF16_RECHECK_MARGIN
+from scripts.prototypes import SEPARATION_FLOOR, class_separation
 from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
 SHORT = {
@@ -163,6 +164,15 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
     assert [entry["agrees"] for entry in metrics["prototype_sources"]] == agrees
     assert len(agrees) == evaluated.network.num_prototypes
     assert metrics["prototype_source_agrees"] == pytest.approx(sum(agrees) / len(agrees))
+    names = json.loads((evaluated.fold_dir / "push.json").read_text())["class_names"]
+    separates = [class_separation(r["class_similarity"], names[c]) >= SEPARATION_FLOOR for r, c in zip(records, favoured)]
+    assert [entry["separates"] for entry in metrics["prototype_sources"]] == separates
+    assert metrics["prototype_separates"] == pytest.approx(sum(separates) / len(separates))
+    shares = [row["topk_separating"] for row in rows]  # of each case's 6 top prototypes
+    assert all(round(6 * share) == pytest.approx(6 * share, abs=1e-9) for share in shares)
+    assert metrics["topk_separating"] == pytest.approx(np.mean(shares), abs=1e-12)
+    expected = np.mean([row["topk_separating"] for row in correct]) if correct else None
+    assert metrics["topk_separating_correct"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_one_calibration_for_evaluation_inference_and_their_files(evaluated, tmp_path):

@@ -16,6 +16,7 @@ from scripts.evaluate.prototypes import (
     fold_readouts,
     peak_shares,
     prototype_peaks,
+    separating_share,
     source_agreement,
     top_prototype_columns,
 )
@@ -120,6 +121,14 @@ def test_share_of_prototypes_that_separate_the_classes():
     active = source_agreement(records, weight, names, active=torch.tensor([True, False, True]))
     assert fold_readouts(torch.zeros(1), {k: torch.zeros(1) for k in PEAK_KEYS}, torch.ones(1, dtype=torch.bool), 6,
                          active)["prototype_separates"] == 1.0
+    shares = separating_share([[0, 1], [2, 0, 1], [1]], rows)  # columns 0 and 2 separate, 1 does not
+    assert shares.tolist() == pytest.approx([0.5, 2 / 3, 0.0])
+    readouts = fold_readouts(torch.zeros(3), {k: torch.zeros(3) for k in PEAK_KEYS}, torch.tensor([True, False, True]),
+                             6, rows, shares)
+    assert readouts["topk_separating"] == pytest.approx((0.5 + 2 / 3) / 3)
+    assert readouts["topk_separating_correct"] == pytest.approx(0.25)
+    assert separating_share([[0]], None) is None
+    assert separating_share([[0]], [{**rows[0], "separates": None}]) is None  # a push record without class means
 
 
 def shared_model() -> UMProtoShare:

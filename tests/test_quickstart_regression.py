@@ -72,7 +72,7 @@ def test_tiny_quickstart_learns_without_collapse(quickstart):
     assert set(comparison["runs"]) == {"UM-ProtoShare", "CNN + Grad-CAM"}
     assert comparison["runs"]["UM-ProtoShare"]["bac"]["mean"] == pytest.approx(metrics["bac"])
     for key in ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
-                "prototype_source_agrees"):
+                "prototype_source_agrees", "prototype_separates", "topk_separating_correct"):
         assert comparison["runs"]["UM-ProtoShare"][key]["mean"] == pytest.approx(metrics[key])
         assert comparison["runs"]["CNN + Grad-CAM"][key]["mean"] is None  # the CNN has no prototypes
 

@@ -62,6 +62,7 @@ from .prototypes import (
     fold_readouts,
     peak_shares,
     prototype_peaks,
+    separating_share,
     source_agreement,
     top_prototype_columns,
 )
@@ -117,6 +118,8 @@ class FoldPredictions(NamedTuple):
     peaks: dict[str, Tensor] | None
     """:data:`~.prototypes.PEAK_KEYS` → per-case share (N,) of the top prototypes' peaks in the brain / tumour and
     their mean distance to the tumour in voxels (prototype models; NaN for the tumour without mask); None for a CNN."""
+    top_columns: list[list[int]] | None = None
+    """Per case, the classifier columns of its top prototypes (those whose peaks are read); None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -177,6 +180,7 @@ def predict_fold(
     labels, all_logits, maps, ap, similarities, ap_eq28 = [], [], [], [], [], []
     localisation: dict[str, list[float]] = {key: [] for key in LOCALISATION_KEYS}
     peaks: dict[str, list[float]] = {key: [] for key in PEAK_KEYS}
+    top_columns: list[list[int]] = []
     for batch in loader:
         images = plain_tensor(batch["image"]).to(device)
         target = torch.as_tensor(batch["label"]).long().reshape(-1)
@@ -208,6 +212,7 @@ def predict_fold(
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
                 chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes, model.active_columns)
+                top_columns.append(chosen)
                 case_maps = [entry.maps[i] for entry in explanation.per_scale]
                 within = brain if model.map_support == "brain" else None
                 case_peaks = prototype_peaks(case_maps, model.prototype_columns, chosen, images.shape[2:], within)
@@ -235,6 +240,7 @@ def predict_fold(
         torch.cat(similarities).cpu() if prototypes else None,
         torch.tensor(ap_eq28, dtype=torch.float64) if prototypes else None,
         {key: torch.tensor(values, dtype=torch.float64) for key, values in peaks.items()} if prototypes else None,
+        top_columns if prototypes else None,
     )
 
 
@@ -271,7 +277,9 @@ class FoldEvaluator:
     (mean over all cases and, ``_correct``, over correctly classified ones) and, when the push record
     (``push.json``) lies in ``push_dir``, ``prototype_sources`` (:func:`.prototypes.source_agreement`) and
     their share that agrees, ``prototype_source_agrees``, and the share of prototypes that separate the classes
-    on the push set, ``prototype_separates`` (null where the record has no class means); null for a CNN.
+    on the push set, ``prototype_separates``, and per case (``per_case.csv``) and on average (all and correct
+    cases) the share of the top prototypes that do, ``topk_separating`` (null where the record has no class
+    means); null for a CNN.
 
     Args:
         network: the fold's model, on ``device`` (``@fold_model``: UM-ProtoShare, a baseline or the CNN).
@@ -442,6 +450,10 @@ class FoldEvaluator:
         curve = deletion_curve(self._predict, images, result.maps, result.labels, self.ids_batch_size, self.ids_steps)
         ids = incremental_deletion_score(curve)
         caution = self._caution(model, probs, single, result.similarities, mirrored)
+        sources = None if push is None else source_agreement(
+            push.records, model.classifier.effective_weight, self.class_names, model.active_columns
+        )
+        separating = None if result.top_columns is None else separating_share(result.top_columns, sources)
         metrics: dict[str, Any] = {
             **classification_metrics(result.labels, probs),
             **calibration_metrics(probs, result.labels),
@@ -458,10 +470,8 @@ class FoldEvaluator:
                 result.similarities[:, model.active_columns.cpu()]
             ),
             **(dict.fromkeys(READOUT_KEYS) if result.peaks is None else fold_readouts(
-                result.ap_eq28, result.peaks, probs.argmax(dim=1) == result.labels, self.top_prototypes,
-                None if push is None else source_agreement(
-                    push.records, model.classifier.effective_weight, self.class_names, model.active_columns
-                ),
+                result.ap_eq28, result.peaks, probs.argmax(dim=1) == result.labels, self.top_prototypes, sources,
+                separating,
             )),
             "fold": self.fold,
             "cases": len(result.case_ids),
@@ -480,6 +490,7 @@ class FoldEvaluator:
         extra.update({f"single_prob_{name}": single[:, c] for c, name in enumerate(self.class_names)})
         extra.update({f"logit_{name}": result.logits[:, c] for c, name in enumerate(self.class_names)})
         extra.update({} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks})
+        extra.update({} if separating is None else {"topk_separating": separating})
         extra.update({} if caution is None else caution)
         write_case_table(
             self.output_dir / CASES_CSV, result.case_ids, result.labels, probs, result.ap, self.class_names, extra
@@ -512,9 +523,10 @@ class FoldEvaluator:
             logger.info(
                 "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.3f, in "
                 "the tumour %.3f, %.2f voxels from it on average (correct cases: %.3f, %.3f, %.2f); push source class = "
-                "weights' class: %s; prototypes that separate the classes on the push set: %s", self.fold,
+                "weights' class: %s; prototypes that separate the classes on the push set: %s (of the top-k: %s, "
+                "correct cases: %s)", self.fold,
                 *(metrics[key] for key in ("ap_eq28", "top_prototypes", *PEAK_KEYS)),
                 *(metrics[f"{key}_correct"] for key in PEAK_KEYS), metrics["prototype_source_agrees"],
-                metrics["prototype_separates"],
+                metrics["prototype_separates"], metrics["topk_separating"], metrics["topk_separating_correct"],
             )
         return metrics

@@ -31,6 +31,7 @@ __all__ = [
     "fold_readouts",
     "peak_shares",
     "prototype_peaks",
+    "separating_share",
     "source_agreement",
     "top_prototype_columns",
 ]
@@ -47,6 +48,8 @@ READOUT_KEYS = (
     *(f"{key}_correct" for key in PEAK_KEYS),
     "prototype_source_agrees",
     "prototype_separates",
+    "topk_separating",
+    "topk_separating_correct",
     "prototype_sources",
 )
 """The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
@@ -185,12 +188,31 @@ def source_agreement(
     return rows
 
 
+def separating_share(top_columns: Sequence[Sequence[int]], sources: Sequence[Mapping[str, Any]] | None) -> Tensor | None:
+    """Per case, the share of its top prototypes that separate the classes (:func:`source_agreement`'s ``separates``).
+
+    Args:
+        top_columns: per case, the classifier columns of its top prototypes (each active, at least one).
+        sources: :func:`source_agreement` rows (active columns), or None without a push record.
+
+    Returns:
+        (N,) float64, or None without a push record or where a top prototype's separation is unknown.
+    """
+    if sources is None:
+        return None
+    separates = {row["column"]: row["separates"] for row in sources}
+    if any(separates.get(column) is None for columns in top_columns for column in columns):
+        return None
+    return torch.tensor([sum(separates[c] for c in columns) / len(columns) for columns in top_columns], dtype=torch.float64)
+
+
 def fold_readouts(
     ap_eq28: Tensor,
     peaks: Mapping[str, Tensor],
     correct: Tensor,
     top_k: int,
     sources: Sequence[Mapping[str, Any]] | None,
+    separating: Tensor | None = None,
 ) -> dict[str, Any]:
     """A fold's prototype read-outs (:data:`READOUT_KEYS`): means over cases, and over correct cases (``_correct``).
 
@@ -200,6 +222,7 @@ def fold_readouts(
         correct: bool (N,), the cases classified correctly (a ``_correct`` mean is NaN when there is none).
         top_k: prototypes read per case.
         sources: :func:`source_agreement` of the fold's push record, or None without one.
+        separating: :func:`separating_share` per case, (N,), or None (its read-outs are then null).
     """
     readouts: dict[str, Any] = {"ap_eq28": float(ap_eq28.mean()), "top_prototypes": int(top_k)}
     for key in PEAK_KEYS:
@@ -209,5 +232,9 @@ def fold_readouts(
     separates = None if sources is None else [r["separates"] for r in sources]
     known = separates is not None and bool(separates) and None not in separates
     readouts["prototype_separates"] = sum(separates) / len(separates) if known else None
+    readouts["topk_separating"] = None if separating is None else float(separating.mean())
+    readouts["topk_separating_correct"] = (
+        None if separating is None else float(separating[correct].mean()) if correct.any() else math.nan
+    )
     readouts["prototype_sources"] = None if sources is None else list(sources)
     return readouts

@@ -57,8 +57,8 @@ from scripts.explain.evidence import prototype_contributions
 from scripts.explain.gallery import write_gallery
 from scripts.losses import LastLayerLoss, Stage1Loss, forget_loss
 from scripts.networks import UMProtoShare, prototype_descriptors
-from scripts.prototypes import SEPARATION_FLOOR, class_separation
-from scripts.push import PushResult, load_push, push_prototypes, save_push
+from scripts.prototypes import SEPARATION_FLOOR
+from scripts.push import PushResult, load_push, non_separating_columns, push_prototypes, save_push
 
 __all__ = [
     "FORGET_GROUPS",
@@ -70,7 +70,6 @@ __all__ = [
     "duplicate_prototypes",
     "forbidden_patches",
     "merge_duplicates",
-    "non_separating_prototypes",
     "outside_brain_prototypes",
     "patch_similarity",
     "prototype_usage",
@@ -231,38 +230,6 @@ def unused_prototypes(
         for c in candidates
         if int(usage.top_count[c]) == 0 or float(largest[c]) < min_weight
     }
-
-
-def non_separating_prototypes(
-    model: UMProtoShare,
-    records: Sequence[Mapping[str, Any]],
-    class_names: Sequence[str],
-    floor: float,
-    candidates: Sequence[int],
-) -> dict[int, dict[str, Any]]:
-    """Prototypes whose push-set :func:`~scripts.prototypes.class_separation` (favoured class: the largest
-    classifier weight of the column) is below ``floor``; column → figures (``separation``, ``class_similarity``,
-    ``favoured_class``).
-
-    Raises:
-        ValueError: a candidate's push record has no ``class_similarity`` (a push from before the bundle
-            recorded it, or a similarity that is not a plain cosine).
-    """
-    favoured = model.classifier.effective_weight.detach().argmax(dim=0).tolist()
-    found: dict[int, dict[str, Any]] = {}
-    for column in candidates:
-        means = records[column].get("class_similarity")
-        separation = class_separation(means, class_names[favoured[column]])
-        if separation is None:
-            raise ValueError(
-                f"prototype {model.prototype_name(column)}: its push record has no class means (class_similarity "
-                f"{means!r}), so the rule non_separating cannot judge it; push again with this bundle (a plain "
-                "cosine similarity) or leave the rule out."
-            )
-        if separation < floor:
-            found[column] = {"separation": separation, "class_similarity": dict(means),
-                             "favoured_class": class_names[favoured[column]]}
-    return found
 
 
 def forbidden_patches(
@@ -456,8 +423,10 @@ class PruneFold:
             elif rule == "outside_brain":
                 found = outside_brain_prototypes(usage, self.outside_brain_share, candidates)
             elif rule == "non_separating":
-                found = non_separating_prototypes(model, push.records, self.class_names, self.separation_floor,
-                                                  candidates)
+                found = non_separating_columns(
+                    push.records, model.classifier.effective_weight, self.class_names, self.separation_floor,
+                    candidates, model.prototype_name,
+                )
             else:
                 found = unused_prototypes(model, usage, self.unused_weight, self.unused_top_k, candidates)
             for column, figures in sorted(found.items()):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from scripts.data.foreground import foreground_mask
 from scripts.maps import resize_to_input
 from scripts.networks import ScaleExplanation, UMProtoShare, unwrap
+from scripts.prototypes import class_separation
 
 __all__ = [
     "PUSH_JSON",
@@ -34,6 +35,7 @@ __all__ = [
     "PushResult",
     "class_mean_similarity",
     "load_push",
+    "non_separating_columns",
     "peak_voxel",
     "push_prototypes",
     "save_push",
@@ -391,6 +393,50 @@ def push_prototypes(
         )
         result.maps[column] = attention_map
     return result
+
+
+def non_separating_columns(
+    records: Sequence[Mapping[str, Any]],
+    classifier_weight: Tensor,
+    class_names: Sequence[str],
+    floor: float,
+    candidates: Sequence[int],
+    name: Callable[[int], str] = str,
+) -> dict[int, dict[str, Any]]:
+    """Columns whose push-set :func:`~scripts.prototypes.class_separation` is below ``floor``.
+
+    The favoured class of a column is the argmax of its classifier weights (first on ties).
+
+    Args:
+        records: the push records, in column order, with ``class_similarity``.
+        classifier_weight: w_cls, (C, K_total).
+        class_names: the C names, in label order.
+        floor: the separation below which a column is returned.
+        candidates: the columns to judge.
+        name: column → the prototype's name, for the error message.
+
+    Returns:
+        column → ``separation``, ``class_similarity``, ``favoured_class``.
+
+    Raises:
+        ValueError: a candidate's record has no class means (a push from before they were recorded, or a
+            similarity that is not a plain cosine).
+    """
+    favoured = classifier_weight.detach().argmax(dim=0).tolist()
+    found: dict[int, dict[str, Any]] = {}
+    for column in candidates:
+        means = records[column].get("class_similarity")
+        separation = class_separation(means, class_names[favoured[column]])
+        if separation is None:
+            raise ValueError(
+                f"prototype {name(column)}: its push record has no class means (class_similarity {means!r}), so "
+                "whether it separates the classes is unknown; push again with this bundle (a plain cosine "
+                "similarity) or leave non-separating pruning out."
+            )
+        if separation < floor:
+            found[column] = {"separation": separation, "class_similarity": dict(means),
+                             "favoured_class": class_names[favoured[column]]}
+    return found
 
 
 def save_push(result: PushResult, directory: str | PathLike) -> Path:

@@ -25,11 +25,11 @@ from scripts.prune import (
     PrototypeUsage,
     duplicate_prototypes,
     merge_duplicates,
-    non_separating_prototypes,
     outside_brain_prototypes,
     prototype_usage,
     unused_prototypes,
 )
+from scripts.push import non_separating_columns
 from scripts.weights import fit, optional_state_keys
 
 TINY = {"encoder_layers": (1, 1), "encoder_width": 4, "embed_dim": 8, "mapping_dim": 8, "prototypes_per_scale": (3, 4, 2)}
@@ -189,18 +189,18 @@ def test_unused_prototypes_by_top_contributions_and_by_weight(phantoms):
 
 def test_non_separating_prototypes_by_the_push_sets_class_means():
     model = _tiny(prototypes_per_scale=(3, 0, 0))
-    with torch.no_grad():  # favoured: LGG, HGG, HGG
-        model.classifier.weight.copy_(torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, 1.0]]))
+    weight = torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, 1.0]])  # favoured: LGG, HGG, HGG
     means = [{"LGG": 0.90, "HGG": 0.70}, {"LGG": 0.82, "HGG": 0.80}, {"LGG": 0.60, "HGG": 0.50}]
     records = [{"class_similarity": m} for m in means]
-    found = non_separating_prototypes(model, records, ["LGG", "HGG"], 0.05, [0, 1, 2])
+    names = ["LGG", "HGG"]
+    found = non_separating_columns(records, weight, names, 0.05, [0, 1, 2])
     assert list(found) == [1, 2]
     assert found[1]["separation"] == pytest.approx(-0.02) and found[2]["separation"] == pytest.approx(-0.10)
     assert found[2]["favoured_class"] == "HGG" and found[2]["class_similarity"] == means[2]
-    assert list(non_separating_prototypes(model, records, ["LGG", "HGG"], -0.05, [0, 1, 2])) == [2]
-    assert list(non_separating_prototypes(model, records, ["LGG", "HGG"], 0.05, [0])) == []  # candidates only
+    assert list(non_separating_columns(records, weight, names, -0.05, [0, 1, 2])) == [2]
+    assert list(non_separating_columns(records, weight, names, 0.05, [0])) == []  # candidates only
     with pytest.raises(ValueError, match="s1_k1: its push record has no class means"):
-        non_separating_prototypes(model, [records[0], {}, records[2]], ["LGG", "HGG"], 0.05, [0, 1, 2])
+        non_separating_columns([records[0], {}, records[2]], weight, names, 0.05, [0, 1, 2], model.prototype_name)
 
 
 SHORT = {**EVALUATED_FOLD, "ids_steps": 2}

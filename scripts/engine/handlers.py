@@ -21,7 +21,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from scripts.losses import LastLayerLoss
 from scripts.networks import BackboneCNN, UMProtoShare
-from scripts.push import PushResult, push_prototypes, save_push
+from scripts.prototypes import SEPARATION_FLOOR
+from scripts.push import PushResult, non_separating_columns, push_prototypes, save_push
 
 from .diagnostics import collapse_warnings
 from .events import StageEvents, attach_stage_events
@@ -94,6 +95,12 @@ class PushHandler:
     that the checkpoint and the final writer share (the handler itself holds no state). Puts
     ``push/similarity`` (mean pushed similarity) and ``time/push`` (seconds) into ``engine.state.metrics``.
 
+    With ``prune_non_separating``, the last push is followed by pruning every prototype whose mean S over the
+    push set's cases of the class its weights favour exceeds every other class's by less than
+    ``separation_floor`` (:func:`~scripts.push.non_separating_columns`), before that push's stage 3: the
+    classifier stops reading them, their records get ``"pruned": true`` (all others ``false``) and
+    ``push/pruned`` counts them. Should every prototype fail, none is pruned (a warning says so).
+
     Args:
         network: UM-ProtoShare (plain).
         schedule: which epochs push.
@@ -103,6 +110,8 @@ class PushHandler:
         record: receives each push's provenance; default a new one (:attr:`record`).
         write_files: write the push records (rank 0 only under DDP).
         input_size: grid of the recorded peak voxels; default each case's preprocessed size.
+        prune_non_separating: prune the prototypes that do not separate the classes after the last push.
+        separation_floor: the separation they must reach.
     """
 
     def __init__(
@@ -115,6 +124,8 @@ class PushHandler:
         record: PushResult | None = None,
         write_files: bool = True,
         input_size: Sequence[int] | None = None,
+        prune_non_separating: bool = False,
+        separation_floor: float = SEPARATION_FLOOR,
     ) -> None:
         self.network = network
         self.schedule = schedule
@@ -124,6 +135,8 @@ class PushHandler:
         self.write_files = write_files
         self.input_size = input_size
         self.record = PushResult(class_names=self.class_names) if record is None else record
+        self.prune_non_separating = bool(prune_non_separating)
+        self.separation_floor = float(separation_floor)
 
     def attach(self, engine: Engine) -> None:
         """Run on PUSH of the schedule's push epochs."""
@@ -141,6 +154,26 @@ class PushHandler:
         engine.state.metrics["push/similarity"] = float(np.mean([r["similarity"] for r in result.records]))
         if self.write_files:
             save_push(result, self.output_dir / "push" / f"epoch_{epoch}")
+        if self.prune_non_separating and epoch == self.schedule.push_epochs()[-1]:
+            engine.state.metrics["push/pruned"] = float(len(self.prune(epoch)))
+
+    def prune(self, epoch: int) -> list[int]:
+        """Prune the active prototypes of the last push that do not separate the classes; returns their columns."""
+        classifier = self.network.classifier
+        active = [c for c in range(self.network.num_prototypes) if bool(classifier.active[c])]
+        found = non_separating_columns(self.record.records, classifier.effective_weight, self.class_names,
+                                       self.separation_floor, active, self.network.prototype_name)
+        if len(found) == len(active):
+            logger.warning("epoch %d: no prototype separates the classes on the push set; none pruned.", epoch)
+            found = {}
+        classifier.prune(list(found))
+        for column, record in enumerate(self.record.records):
+            record["pruned"] = column in found
+        logger.info(
+            "epoch %d: pruned %d prototypes that do not separate the classes on the push set (separation < %.2f): %s",
+            epoch, len(found), self.separation_floor, [self.network.prototype_name(c) for c in found],
+        )
+        return list(found)
 
 
 class LastLayerHandler:

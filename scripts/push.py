@@ -405,7 +405,9 @@ def non_separating_columns(
 ) -> dict[int, dict[str, Any]]:
     """Columns whose push-set :func:`~scripts.prototypes.class_separation` is below ``floor``.
 
-    The favoured class of a column is the argmax of its classifier weights (first on ties).
+    The favoured class of a column is the argmax of its classifier weights (first on ties). A class every one of
+    whose candidates would go keeps its best-separating one: without a prototype that favours it, a class would
+    have no evidence map (Eq. 27 sums over the prototypes with ζ > 0).
 
     Args:
         records: the push records, in column order, with ``class_similarity``.
@@ -436,6 +438,10 @@ def non_separating_columns(
         if separation < floor:
             found[column] = {"separation": separation, "class_similarity": dict(means),
                              "favoured_class": class_names[favoured[column]]}
+    for cls in {favoured[c] for c in candidates}:
+        own = [c for c in candidates if favoured[c] == cls]
+        if all(c in found for c in own):
+            found.pop(max(own, key=lambda c: (found[c]["separation"], -c)))
     return found
 
 

@@ -37,9 +37,11 @@ SHORT = {
     "push_every": 1,
     "stage3_epochs": 1,
     "evaluate_test_fold": False,
+    "prune_non_separating": False,
 }
 """The micro settings on a 16^3 grid, one epoch of each stage; batches of 3 split the 9 training cases evenly
-(a batch of one would meet a 1-voxel BatchNorm input at this size)."""
+(a batch of one would meet a 1-voxel BatchNorm input at this size). Every prototype is kept: after one epoch
+almost none separates the classes, and these tests read all of them."""
 IDS_STEPS = 10
 CALIBRATION = Calibration(temperature=2.5, method="platt_targets", cases=3, separated=True)
 """A fitted calibration, written beside the micro fold's weights before it is evaluated."""
@@ -109,14 +111,16 @@ def test_flip_spread_and_caution_per_case_recomputed_from_the_network(evaluated)
         caution = shown[max(shown, key=shown.get)] < LOW_PROBABILITY or spread > FLIP_SPREAD_CAUTION
         assert rows[case_id]["caution"] == 1.0 or not caution  # (the similarity spread may fire it too)
     metrics = evaluated.metrics
-    assert metrics["flip_spread"] == pytest.approx(np.mean([r["flip_spread"] for r in rows.values()]), abs=1e-9)
+    # the fold's mean is taken in float32: equal to the CSV's float64 mean to float32 precision
+    assert metrics["flip_spread"] == pytest.approx(np.mean([r["flip_spread"] for r in rows.values()]), rel=1e-6)
     assert metrics["caution_rate"] == pytest.approx(np.mean([r["caution"] for r in rows.values()]), abs=1e-12)
 
 
 def test_ids_is_the_trapezoid_of_the_normalised_deletion_curve(evaluated):
     curve = evaluated.metrics["deletion_curve"]
     assert len(curve) == IDS_STEPS + 1 and evaluated.metrics["ids_batch_size"] == 3  # evaluate.json's, on a CPU
-    assert curve[0] == evaluated.metrics["bac"]  # step 0 deletes nothing
+    # step 0 deletes nothing; the curve scores the image as given (argmax of the logits), as the single-pass BAC does
+    assert curve[0] == evaluated.metrics["bac_single"]
     assert curve[-1] == 0.5  # everything deleted: one input, one prediction for both classes
     lo, hi = min(curve[0], curve[-1]), max(curve[0], curve[-1])
     ratios = [(min(max(c, lo), hi) - lo) / max(hi - lo, 1e-12) for c in curve]
@@ -158,13 +162,16 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
     for case_id, case in evaluated.cases.items():  # Eq. 28: the scales summed, over the whole volume
         eq28 = class_map(evaluated.network, case["image"].as_tensor()[None], [case["label"]], None, "sum", False)[0]
         assert activation_precision(eq28, case["mask"]) == pytest.approx(by_case[case_id]["ap_eq28"], abs=1e-6)
-    records = json.loads((evaluated.fold_dir / "push.json").read_text())["records"]
-    favoured = evaluated.network.classifier.weight.argmax(dim=0).tolist()
+    push = json.loads((evaluated.fold_dir / "push.json").read_text())
+    active = evaluated.network.active_columns.tolist()  # training pruned the rest after its last push
+    assert [r.get("pruned", False) for r in push["records"]] == [not a for a in active] and any(active)
+    records = [r for r, a in zip(push["records"], active) if a]
+    favoured = [c for c, a in zip(evaluated.network.classifier.weight.argmax(dim=0).tolist(), active) if a]
     agrees = [record["label"] == cls for record, cls in zip(records, favoured)]
     assert [entry["agrees"] for entry in metrics["prototype_sources"]] == agrees
-    assert len(agrees) == evaluated.network.num_prototypes
+    assert [entry["column"] for entry in metrics["prototype_sources"]] == [c for c, a in enumerate(active) if a]
     assert metrics["prototype_source_agrees"] == pytest.approx(sum(agrees) / len(agrees))
-    names = json.loads((evaluated.fold_dir / "push.json").read_text())["class_names"]
+    names = push["class_names"]
     separates = [class_separation(r["class_similarity"], names[c]) >= SEPARATION_FLOOR for r, c in zip(records, favoured)]
     assert [entry["separates"] for entry in metrics["prototype_sources"]] == separates
     assert metrics["prototype_separates"] == pytest.approx(sum(separates) / len(separates))

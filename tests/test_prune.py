@@ -188,19 +188,23 @@ def test_unused_prototypes_by_top_contributions_and_by_weight(phantoms):
 
 
 def test_non_separating_prototypes_by_the_push_sets_class_means():
-    model = _tiny(prototypes_per_scale=(3, 0, 0))
-    weight = torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, 1.0]])  # favoured: LGG, HGG, HGG
-    means = [{"LGG": 0.90, "HGG": 0.70}, {"LGG": 0.82, "HGG": 0.80}, {"LGG": 0.60, "HGG": 0.50}]
+    model = _tiny(prototypes_per_scale=(4, 0, 0))
+    weight = torch.tensor([[1.0, -0.5, -0.5, -0.5], [-0.5, 1.0, 1.0, 1.0]])  # favoured: LGG, HGG, HGG, HGG
+    means = [{"LGG": 0.90, "HGG": 0.70}, {"LGG": 0.82, "HGG": 0.80}, {"LGG": 0.60, "HGG": 0.50},
+             {"LGG": 0.40, "HGG": 0.90}]  # separations 0.20, −0.02, −0.10, 0.50
     records = [{"class_similarity": m} for m in means]
     names = ["LGG", "HGG"]
-    found = non_separating_columns(records, weight, names, 0.05, [0, 1, 2])
+    found = non_separating_columns(records, weight, names, 0.05, [0, 1, 2, 3])
     assert list(found) == [1, 2]
     assert found[1]["separation"] == pytest.approx(-0.02) and found[2]["separation"] == pytest.approx(-0.10)
     assert found[2]["favoured_class"] == "HGG" and found[2]["class_similarity"] == means[2]
-    assert list(non_separating_columns(records, weight, names, -0.05, [0, 1, 2])) == [2]
+    assert list(non_separating_columns(records, weight, names, -0.05, [0, 1, 2, 3])) == [2]
     assert list(non_separating_columns(records, weight, names, 0.05, [0])) == []  # candidates only
+    # every HGG candidate below the floor: the best-separating one (column 1) stays, so HGG keeps evidence
+    assert list(non_separating_columns(records, weight, names, 0.05, [0, 1, 2])) == [2]
+    assert list(non_separating_columns(records, weight, names, 0.6, [0, 1, 2, 3])) == [1, 2]  # LGG keeps column 0
     with pytest.raises(ValueError, match="s1_k1: its push record has no class means"):
-        non_separating_columns([records[0], {}, records[2]], weight, names, 0.05, [0, 1, 2], model.prototype_name)
+        non_separating_columns([records[0], {}, *records[2:]], weight, names, 0.05, [0, 1, 2, 3], model.prototype_name)
 
 
 SHORT = {**EVALUATED_FOLD, "ids_steps": 2}

@@ -50,14 +50,15 @@ def test_the_last_push_prunes_what_does_not_separate_and_marks_the_records(monke
     assert engine.state.metrics["push/pruned"] == 2.0
 
 
-def test_off_by_default_and_never_everything(monkeypatch, tmp_path):
+def test_off_unless_asked_and_every_class_keeps_a_prototype(monkeypatch, tmp_path):
     model = _model()
     _run(monkeypatch, tmp_path, model, prune=False)
     assert model.classifier.pruned() == []
     model = _model()
-    alike = [{"LGG": 0.8, "HGG": 0.8}] * 4
+    alike = [{"LGG": 0.8, "HGG": 0.8}] * 4  # nothing separates: each class keeps one (its first on ties)
     handler, _, _ = _run(monkeypatch, tmp_path, model, prune=True, means=alike)
-    assert model.classifier.pruned() == [] and not any(r["pruned"] for r in handler.record.records)
+    assert model.classifier.pruned() == [1, 3] and [r["pruned"] for r in handler.record.records] == [
+        False, True, False, True]
 
 
 def test_a_push_record_without_class_means_stops_with_the_prototypes_name(monkeypatch, tmp_path):

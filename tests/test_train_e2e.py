@@ -148,6 +148,13 @@ def test_fold_outputs_and_final_weights(run):
     fresh = parser.get_parsed_content("network_def")
     fresh.load_state_dict(torch.load(fold_dir / "model.pt", weights_only=True))
     assert _equal(_state(fresh), _state(run.network))
+    # the default prunes, after the last push, what does not separate the classes on the push set
+    records = json.loads((fold_dir / "push.json").read_text())["records"]
+    pruned = [r["pruned"] for r in records]
+    assert pruned == (fresh.classifier.active == 0).tolist()
+    assert not any("pruned" in r for r in json.loads((fold_dir / "push" / "epoch_3" / "push.json").read_text())["records"])
+    assert torch.equal(fresh.classifier.effective_weight[:, [c for c, gone in enumerate(pruned) if gone]],
+                       torch.zeros(2, sum(pruned)))  # (which ones: tests/test_separation_prune.py)
 
 
 def test_the_test_fold_is_logged_as_held_out_never_as_a_best_metric(run):

@@ -99,7 +99,7 @@ class PushHandler:
     push set's cases of the class its weights favour exceeds every other class's by less than
     ``separation_floor`` (:func:`~scripts.push.non_separating_columns`), before that push's stage 3: the
     classifier stops reading them, their records get ``"pruned": true`` (all others ``false``) and
-    ``push/pruned`` counts them. Should every prototype fail, none is pruned (a warning says so).
+    ``push/pruned`` counts them. Each class keeps at least its best-separating prototype.
 
     Args:
         network: UM-ProtoShare (plain).
@@ -152,10 +152,10 @@ class PushHandler:
         self.record.class_names, self.record.records, self.record.maps = result.class_names, result.records, result.maps
         engine.state.metrics["time/push"] = time.perf_counter() - start
         engine.state.metrics["push/similarity"] = float(np.mean([r["similarity"] for r in result.records]))
-        if self.write_files:
-            save_push(result, self.output_dir / "push" / f"epoch_{epoch}")
         if self.prune_non_separating and epoch == self.schedule.push_epochs()[-1]:
             engine.state.metrics["push/pruned"] = float(len(self.prune(epoch)))
+        if self.write_files:
+            save_push(self.record, self.output_dir / "push" / f"epoch_{epoch}")
 
     def prune(self, epoch: int) -> list[int]:
         """Prune the active prototypes of the last push that do not separate the classes; returns their columns."""
@@ -163,9 +163,6 @@ class PushHandler:
         active = [c for c in range(self.network.num_prototypes) if bool(classifier.active[c])]
         found = non_separating_columns(self.record.records, classifier.effective_weight, self.class_names,
                                        self.separation_floor, active, self.network.prototype_name)
-        if len(found) == len(active):
-            logger.warning("epoch %d: no prototype separates the classes on the push set; none pruned.", epoch)
-            found = {}
         classifier.prune(list(found))
         for column, record in enumerate(self.record.records):
             record["pruned"] = column in found

@@ -37,11 +37,9 @@ SHORT = {
     "push_every": 1,
     "stage3_epochs": 1,
     "evaluate_test_fold": False,
-    "prune_non_separating": False,
 }
 """The micro settings on a 16^3 grid, one epoch of each stage; batches of 3 split the 9 training cases evenly
-(a batch of one would meet a 1-voxel BatchNorm input at this size). Every prototype is kept: after one epoch
-almost none separates the classes, and these tests read all of them."""
+(a batch of one would meet a 1-voxel BatchNorm input at this size)."""
 IDS_STEPS = 10
 CALIBRATION = Calibration(temperature=2.5, method="platt_targets", cases=3, separated=True)
 """A fitted calibration, written beside the micro fold's weights before it is evaluated."""

@@ -47,9 +47,10 @@ class _LogRecords(logging.Handler):
 
 @pytest.fixture(scope="module")
 def run(data_synthetic_root, tmp_path_factory):
-    """One micro run with snapshots of the network at each epoch's start, end of iterations and end, and its log."""
+    """One micro run with snapshots of the network at each epoch's start, end of iterations and end, and its log;
+    the prototypes that do not separate the classes are pruned after the last push (an option, off by default)."""
     workdir = tmp_path_factory.mktemp("e2e") / "run"
-    workflow = micro_workflow(workdir, data_synthetic_root)
+    workflow = micro_workflow(workdir, data_synthetic_root, prune_non_separating=True)
     workflow.initialize()
     parser = workflow.parser
     trainer, network = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("network")
@@ -148,7 +149,7 @@ def test_fold_outputs_and_final_weights(run):
     fresh = parser.get_parsed_content("network_def")
     fresh.load_state_dict(torch.load(fold_dir / "model.pt", weights_only=True))
     assert _equal(_state(fresh), _state(run.network))
-    # the default prunes, after the last push, what does not separate the classes on the push set
+    # prune_non_separating: after the last push, what does not separate the classes on the push set goes
     records = json.loads((fold_dir / "push.json").read_text())["records"]
     pruned = [r["pruned"] for r in records]
     assert pruned == (fresh.classifier.active == 0).tolist()

@@ -43,10 +43,10 @@ __all__ = [
 
 PUSH_JSON = "push.json"
 """File name of the provenance records written by :func:`save_push`."""
-COSINE_EPS = 1e-8
-"""Norm floor of the unit vectors behind the class-mean similarities (``torch.nn.functional.cosine_similarity``'s)."""
 PUSH_MAPS = "push_maps.pt"
 """File name of the winning attention maps written by :func:`save_push`."""
+COSINE_EPS = 1e-8
+"""Norm floor of the unit vectors behind the class-mean similarities (``torch.nn.functional.cosine_similarity``'s)."""
 
 
 @dataclass(eq=False)
@@ -59,7 +59,8 @@ class PushResult:
     ``peak_voxel`` ([i, j, l] in the input grid), ``map_shape`` ([h_s, w_s, d_s]), ``input_shape``
     (the grid of ``peak_voxel``) and ``class_similarity`` (class name → the mean S of the pushed prototype
     over that class's cases of the push set, None for a class without cases; the whole entry None where
-    S is not a plain cosine: clamped, or ProtoPNet's ``voxel_topk``). ``maps``: column → the winning attention map M_s^k, (h_s, w_s, d_s).
+    S is not a plain cosine: clamped, or ProtoPNet's ``voxel_topk``). ``maps``: column → the winning
+    attention map M_s^k, (h_s, w_s, d_s).
     """
 
     class_names: list[str] = field(default_factory=list)
@@ -273,9 +274,9 @@ def class_mean_similarity(sums: Tensor, counts: Tensor, prototypes: Tensor) -> T
     Returns:
         (C, K_s) float64; NaN for a class without cases.
     """
-    units = torch.nn.functional.normalize(prototypes.double(), dim=-1, eps=COSINE_EPS)
-    totals = torch.einsum("cke,ke->ck", sums.double(), units.to(sums.device))
-    return totals / counts.to(totals.device)[:, None].where(counts.to(totals.device)[:, None] > 0, torch.nan)
+    units = torch.nn.functional.normalize(prototypes.double(), dim=-1, eps=COSINE_EPS).to(sums.device)
+    counts = counts.to(sums.device, torch.float64)[:, None]
+    return torch.einsum("cke,ke->ck", sums.double(), units) / counts.where(counts > 0, torch.nan)
 
 
 def _merge_ranks(bests: list[_Best]) -> list[_Best]:

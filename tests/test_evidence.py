@@ -29,7 +29,7 @@ from scripts.explain.evidence import (
     top_columns,
     write_nifti,
 )
-from scripts.explain.report import separation_line, separation_verdict
+from scripts.explain.report import class_means_text, separation_line, separation_verdict
 from scripts.networks import UMProtoShare
 
 
@@ -153,6 +153,7 @@ def test_prediction_record_says_which_prototypes_separate_the_classes_on_the_pus
     unknown = prediction_record(_evidence(), [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"], old)["prototypes"][0]
     assert unknown["separation"] is None and unknown["separates_classes"] is None
     assert separation_line(unknown) == "training cases: S per class not recorded" and separation_verdict(unknown) is None
+    assert class_means_text(unknown) is None and class_means_text(by_column[1]) == "LGG 0.71, HGG 0.74"
 
 
 def test_a_pruned_prototype_is_neither_listed_nor_chosen():

@@ -415,7 +415,8 @@ def prediction_record(
     drives the match, or None), the case and class it was pushed from (``push_records``, in column
     order) with its mean S over each class's push-set cases, and ``separation`` / ``separates_classes``
     (:func:`~scripts.prototypes.class_separation` against :data:`~scripts.prototypes.SEPARATION_FLOOR`;
-    None without those means): whether it matches the class it votes for better than the others. ``warnings`` lists :func:`confidence_warnings`.
+    None without those means): whether it matches the class it votes for better than the others.
+    ``warnings`` lists :func:`confidence_warnings`.
 
     Args:
         evidence: from :func:`explain_case`.

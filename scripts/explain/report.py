@@ -43,6 +43,7 @@ __all__ = [
     "SourceView",
     "case_figure",
     "case_report",
+    "class_means_text",
     "contribution_lines",
     "driving_line",
     "grade_line",
@@ -170,22 +171,30 @@ def driving_line(entry: Mapping[str, Any]) -> str:
 
 
 def separation_verdict(entry: Mapping[str, Any]) -> str | None:
-    """"yes", "NO: matches the other class as well" / "... better" (separation below −floor), or None when unknown."""
-    separation = entry.get("separation")
-    if separation is None:
+    """"yes" (``separates_classes``), "NO: matches the other class as well" / "... better" (separation at or
+    below −floor), or None when unknown."""
+    if entry.get("separates_classes") is None:
         return None
-    if separation >= SEPARATION_FLOOR:
+    if entry["separates_classes"]:
         return "yes"
-    return "NO: matches the other class " + ("better" if separation <= -SEPARATION_FLOOR else "as well")
+    return "NO: matches the other class " + ("better" if entry["separation"] <= -SEPARATION_FLOOR else "as well")
+
+
+def class_means_text(entry: Mapping[str, Any]) -> str | None:
+    """The prototype's mean S on each class's training (push-set) cases, "LGG 0.81, HGG 0.83"; None if not recorded."""
+    means = (entry.get("source") or {}).get("class_similarity")
+    if not means:
+        return None
+    return ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in means.items())
 
 
 def separation_line(entry: Mapping[str, Any]) -> str:
-    """The prototype's mean S on each class's training (push-set) cases, and a warning when it does not separate them."""
-    means = (entry.get("source") or {}).get("class_similarity")
-    if not means:
+    """:func:`class_means_text`, and a warning when the prototype does not separate the classes."""
+    means = class_means_text(entry)
+    if means is None:
         return "training cases: S per class not recorded"
-    text = "training S: " + ", ".join(f"{name} {'–' if v is None else f'{v:.2f}'}" for name, v in means.items())
     verdict = separation_verdict(entry)
+    text = f"training S: {means}"
     return text if verdict in (None, "yes") else f"{text}\n  ! {verdict.removeprefix('NO: ')}: weak evidence"
 
 

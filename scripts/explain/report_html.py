@@ -39,9 +39,9 @@ from scripts.explain.report import (
     MAP_COLOURS,
     MAP_FLOOR,
     OUTSIDE,
+    class_means_text,
     driving_line,
     grade_line,
-    separation_line,
     separation_verdict,
 )
 from scripts.prototypes import SEPARATION_FLOOR
@@ -129,7 +129,7 @@ def _table(record: Mapping[str, Any]) -> str:
                  *(f"{entry['sequence_evidence'][s]:+.3f}" for s in sequences),
                  driving_line(entry).split("\n")[0],
                  f"{source.get('case_id', '–')} ({source.get('class_name', '–')})" if source else "–",
-                 separation_line(entry).split("\n")[0].removeprefix("training S: "),
+                 class_means_text(entry) or "–",
                  separation_verdict(entry) or "–",
                  {True: "yes", False: "NO"}.get(entry.get("peak_in_brain"), "")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")

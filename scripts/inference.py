@@ -25,15 +25,18 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.networks import eval_mode
 from monai.transforms import Compose
+from monai.utils import look_up_option
+from torch import Tensor
 
 from scripts.calibration import Calibration
 from scripts.cli import ERRORS_JSON
 from scripts.data import InferenceCases
 from scripts.explain.case_files import CaseFiles
-from scripts.explain.evidence import calibration_note, explain_case, probability_text
+from scripts.explain.evidence import calibration_note, explain_case, probability_text, ranking_reference
 from scripts.explain.sources import SourceImages, load_push_for
 from scripts.maps import DEFAULT_SCALE_COMBINATION
 from scripts.networks import UMProtoShare
+from scripts.prototypes import EVIDENCE_RANKINGS
 
 __all__ = ["ERRORS_JSON", "EvidenceWriter"]
 
@@ -66,6 +69,8 @@ class EvidenceWriter:
             forward passes) for ``prediction.json`` and the caution banner.
         flip_average: the probabilities shown are the mean over the case's 8 mirror images of the calibrated
             probabilities (the same 8 passes; :func:`scripts.explain.evidence.explain_case`).
+        evidence_ranking: what the prototypes are ranked by (:data:`scripts.prototypes.EVIDENCE_RANKINGS`;
+            ``relative`` needs the push record's class means, else falls back to ``contribution`` and says so).
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class EvidenceWriter:
         calibration: Calibration | None = None,
         uncertainty_flips: bool = True,
         flip_average: bool = True,
+        evidence_ranking: str = "relative",
     ) -> None:
         if top_per_scale < 1:
             raise ValueError(f"top_per_scale must be at least 1, got {top_per_scale}.")
@@ -97,6 +103,8 @@ class EvidenceWriter:
         self.calibration = Calibration() if calibration is None else calibration
         self.uncertainty_flips = bool(uncertainty_flips)
         self.flip_average = bool(flip_average)
+        self.evidence_ranking = look_up_option(evidence_ranking, EVIDENCE_RANKINGS)
+        self._reference: Tensor | None = None
         self.files = CaseFiles(network, preprocessing, [str(n) for n in class_names], int(top_per_scale),
                                scale_combination, write_report)
         self._sources: SourceImages | None = None
@@ -121,6 +129,7 @@ class EvidenceWriter:
         if self._sources is None:
             push = load_push_for(self.push_dir, self.network)
             self._sources = SourceImages(push, self.preprocessing, self.datalist_file)
+            self._reference = ranking_reference(None if push is None else push.records, self.evidence_ranking)
         return self._sources
 
     def write_case(self, case_id: str, image: MetaTensor) -> dict[str, Any]:
@@ -129,7 +138,7 @@ class EvidenceWriter:
         device = next(self.network.parameters()).device
         with eval_mode(self.network):  # the evaluator restores train mode after its own forward
             evidence = explain_case(self.network, image.as_tensor().to(device), self.calibration,
-                                    self.uncertainty_flips, self.flip_average)
+                                    self.uncertainty_flips, self.flip_average, self._reference)
         folder = self.output_dir / case_id
         record = self.files.write(folder, self.cases[case_id], image, evidence, sources, self.push_dir)
         self._report(record, folder)

@@ -1,7 +1,9 @@
 """What the network, the losses and the read-outs share about prototypes, defined once.
 
 The sharing modes, the soft class coefficients ζ (Eq. 7) and the ownership read from them, how well a
-prototype tells the classes apart (:func:`class_separation`), and :class:`ScaleTerms`, what :meth:`scripts.networks.UMProtoShare.loss_inputs` hands the stage-1 loss.
+prototype tells the classes apart (:func:`class_separation`), the reference similarity that a case's
+prototypes are ranked against (:func:`reference_similarity`, :data:`EVIDENCE_RANKINGS`), and
+:class:`ScaleTerms`, what :meth:`scripts.networks.UMProtoShare.loss_inputs` hands the stage-1 loss.
 PyTorch only, below :mod:`scripts.networks`, :mod:`scripts.losses` and :mod:`scripts.explain`, so
 that none of them imports another for these.
 """
@@ -15,11 +17,13 @@ from typing import NamedTuple
 import torch
 
 __all__ = [
+    "EVIDENCE_RANKINGS",
     "PROTOTYPE_SHARING",
     "SEPARATION_FLOOR",
     "ZETA_EPS",
     "ScaleTerms",
     "class_separation",
+    "reference_similarity",
     "soft_class_coefficients",
     "soft_ownership",
 ]
@@ -32,6 +36,11 @@ ZETA_EPS = 1e-6
 SEPARATION_FLOOR = 0.05
 """A prototype whose :func:`class_separation` is below this matches the other classes' cases about as well as
 (or better than) the cases of the class it votes for: its match says little about the class."""
+
+EVIDENCE_RANKINGS = ("relative", "contribution")
+"""What a case's prototypes are ranked by, for what a reader is shown first: ``relative``, w·(S − S̄), the
+contribution relative to a training case of average similarity (S̄: :func:`reference_similarity`); or
+``contribution``, Δy = w·S (Eq. 31)."""
 
 
 def class_separation(class_similarity: Mapping[str, float | None] | None, favoured: str) -> float | None:
@@ -53,6 +62,28 @@ def class_separation(class_similarity: Mapping[str, float | None] | None, favour
     if any(value is None or math.isnan(value) for value in values.values()):
         return None
     return float(values[favoured]) - max(float(v) for name, v in values.items() if name != favoured)
+
+
+def reference_similarity(class_similarities: Sequence[Mapping[str, float | None] | None]) -> torch.Tensor | None:
+    """S̄ per prototype: the mean over the classes of its mean S on each class's push-set cases.
+
+    Each class counts once, whatever its number of cases, so that the reference favours no grade.
+
+    Args:
+        class_similarities: per classifier column, the push record's ``class_similarity`` (class name → mean S
+            over that class's training cases), or None where it was not measured.
+
+    Returns:
+        (K,) float64; None when any column lacks a class mean (a push from before they were recorded, a class
+        without cases, or a similarity that is not a plain cosine).
+    """
+    means = []
+    for entry in class_similarities:
+        values = None if entry is None else list(entry.values())
+        if not values or any(v is None or math.isnan(v) for v in values):
+            return None
+        means.append(math.fsum(float(v) for v in values) / len(values))
+    return torch.tensor(means, dtype=torch.float64)
 
 
 def soft_class_coefficients(classifier_weight: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ The rules, on the fold's training cases (no augmentation):
   the one with the smaller classifier weights goes, its weights added to those of the one that stays.
 - ``outside_brain``: the map (on the whole grid) peaks outside the brain on more than
   ``outside_brain_share`` of the cases.
-- ``unused``: never among a case's ``unused_top_k`` largest contributions to its predicted class, or
-  every classifier weight of the column below ``unused_weight`` in magnitude.
+- ``unused``: never among a case's ``unused_top_k`` first prototypes for its predicted class (ranked as
+  evaluation and inference rank them, ``evidence_ranking``), or every classifier weight of the column below
+  ``unused_weight`` in magnitude.
 - ``non_separating``: the prototype's mean S over the push set's cases of the class its weights favour
   exceeds that of every other class by less than ``separation_floor``
   (:func:`~scripts.prototypes.class_separation`, from ``push.json``'s ``class_similarity``): every class
@@ -53,11 +54,11 @@ from scripts.engine.stages import Schedule, parameter_groups
 from scripts.evaluate.fold import METRICS_JSON, load_fold_weights
 from scripts.evaluate.outputs import write_json
 from scripts.evaluate.prototypes import prototype_peaks, top_prototype_columns
-from scripts.explain.evidence import prototype_contributions
+from scripts.explain.evidence import ranking_contributions, ranking_reference
 from scripts.explain.gallery import write_gallery
 from scripts.losses import LastLayerLoss, Stage1Loss, forget_loss
 from scripts.networks import UMProtoShare, prototype_descriptors
-from scripts.prototypes import SEPARATION_FLOOR
+from scripts.prototypes import EVIDENCE_RANKINGS, SEPARATION_FLOOR
 from scripts.push import PushResult, load_push, non_separating_columns, push_prototypes, save_push
 
 __all__ = [
@@ -101,7 +102,7 @@ class PrototypeUsage:
     """(K,) share of the cases on which the prototype's map peaks outside the brain, read as the reports
     read it (inside the brain for ``map_support="brain"``, where it is then 0 by design; else the whole grid)."""
     top_count: Tensor
-    """(K,) cases on which the prototype is among the top contributions to the predicted class."""
+    """(K,) cases on which the prototype is among the first for the predicted class (:func:`prototype_usage`)."""
     map_cosine: dict[int, Tensor] = field(default_factory=dict)
     """Scale → (K_s, K_s): cosine of two prototypes' maps on a case (the maps as vectors), mean over the cases."""
     images: dict[str, Tensor] = field(default_factory=dict)
@@ -114,6 +115,7 @@ def prototype_usage(
     top_k: int,
     device: torch.device,
     keep_images: Sequence[str] = (),
+    reference: Tensor | None = None,
 ) -> PrototypeUsage:
     """One pass (eval, no grad) over ``loader``: per prototype, where its map peaks and how often it is a top contributor.
 
@@ -123,6 +125,7 @@ def prototype_usage(
         top_k: contributors per case counted (pruned prototypes never count).
         device: where the forward passes run.
         keep_images: case ids whose images are kept (the sources of forbidden prototypes).
+        reference: S̄ to rank against (:func:`scripts.explain.evidence.ranking_contributions`); None: by Δy.
     """
     model.eval()
     outside = torch.zeros(model.num_prototypes)
@@ -136,7 +139,7 @@ def prototype_usage(
         for batch in loader:
             x = plain_tensor(batch["image"]).to(device)
             explanation = model.explain(x)
-            contributions = prototype_contributions(explanation.similarities, model.classifier.effective_weight)
+            contributions = ranking_contributions(explanation.similarities, model.classifier.effective_weight, reference)
             predicted = explanation.logits.argmax(dim=1)
             brains = foreground_mask(x.cpu())[:, 0]
             for entry in explanation.per_scale:
@@ -321,6 +324,7 @@ class PruneFold:
         prune_rules: any of :data:`PRUNE_RULES`.
         duplicate_cosine, duplicate_map_cosine, outside_brain_share, unused_top_k, unused_weight, separation_floor:
             the rules' thresholds.
+        evidence_ranking: what ``unused`` ranks a case's prototypes by (:data:`scripts.prototypes.EVIDENCE_RANKINGS`).
         forbid_prototypes: names to forget (kept, fine-tuned away from their pushed patches, re-pushed).
         forget_epochs, forget_weight, forget_lr: the forgetting fine-tune (:data:`FORGET_GROUPS`, AdamW).
         stage1_weight_decay: weight decay of that fine-tune.
@@ -356,6 +360,7 @@ class PruneFold:
         unused_top_k: int = 6,
         unused_weight: float = 1e-3,
         separation_floor: float = SEPARATION_FLOOR,
+        evidence_ranking: str = "relative",
         forbid_prototypes: Sequence[str] = (),
         forget_epochs: int = 5,
         forget_weight: float = 5.0,
@@ -389,6 +394,7 @@ class PruneFold:
         self.unused_top_k = int(unused_top_k)
         self.unused_weight = float(unused_weight)
         self.separation_floor = float(separation_floor)
+        self.evidence_ranking = look_up_option(evidence_ranking, EVIDENCE_RANKINGS)
         self.forbid_names = [str(name) for name in forbid_prototypes]
         self.forget_epochs = int(forget_epochs)
         self.forget_weight = float(forget_weight)
@@ -498,7 +504,8 @@ class PruneFold:
         before = _summary(_read_metrics(self.fold_dir), model)
         forbidden = sorted({model.column_of(name) for name in self.forbid_names})
         sources = [push.records[c]["case_id"] for c in forbidden]
-        usage = prototype_usage(model, self.loaders["push"], self.unused_top_k, self.device, sources)
+        reference = ranking_reference(push.records, self.evidence_ranking)
+        usage = prototype_usage(model, self.loaders["push"], self.unused_top_k, self.device, sources, reference)
         missing = sorted(set(sources) - set(usage.images))
         if missing:
             raise ValueError(f"the sources {missing} of the forbidden prototypes are not among the training cases.")
@@ -514,6 +521,7 @@ class PruneFold:
                       "duplicate_map_cosine": self.duplicate_map_cosine,
                       "outside_brain_share": self.outside_brain_share, "unused_top_k": self.unused_top_k,
                       "unused_weight": self.unused_weight, "separation_floor": self.separation_floor,
+                      "unused_ranking": "contribution" if reference is None else "relative",
                       "training_cases": usage.cases},
             "forbidden": [],
         }

@@ -26,7 +26,7 @@ from scripts.explain.attribution import class_map
 from scripts.explain.evidence import LOW_PROBABILITY
 from scripts.metrics import activation_precision
 from scripts.networks import BF16_RECHECK_MARGIN
-from scripts.prototypes import SEPARATION_FLOOR, class_separation
+from scripts.prototypes import SEPARATION_FLOOR, class_separation, reference_similarity
 from scripts.uncertainty import FLIP_SPREAD_CAUTION
 
 SHORT = {
@@ -178,6 +178,19 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
     assert metrics["topk_separating"] == pytest.approx(np.mean(shares), abs=1e-12)
     expected = np.mean([row["topk_separating"] for row in correct]) if correct else None
     assert metrics["topk_separating_correct"] == pytest.approx(expected, abs=1e-12)
+    # the top 6 are ranked by w·(S − S̄) (the default), S̄ from the push record's class means
+    assert metrics["evidence_ranking"] == "relative"
+    reference = reference_similarity([r["class_similarity"] for r in push["records"]]).float()
+    weight = evaluated.network.classifier.effective_weight.detach()
+    separates_column = {entry["column"]: entry["separates"] for entry in metrics["prototype_sources"]}
+    for case_id, case in evaluated.cases.items():
+        with torch.no_grad():
+            explanation = evaluated.network.explain(case["image"].as_tensor()[None])
+        predicted = int(explanation.logits[0].argmax())
+        score = (explanation.similarities[0] - reference) * weight[predicted]
+        top = [c for c in torch.sort(score, descending=True, stable=True).indices.tolist() if active[c]][:6]
+        share = sum(separates_column[c] for c in top) / len(top)
+        assert by_case[case_id]["topk_separating"] == pytest.approx(share, abs=1e-9)
 
 
 def test_one_calibration_for_evaluation_inference_and_their_files(evaluated, tmp_path):

@@ -23,14 +23,23 @@ from scripts.explain.evidence import (
     prediction_record,
     probability_text,
     prototype_contributions,
+    ranking_reference,
+    relative_contributions,
     sequence_evidence,
     sequence_mean_inputs,
     to_original_space,
     top_columns,
     write_nifti,
 )
-from scripts.explain.report import class_means_text, separation_line, separation_verdict
+from scripts.explain.report import (
+    class_means_text,
+    contribution_lines,
+    ranking_text,
+    separation_line,
+    separation_verdict,
+)
 from scripts.networks import UMProtoShare
+from scripts.prototypes import reference_similarity
 
 
 def test_eq31_contributions_hand_computed():
@@ -154,6 +163,66 @@ def test_prediction_record_says_which_prototypes_separate_the_classes_on_the_pus
     assert unknown["separation"] is None and unknown["separates_classes"] is None
     assert separation_line(unknown) == "training cases: S per class not recorded" and separation_verdict(unknown) is None
     assert class_means_text(unknown) is None and class_means_text(by_column[1]) == "LGG 0.71, HGG 0.74"
+
+
+RANKING_MEANS = [{"LGG": 0.5, "HGG": 0.3}, {"LGG": 0.7, "HGG": 0.6}, {"LGG": -0.2, "HGG": -0.4}]
+"""Push-set class means of :func:`_evidence`'s three prototypes: S̄ = 0.4, 0.65, -0.3."""
+
+
+def test_reference_similarity_weights_each_class_alike():
+    torch.testing.assert_close(reference_similarity(RANKING_MEANS), torch.tensor([0.4, 0.65, -0.3], dtype=torch.float64))
+    assert reference_similarity([RANKING_MEANS[0], None]) is None  # a column without means (clamped S, old push)
+    assert reference_similarity([{"LGG": 0.5, "HGG": None}]) is None  # a class without cases
+    assert reference_similarity([{"LGG": 0.5, "HGG": math.nan}]) is None
+    assert reference_similarity([{}]) is None
+
+
+def test_relative_contributions_hand_computed_sum_to_the_logits_less_the_references():
+    evidence = _evidence()  # S = 0.2, 0.6, -0.4; w_LGG = 1, -1, 0.5; w_HGG = -0.5, 2, 0
+    reference = reference_similarity(RANKING_MEANS)
+    relative = relative_contributions(evidence.contributions[None], evidence.classifier_weight, reference)[0]
+    # w·(S - S̄): S - S̄ = -0.2, -0.05, -0.1
+    expected = torch.tensor([[-0.2, 0.05, -0.05], [0.1, -0.1, 0.0]])
+    torch.testing.assert_close(relative, expected)
+    # completeness: the logits (-0.6, 1.1) less those of a case with S = S̄ (-0.4, 1.1)
+    torch.testing.assert_close(relative.sum(1), torch.tensor([-0.2, 0.0]))
+    with pytest.raises(ValueError, match="reference"):
+        relative_contributions(evidence.contributions[None], evidence.classifier_weight, reference[:2])
+
+
+def test_prediction_record_ranks_against_the_training_mean_when_given_one():
+    columns, names = [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"]
+    plain = _evidence()
+    relative = dataclasses.replace(plain, reference=reference_similarity(RANKING_MEANS).float())
+    # HGG predicted: Δy = -0.1, 1.2, 0 ranks 1, 2, 0; w·(S - S̄) = 0.1, -0.1, 0 ranks 0, 2, 1: column 1 matches
+    # HGG well (S 0.6) but less than the average training case does (S̄ 0.65)
+    record = prediction_record(relative, columns, names)
+    assert record["evidence_ranking"] == "relative" and [p["column"] for p in record["prototypes"]] == [0, 2, 1]
+    first = record["prototypes"][0]
+    assert first["reference_similarity"] == pytest.approx(0.4)
+    assert first["relative_contribution"] == pytest.approx({"LGG": -0.2, "HGG": 0.1})
+    assert first["contribution"] == pytest.approx({"LGG": 0.2, "HGG": -0.1})  # Eq. 31 is still reported
+    assert top_columns(relative.ranking_scores[relative.predicted], columns, 3) == [0, 2, 1]
+    old = prediction_record(plain, columns, names)
+    assert old["evidence_ranking"] == "contribution" and [p["column"] for p in old["prototypes"]] == [1, 2, 0]
+    assert old["prototypes"][0]["reference_similarity"] is None and old["prototypes"][0]["relative_contribution"] is None
+    assert ranking_text(record) == "contribution to HGG relative to the training cases' mean S"
+    assert ranking_text(old) == "contribution to HGG"
+    lines = contribution_lines(first)
+    assert lines[lines.index("vs training mean S 0.40:") + 1] == "  LGG -0.20  HGG +0.10"
+    assert not any(line.startswith("vs training mean") for line in contribution_lines(old["prototypes"][0]))
+
+
+def test_ranking_reference_says_what_it_falls_back_to(caplog):
+    records = [{"class_similarity": means} for means in RANKING_MEANS]
+    torch.testing.assert_close(ranking_reference(records, "relative"), reference_similarity(RANKING_MEANS))
+    assert ranking_reference(records, "contribution") is None
+    with caplog.at_level("WARNING"):
+        assert ranking_reference([{"class_similarity": None}] * 3, "relative") is None
+        assert ranking_reference(None, "relative") is None
+    assert "it has none" in caplog.text and "there is no push record" in caplog.text
+    with pytest.raises(ValueError, match="evidence_ranking"):
+        ranking_reference(records, "similarity")
 
 
 def test_a_pruned_prototype_is_neither_listed_nor_chosen():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -124,8 +125,11 @@ def test_contributions_sum_to_the_models_logits(served):
 def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):
     prediction = served.prediction
     predicted = prediction["predicted_class"]
+    assert prediction["evidence_ranking"] == "relative"  # the default, with a push record holding class means
+    relative = [entry["relative_contribution"][predicted] for entry in prediction["prototypes"]]
+    assert relative == sorted(relative, reverse=True)
     contributions = [entry["contribution"][predicted] for entry in prediction["prototypes"]]
-    assert contributions == sorted(contributions, reverse=True)
+    assert contributions != sorted(contributions, reverse=True)  # this model's Δy alone would order them otherwise
     for entry in prediction["prototypes"]:
         record = served.push.records[entry["column"]]
         assert entry["source"]["case_id"] == record["case_id"] and entry["source"]["class_name"] == record["class_name"]
@@ -137,6 +141,11 @@ def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):
         assert entry["separates_classes"] == (entry["separation"] >= SEPARATION_FLOOR)
         w = entry["class_weights"]
         assert entry["contribution"][predicted] == pytest.approx(w[predicted] * entry["similarity"], abs=1e-6)
+        # S̄: the two classes' push-set means weighted alike; the relative contribution w·(S − S̄) per class
+        assert entry["reference_similarity"] == pytest.approx((means["LGG"] + means["HGG"]) / 2, abs=1e-6)
+        for name in ("LGG", "HGG"):
+            expected = w[name] * (entry["similarity"] - entry["reference_similarity"])
+            assert entry["relative_contribution"][name] == pytest.approx(expected, abs=1e-6)
         # the constructed model reads FLAIR only: the others' evidence is zero up to the summation order
         # (channels-last convolutions, the inference config's default, sum in another order)
         assert [entry["sequence_evidence"][s] for s in ("T1", "T1-CE", "T2")] == pytest.approx([0.0] * 3, abs=1e-6)
@@ -226,6 +235,12 @@ def test_html_report_beside_the_png(served):
             "better" if separation <= -SEPARATION_FLOOR else "as well")
         cells = f"<td>LGG {means['LGG']:.2f}, HGG {means['HGG']:.2f}</td><td>{verdict}</td>"
         assert cells in page
+        relative = entry["relative_contribution"]  # S̄ and w·(S − S̄) after Δy, in the prediction.json order
+        cells = f"<td>{entry['reference_similarity']:.3f}</td><td>{relative['LGG']:+.3f}</td><td>{relative['HGG']:+.3f}</td>"
+        assert cells in page
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td>", page)
+    assert rows == [(str(e["scale"]), str(e["k"])) for e in served.prediction["prototypes"]]
+    assert "Sorted by contribution to " + served.prediction["predicted_class"] + " relative to the training" in page
 
 
 def test_a_missing_input_dir_is_one_line_exit_2_and_errors_json(served, tmp_path):

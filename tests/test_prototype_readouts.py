@@ -20,7 +20,7 @@ from scripts.evaluate.prototypes import (
     source_agreement,
     top_prototype_columns,
 )
-from scripts.explain.evidence import prototype_contributions
+from scripts.explain.evidence import prototype_contributions, ranking_contributions
 from scripts.metrics import activation_precision
 from scripts.networks import UMProtoShare
 from scripts.prototypes import class_separation
@@ -78,6 +78,17 @@ def test_top_six_peaks_of_a_planted_case_give_the_hand_counted_shares():
     assert math.isnan(without["topk_peak_in_tumour"]) and math.isnan(without["topk_peak_tumour_distance"])
     empty = peak_shares(peaks, brain_mask(image), torch.zeros(GRID, dtype=torch.bool))
     assert empty["topk_peak_in_tumour"] == 0.0 and math.isnan(empty["topk_peak_tumour_distance"])
+
+
+def test_ranked_against_a_reference_the_planted_top_six_change_as_hand_computed():
+    maps, similarities, weight, image, tumour = planted_case()
+    reference = torch.zeros(8)
+    reference[0] = 0.9  # the training cases match column 0 as well as this case does: it adds nothing for class 1
+    chosen = top_prototype_columns(ranking_contributions(similarities, weight, reference)[0, 1], 6)
+    assert chosen == [5, 6, 2, 3, 4, 7]  # w·(S − S̄) = 0.7, 0.6, 0.5, 0.4, 0.3, 0.1; column 0 falls to 0
+    shares = peak_shares(prototype_peaks(maps, COLUMNS, chosen, GRID), brain_mask(image), tumour)
+    assert shares["topk_peak_in_brain"] == 5 / 6 and shares["topk_peak_in_tumour"] == 3 / 6  # column 7 in the tumour
+    torch.testing.assert_close(ranking_contributions(similarities, weight), prototype_contributions(similarities, weight))
 
 
 def test_source_agreement_on_a_constructed_push_record():
@@ -172,3 +183,13 @@ def test_evaluation_maps_the_ground_truth_class_and_reads_eq28_and_peaks():
         tumour = masks[i, 0].nonzero().double()
         nearest = float(((tumour - torch.stack(peak).double()) ** 2).sum(dim=1).min().sqrt())
         assert result.peaks["topk_peak_tumour_distance"][i] == pytest.approx(nearest)
+        assert result.top_columns[i] == [column]
+    # ranked against a reference S̄ (beyond any S for column 0): the top-1 is w·(S − S̄)'s argmax, not Δy's
+    reference = torch.tensor([2.0, 0.0])
+    ranked = predict_fold(model, [batch], "cpu", scale_combination="product", top_prototypes=1, reference=reference)
+    weight = model.classifier.weight.detach()
+    for i in range(2):
+        predicted = int(ranked.probs[i].argmax())
+        column = int(((explanation.similarities[i] - reference) * weight[predicted]).argmax())
+        assert ranked.top_columns[i] == [column]
+    assert ranked.top_columns != result.top_columns

@@ -187,6 +187,21 @@ def test_unused_prototypes_by_top_contributions_and_by_weight(phantoms):
     assert list(unused_prototypes(model, usage, 1e-5, 1, [0, 1, 2])) == [1]
 
 
+def test_top_contributors_are_counted_as_ranked_against_the_reference(phantoms):
+    model = constructed_model()  # w_LGG = 1, -0.5, 0.2; w_HGG = -1, 0.8, 0.3
+    reference = torch.tensor([1.0, 0.0, 0.0])  # column 0 adds nothing to LGG until a case matches it fully
+    usage = prototype_usage(model, phantoms, 1, torch.device("cpu"), reference=reference)
+    expected = torch.zeros(3, dtype=torch.long)
+    for batch in phantoms:
+        with torch.no_grad():
+            explanation = model.explain(batch["image"])
+        for similarities, logits in zip(explanation.similarities, explanation.logits):
+            weight = model.classifier.weight[int(logits.argmax())]
+            expected[int(((similarities - reference) * weight).argmax())] += 1
+    assert usage.top_count.tolist() == expected.tolist()
+    assert usage.top_count.tolist() != prototype_usage(model, phantoms, 1, torch.device("cpu")).top_count.tolist()
+
+
 def test_non_separating_prototypes_by_the_push_sets_class_means():
     model = _tiny(prototypes_per_scale=(4, 0, 0))
     weight = torch.tensor([[1.0, -0.5, -0.5, -0.5], [-0.5, 1.0, 1.0, 1.0]])  # favoured: LGG, HGG, HGG, HGG
@@ -234,6 +249,7 @@ def test_the_record_says_what_went_by_whom_and_before_and_after(pruned):
     assert by_rule and all(e["by"] == "rule:unused" and e["figures"]["top_contributor_cases"] == 0 for e in by_rule)
     assert "s3_k1" not in names  # forbidden: kept and fine-tuned, never a rule's candidate
     assert record["rules"]["separation_floor"] == SEPARATION_FLOOR
+    assert record["rules"]["unused_ranking"] == "relative"  # as evaluation ranks: the micro push has class means
     assert [f["prototype"] for f in record["forbidden"]] == ["s3_k1"]
     similarity = record["forgetting"]
     for key in ("heldout_patch_similarity_before", "heldout_patch_similarity_after"):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 from monai.transforms import Compose
+from monai.utils import look_up_option
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -38,7 +39,7 @@ from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
 from scripts.engine.iteration import plain_tensor
 from scripts.explain.attribution import class_map
-from scripts.explain.evidence import confidence_warnings, prototype_contributions
+from scripts.explain.evidence import confidence_warnings, ranking_contributions, ranking_reference
 from scripts.explain.sources import load_push_for
 from scripts.maps import DEFAULT_SCALE_COMBINATION
 from scripts.metrics import (
@@ -51,6 +52,7 @@ from scripts.metrics import (
     similarity_spread,
 )
 from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, checked_recheck_margin, resolve_precision, unwrap
+from scripts.prototypes import EVIDENCE_RANKINGS
 from scripts.uncertainty import flip_probabilities, spread_of
 
 from .missing import missing_sequence_bac
@@ -156,6 +158,7 @@ def predict_fold(
     scale_combination: str = DEFAULT_SCALE_COMBINATION,
     brain_only: bool = False,
     top_prototypes: int = TOP_PROTOTYPES,
+    reference: Tensor | None = None,
 ) -> FoldPredictions:
     """Probabilities, ground-truth class maps and per-case AP over a loader of preprocessed cases.
 
@@ -171,7 +174,9 @@ def predict_fold(
         map_dir: also save each map and mask as NIfTI here; the images must be MetaTensors with the
             preprocessed affine (an uncached dataset).
         scale_combination, brain_only: see :func:`scripts.explain.attribution.class_map`.
-        top_prototypes: prototypes per case (largest contribution to the predicted class) whose peaks are read.
+        top_prototypes: prototypes per case whose peaks are read: the first by their contribution to the predicted
+            class, relative to ``reference`` when given (:func:`scripts.explain.evidence.ranking_contributions`).
+        reference: S̄, (K_total,) (:func:`scripts.explain.evidence.ranking_reference`); None: by Δy (Eq. 31).
     """
     network.eval()
     model = unwrap(network)
@@ -190,7 +195,8 @@ def predict_fold(
                 explanation = model.explain(images)
                 similarities.append(explanation.similarities.float())
                 logits = explanation.logits
-                contributions = prototype_contributions(explanation.similarities, model.classifier.effective_weight)
+                weight = model.classifier.effective_weight
+                contributions = ranking_contributions(explanation.similarities, weight, reference)
                 eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
             else:
                 logits = network(images)
@@ -305,7 +311,7 @@ class FoldEvaluator:
         missing_sequences: also report BAC with each non-empty proper subset of sequences missing (idem).
         sequence_names: channel names, in channel order.
         check_voxels: read every voxel of every case first (truncated files, NaN/inf).
-        top_prototypes: prototypes per case whose map peaks are read (largest contribution to the prediction).
+        top_prototypes: prototypes per case whose map peaks are read (ranked as ``evidence_ranking`` says).
         push_dir: folder of the fold's push record; None: beside ``model_file`` (where training writes it).
         precision: the network's precision during the evaluation (:data:`~scripts.networks.PRECISIONS`);
             the network's own setting is restored afterwards.
@@ -318,6 +324,9 @@ class FoldEvaluator:
         flip_average: the probabilities evaluated (BAC, calibration, ``prob_*``) are the mean over each case's
             8 mirror images of the calibrated probabilities, as inference shows them; the single pass's
             calibrated ones are kept as ``single_prob_*`` and ``*_single`` (bool or "true"/"false").
+        evidence_ranking: what the top prototypes are ranked by (:data:`scripts.prototypes.EVIDENCE_RANKINGS`, as
+            inference ranks them); ``metrics.json`` says which was used (``relative`` needs the push record's class
+            means, else it is ``contribution``).
 
     Cases whose files cannot be used (missing, unreadable, mismatched, non-finite) are left out of every
     number, logged, and listed in ``errors.json`` beside ``metrics.json`` (``failures``); the others are
@@ -352,6 +361,7 @@ class FoldEvaluator:
         bf16_recheck_margin: float = BF16_RECHECK_MARGIN,
         uncertainty_flips: bool | str = True,
         flip_average: bool | str = True,
+        evidence_ranking: str = "relative",
     ) -> None:
         if min(batch_size, ids_batch_size, ids_steps, top_prototypes) < 1:
             raise ValueError(
@@ -384,6 +394,7 @@ class FoldEvaluator:
         self.bf16_recheck_margin = checked_recheck_margin(bf16_recheck_margin)
         self.uncertainty_flips = as_flag(uncertainty_flips, "uncertainty_flips")
         self.flip_average = as_flag(flip_average, "flip_average")
+        self.evidence_ranking = look_up_option(evidence_ranking, EVIDENCE_RANKINGS)
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))
@@ -436,12 +447,13 @@ class FoldEvaluator:
 
     def _evaluate(self, model: nn.Module) -> dict[str, Any]:
         push = load_push_for(self.push_dir, model) if isinstance(model, UMProtoShare) else None
+        reference = None if push is None else ranking_reference(push.records, self.evidence_ranking)
         calibration = Calibration.load(self.model_file)  # a bad file stops the run before the forward passes
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         map_dir = self.output_dir / MAPS_DIR if self.save_maps else None
         result = predict_fold(
             self.network, loader, self.device, self.class_map_method, map_dir, self.scale_combination, self.brain_only,
-            self.top_prototypes,
+            self.top_prototypes, reference,
         )
         single = calibration.apply(result.logits)
         images = _Images(self.dataset)
@@ -473,6 +485,7 @@ class FoldEvaluator:
                 result.ap_eq28, result.peaks, probs.argmax(dim=1) == result.labels, self.top_prototypes, sources,
                 separating,
             )),
+            "evidence_ranking": None if result.peaks is None else "contribution" if reference is None else "relative",
             "fold": self.fold,
             "cases": len(result.case_ids),
             "class_map_method": self.class_map_method,

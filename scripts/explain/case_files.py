@@ -7,7 +7,7 @@ on the input files' grid, each divided by its maximum (header window 0–1): ``e
 computes it: scales combined by ``scale_combination``, or Eq. 26 for a class-specific model),
 ``evidence_<class>_brain.nii.gz`` (the same, zero outside the brain), ``evidence_<class>_scale<s>.nii.gz``
 (its per-scale terms, Eq. 27 or 26) and ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale``
-prototypes of each scale with the largest contribution to the predicted class. ``maps.json`` says what
+prototypes of each scale that rank first for the predicted class (:attr:`~scripts.explain.evidence.CaseEvidence.ranking`). ``maps.json`` says what
 each map shows, its raw maximum and peak (one :class:`~scripts.explain.input_grid.InputMap` per map,
 which both reports read too).
 """
@@ -121,7 +121,7 @@ class CaseFiles:
             scale_maps = scale_class_maps(self.network, per_scale, [evidence.predicted], grid)
             class_map = class_map_from_maps(self.network, per_scale, [evidence.predicted], grid, self.scale_combination)
         columns = self.network.prototype_columns
-        chosen = top_columns(evidence.contributions[evidence.predicted], columns, self.top_per_scale, evidence.active)
+        chosen = top_columns(evidence.ranking_scores[evidence.predicted], columns, self.top_per_scale, evidence.active)
         maps = {CLASS_MAP_KEY: class_map[0].cpu()}
         maps |= {f"scale{s}": volume[0].cpu() for s, volume in zip(evidence.scales, scale_maps)}
         maps |= {self._prototype_key(c): evidence.prototype_map(*columns[c], grid) for c in chosen}

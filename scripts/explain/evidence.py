@@ -9,6 +9,7 @@ image and gathers what a reader is shown; :func:`to_original_space` undoes the p
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ from torch import Tensor
 from scripts.calibration import Calibration, format_probability
 from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
-from scripts.prototypes import SEPARATION_FLOOR, class_separation, soft_class_coefficients
+from scripts.prototypes import (
+    EVIDENCE_RANKINGS,
+    SEPARATION_FLOOR,
+    class_separation,
+    reference_similarity,
+    soft_class_coefficients,
+)
 from scripts.uncertainty import FLIP_SPREAD_CAUTION, flip_probabilities, spread_of
 
 __all__ = [
@@ -44,6 +51,9 @@ __all__ = [
     "prediction_record",
     "probability_text",
     "prototype_contributions",
+    "ranking_contributions",
+    "ranking_reference",
+    "relative_contributions",
     "sequence_evidence",
     "sequence_mean_inputs",
     "to_original_space",
@@ -51,6 +61,8 @@ __all__ = [
     "unit_scaled",
     "write_nifti",
 ]
+
+logger = logging.getLogger(__name__)
 
 SEQUENCE_NAMES = ("T1", "T1-CE", "T2", "FLAIR")
 """Display names of the input channels, in channel order."""
@@ -83,6 +95,61 @@ def prototype_contributions(similarities: Tensor, classifier_weight: Tensor) -> 
             f"{tuple(similarities.shape)} and {tuple(classifier_weight.shape)}."
         )
     return similarities[:, None, :] * classifier_weight[None]
+
+
+def relative_contributions(contributions: Tensor, classifier_weight: Tensor, reference: Tensor) -> Tensor:
+    """Eq. 31's Δy relative to a case of reference similarity S̄: w_cls[c, col]·(S_col − S̄_col).
+
+    Summed over K, the logits minus those of a case with S = S̄; for the linear classifier these are exactly
+    the Shapley values of the similarities against that reference. A prototype that every case matches
+    about as well as the reference (S ≈ S̄) contributes about nothing, however large its S·w.
+
+    Args:
+        contributions: Δy (:func:`prototype_contributions`), (B, C, K_total).
+        classifier_weight: w_cls, (C, K_total).
+        reference: S̄, (K_total,) (:func:`~scripts.prototypes.reference_similarity`).
+
+    Returns:
+        (B, C, K_total).
+    """
+    if contributions.ndim != 3 or contributions.shape[1:] != classifier_weight.shape or reference.shape != (
+        classifier_weight.shape[1],
+    ):
+        raise ValueError(
+            f"expected contributions (B, C, K), classifier_weight (C, K) and reference (K,), got "
+            f"{tuple(contributions.shape)}, {tuple(classifier_weight.shape)} and {tuple(reference.shape)}."
+        )
+    return contributions - classifier_weight[None] * reference.to(contributions)[None, None]
+
+
+def ranking_contributions(similarities: Tensor, classifier_weight: Tensor, reference: Tensor | None = None) -> Tensor:
+    """What a batch's prototypes are ranked by, (B, C, K_total): Δy (Eq. 31), relative to S̄ when ``reference``
+    is given (:func:`relative_contributions`)."""
+    contributions = prototype_contributions(similarities, classifier_weight)
+    return contributions if reference is None else relative_contributions(contributions, classifier_weight, reference)
+
+
+def ranking_reference(push_records: Sequence[Mapping[str, Any]] | None, ranking: str) -> Tensor | None:
+    """S̄ to rank a model's prototypes against (:data:`~scripts.prototypes.EVIDENCE_RANKINGS`), or None: by Δy.
+
+    ``ranking="relative"`` takes :func:`~scripts.prototypes.reference_similarity` of the push record; a record
+    without class means (a push from before they were recorded, a similarity that is not a plain cosine) or
+    no record leaves the ranking at Δy (Eq. 31), with a warning, and every output says which was used.
+    """
+    if ranking not in EVIDENCE_RANKINGS:
+        raise ValueError(f"evidence_ranking must be one of {EVIDENCE_RANKINGS}, got {ranking!r}.")
+    if ranking == "contribution":
+        return None
+    reference = None if push_records is None else reference_similarity(
+        [record.get("class_similarity") for record in push_records]
+    )
+    if reference is None:
+        logger.warning(
+            "evidence_ranking 'relative' needs the push record's class means (push.json class_similarity); "
+            "%s, so prototypes are ranked by their contribution (Eq. 31)",
+            "there is no push record" if push_records is None else "it has none",
+        )
+    return reference
 
 
 def sequence_mean_inputs(image: Tensor) -> Tensor:
@@ -270,6 +337,26 @@ class CaseEvidence:
     precision: str = "fp32"
     """What the image as given was computed in: ``fp32``, ``bf16``, or ``fp32 (bf16 recheck)`` when bf16 was
     asked for and the case fell under the network's ``bf16_recheck_margin``."""
+    reference: Tensor | None = None
+    """S̄, (K,): the similarity the prototypes are ranked against (:func:`ranking_reference`); None: by Δy."""
+
+    @property
+    def ranking(self) -> str:
+        """What the prototypes are ranked by: ``relative`` (to :attr:`reference`) or ``contribution`` (Eq. 31)."""
+        return "contribution" if self.reference is None else "relative"
+
+    @property
+    def relative(self) -> Tensor | None:
+        """Δy relative to S̄, (C, K) (:func:`relative_contributions`); None without a reference."""
+        if self.reference is None:
+            return None
+        return relative_contributions(self.contributions[None], self.classifier_weight, self.reference)[0]
+
+    @property
+    def ranking_scores(self) -> Tensor:
+        """(C, K): what the prototypes are ranked by, :attr:`relative` or else Δy."""
+        relative = self.relative
+        return self.contributions if relative is None else relative
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
@@ -282,6 +369,7 @@ def explain_case(
     calibration: Calibration | None = None,
     flips: bool = False,
     flip_average: bool = False,
+    reference: Tensor | None = None,
 ) -> CaseEvidence:
     """Run ``model`` (in its current mode, without gradient) on one preprocessed case and collect its evidence.
 
@@ -292,6 +380,7 @@ def explain_case(
         flips: also measure the flip spread (:func:`scripts.uncertainty.spread_of`: 8 more forward passes).
         flip_average: the probabilities shown (and the predicted class, whose evidence is sorted first) are the
             mean over the 8 mirror images of the calibrated probabilities (the same 8 passes).
+        reference: S̄, (K_total,), to rank the prototypes against (:func:`ranking_reference`); None: by Δy.
     """
     calibration = Calibration() if calibration is None else calibration
     with torch.no_grad():
@@ -321,6 +410,7 @@ def explain_case(
         flip_spread=float(spread_of(mirrored, torch.tensor([predicted]))[0]) if flips else None,
         flip_average=flip_average,
         precision=precision,
+        reference=None if reference is None else reference.float().cpu(),
     )
 
 
@@ -409,8 +499,11 @@ def prediction_record(
     warning reads ``probabilities``. ``flip_spread`` is the evidence's (None: not measured); ``precision`` what
     the image as given was computed in (``fp32``, ``bf16``, ``fp32 (bf16 recheck)``).
 
-    Prototypes (pruned ones left out) are sorted by their contribution to the predicted class, largest first; each lists
-    its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
+    Prototypes (pruned ones left out) are sorted by what ``evidence_ranking`` names (:attr:`CaseEvidence.ranking`):
+    their contribution to the predicted class relative to the training cases' mean similarity (``relative``) or
+    their contribution itself (``contribution``), largest first. Each lists its scale, k, similarity, class
+    weights, ζ, contribution to every class logit (Eq. 31), the reference similarity S̄ and the contribution
+    relative to it (:func:`relative_contributions`; both None when ranked by contribution), the
     similarity change per sequence replaced by its mean (and :func:`driving_sequence`: the sequence that
     drives the match, or None), the case and class it was pushed from (``push_records``, in column
     order) with its mean S over each class's push-set cases, and ``separation`` / ``separates_classes``
@@ -430,6 +523,7 @@ def prediction_record(
     if push_records is not None and [(r["scale"], r["k"]) for r in push_records] != [tuple(c) for c in columns]:
         raise ValueError("the push records do not follow the model's prototype columns (another model's push.json?).")
     sequences = SEQUENCE_NAMES[: evidence.sequence_delta.shape[0]]
+    relative, ranked = evidence.relative, evidence.ranking_scores[evidence.predicted]
     entries = []
     for column, (scale, k) in enumerate(columns):
         if not evidence.active[column]:
@@ -451,6 +545,8 @@ def prediction_record(
                 "class_weights": _by_class(evidence.classifier_weight[:, column], class_names),
                 "zeta": _by_class(evidence.zeta[:, column], class_names),
                 "contribution": _by_class(evidence.contributions[:, column], class_names),
+                "reference_similarity": None if relative is None else float(evidence.reference[column]),
+                "relative_contribution": None if relative is None else _by_class(relative[:, column], class_names),
                 "sequence_evidence": _by_class(delta, sequences),
                 "driving_sequence": driving_sequence(_by_class(delta, sequences)),
                 "source": source,
@@ -460,7 +556,7 @@ def prediction_record(
             }
         )
     predicted = evidence.predicted
-    entries.sort(key=lambda entry: -evidence.contributions[predicted, entry["column"]].item())
+    entries.sort(key=lambda entry: -ranked[entry["column"]].item())
     probabilities = _by_class(evidence.probabilities, class_names)
     return {
         "predicted_class": class_names[predicted],
@@ -477,5 +573,6 @@ def prediction_record(
             probabilities, evidence.similarities[evidence.active].tolist(), evidence.flip_spread,
             class_names[int(evidence.logits.argmax())] if evidence.flip_average else None,
         ),
+        "evidence_ranking": evidence.ranking,
         "prototypes": entries,
     }

@@ -49,6 +49,7 @@ __all__ = [
     "grade_line",
     "overlay_panel",
     "prototype_strip",
+    "ranking_text",
     "separation_line",
     "separation_verdict",
     "sharedness_figure",
@@ -198,12 +199,25 @@ def separation_line(entry: Mapping[str, Any]) -> str:
     return text if verdict in (None, "yes") else f"{text}\n  ! {verdict.removeprefix('NO: ')}: weak evidence"
 
 
+def ranking_text(record: Mapping[str, Any]) -> str:
+    """What a ``prediction.json`` record's prototypes are sorted by (its ``evidence_ranking``), for a page's title."""
+    predicted = record["predicted_class"]
+    if record.get("evidence_ranking", "contribution") == "relative":
+        return f"contribution to {predicted} relative to the training cases' mean S"
+    return f"contribution to {predicted}"
+
+
 def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
-    """"similarity × weight = contribution" per class, the push-set means, then the per-sequence similarity change."""
+    """"similarity × weight = contribution" per class, the same relative to the training cases' mean S (when
+    recorded), the push-set means, then the per-sequence similarity change."""
     similarity = entry["similarity"]
     lines = [f"scale {entry['scale']}, k {entry['k']}:  S = {similarity:.2f}"]
     for name, weight in entry["class_weights"].items():
         lines.append(f"{name}: {similarity:.2f} × {weight:+.2f} = {entry['contribution'][name]:+.2f}")
+    relative = entry.get("relative_contribution")
+    if relative is not None:
+        lines.append(f"vs training mean S {entry['reference_similarity']:.2f}:")
+        lines.append("  " + "  ".join(f"{name} {value:+.2f}" for name, value in relative.items()))
     lines += separation_line(entry).split("\n")
     changes = [f"{name} {delta:+.2f}" for name, delta in entry["sequence_evidence"].items()]
     lines.append("ΔS, sequence set to its mean:")
@@ -243,13 +257,14 @@ def case_figure(
     sources: Mapping[int, SourceView | None],
 ) -> Figure:
     """The page of :func:`case_report`: the class evidence map, then a row per top prototype (those in
-    ``maps``), by scale then contribution; a red banner first when ``prediction["warnings"]`` is not empty.
+    ``maps``), by scale then rank (:func:`ranking_text`); a red banner first when ``prediction["warnings"]``
+    is not empty.
 
     Each prototype row: the case's sequences at the axial slice of the prototype's peak with its map,
     the source case at the prototype's own peak (on the sequence that drives the match, else FLAIR),
-    and "S × w = contribution" per class with the per-sequence similarity change. Maps are divided by
-    their maximum and drawn inside the brain only, on one colour bar; a peak outside the brain is
-    flagged in red. The title gives the true grade and whether the prediction agrees when
+    and "S × w = contribution" per class (and relative to the training mean S) with the per-sequence
+    similarity change. Maps are divided by their maximum and drawn inside the brain only, on one colour
+    bar; a peak outside the brain is flagged in red. The title gives the true grade and whether the prediction agrees when
     ``prediction["true_class"]`` is known.
 
     Args:
@@ -277,7 +292,7 @@ def case_figure(
         prediction.get("calibration", {}), prediction.get("flip_average", False), prediction.get("precision", "fp32")
     )
     title = (f"{case_id}: predicted {predicted} ({probability}, {calibration})\nlogits {logits}"
-             f"{known}; top prototypes per scale by contribution to {predicted}; research use only")
+             f"{known}; top prototypes per scale by {ranking_text(prediction)}; research use only")
     if warnings:
         title = "CAUTION: " + "\n".join(warnings) + "\n" + title  # a line each: three do not fit on one
     fig.suptitle(title, fontsize=9, color=CAUTION if warnings else "black",

@@ -42,6 +42,7 @@ from scripts.explain.report import (
     class_means_text,
     driving_line,
     grade_line,
+    ranking_text,
     separation_verdict,
 )
 from scripts.prototypes import SEPARATION_FLOOR
@@ -114,18 +115,28 @@ def start_slice(attention: np.ndarray, brain: np.ndarray, peak_z: int) -> int:
     return int(drawn.argmax()) if drawn.any() else int(brain.sum(axis=(0, 1)).argmax())
 
 
+def _relative_cells(entry: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    """S̄ and Δy − w·S̄ per class, or dashes where the record has no reference similarity."""
+    relative = entry.get("relative_contribution")
+    if relative is None:
+        return ["–"] * (len(classes) + 1)
+    return [f"{entry['reference_similarity']:.3f}", *(f"{relative[c]:+.3f}" for c in classes)]
+
+
 def _table(record: Mapping[str, Any]) -> str:
     """The contribution table: one row per prototype, sorted as in ``prediction.json``."""
     classes = record["class_names"]
     sequences = list(record["prototypes"][0]["sequence_evidence"]) if record["prototypes"] else []
-    head = ["scale", "k", "S", *(f"w {c}" for c in classes), *(f"Δy {c}" for c in classes),
-            *(f"ΔS {s}" for s in sequences), "driving", "source", "S on training cases", "separates", "peak in brain"]
+    head = ["scale", "k", "S", *(f"w {c}" for c in classes), *(f"Δy {c}" for c in classes), "S̄",
+            *(f"Δy − w·S̄ {c}" for c in classes), *(f"ΔS {s}" for s in sequences), "driving", "source",
+            "S on training cases", "separates", "peak in brain"]
     rows = []
     for entry in record["prototypes"]:
         source = entry.get("source") or {}
         cells = [entry["scale"], entry["k"], f"{entry['similarity']:.3f}",
                  *(f"{entry['class_weights'][c]:+.2f}" for c in classes),
                  *(f"{entry['contribution'][c]:+.3f}" for c in classes),
+                 *_relative_cells(entry, classes),
                  *(f"{entry['sequence_evidence'][s]:+.3f}" for s in sequences),
                  driving_line(entry).split("\n")[0],
                  f"{source.get('case_id', '–')} ({source.get('class_name', '–')})" if source else "–",
@@ -307,7 +318,10 @@ peak (the voxel <code>maps.json</code> gives); it is flagged when that voxel lie
 Link to a view: <code>report.html#overlay=s1_k0&amp;z=20</code>.</p>
 <div class="bar"></div><p style="font-size: 12px">0 → 1: {html.escape(COLOUR_BAR_LABEL)}</p>
 <h2>Prototype evidence</h2>
-<p>S: similarity; w: classifier weight; Δy = S·w, the prototype's contribution to each class logit (Eq. 31);
+<p>Sorted by {html.escape(ranking_text(record))}. S: similarity; w: classifier weight; Δy = S·w, the
+prototype's contribution to each class logit (Eq. 31); S̄: the mean of its S over the training cases, each class
+weighted alike; Δy − w·S̄ = w·(S − S̄): its contribution compared with a training case of average similarity (a
+prototype every case matches alike adds about nothing there, however large its Δy);
 ΔS: change of S when a sequence is set to its mean (negative: the sequence supports the match);
 S on training cases: the prototype's mean S over each class's training cases (the push set); "separates": whether
 that mean is higher, by at least {SEPARATION_FLOOR}, for the class it votes for than for any other (a prototype that

@@ -180,6 +180,7 @@ class GliomaGradingInfer(BundleInferTask):
                 class_names=self.bundle_config.get_parsed_content("class_names"),
                 push_dir=os.path.dirname(self.const.model_path),
                 top_per_scale=self.bundle_config.get_parsed_content("top_prototypes_per_scale"),
+                evidence_ranking=self.bundle_config.get_parsed_content("evidence_ranking"),
                 write_report=False,
                 scale_combination=self.bundle_config.get_parsed_content("scale_combination"),
                 calibration=self.bundle_config.get_parsed_content("calibration"),

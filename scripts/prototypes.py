@@ -23,6 +23,7 @@ __all__ = [
     "ZETA_EPS",
     "ScaleTerms",
     "class_separation",
+    "ranked_columns",
     "reference_similarity",
     "soft_class_coefficients",
     "soft_ownership",
@@ -38,9 +39,10 @@ SEPARATION_FLOOR = 0.05
 (or better than) the cases of the class it votes for: its match says little about the class."""
 
 EVIDENCE_RANKINGS = ("relative", "contribution")
-"""What a case's prototypes are ranked by, for what a reader is shown first: ``relative``, w·(S − S̄), the
+"""What a case's prototypes are ranked by, for what a reader is shown first: ``relative``, the prototypes that
+vote for the class (w > 0: those its evidence map is made of, Eq. 27) first, each group by w·(S − S̄), the
 contribution relative to a training case of average similarity (S̄: :func:`reference_similarity`); or
-``contribution``, Δy = w·S (Eq. 31)."""
+``contribution``, by Δy = w·S (Eq. 31) alone."""
 
 
 def class_separation(class_similarity: Mapping[str, float | None] | None, favoured: str) -> float | None:
@@ -84,6 +86,21 @@ def reference_similarity(class_similarities: Sequence[Mapping[str, float | None]
             return None
         means.append(math.fsum(float(v) for v in values) / len(values))
     return torch.tensor(means, dtype=torch.float64)
+
+
+def ranked_columns(scores: torch.Tensor, active: torch.Tensor | None = None, first: torch.Tensor | None = None) -> list[int]:
+    """Classifier columns by ``scores``, largest first (lower column first on ties), those in ``first`` before the rest.
+
+    Args:
+        scores: one case's ranking score of each prototype for one class, (K_total,).
+        active: (K_total,) bool, the prototypes not pruned (``model.active_columns``); None: all. Others are left out.
+        first: (K_total,) bool, the prototypes ranked ahead of every other (those voting for the class); None: none.
+    """
+    if scores.ndim != 1:
+        raise ValueError(f"need one score per column (K_total,), got {tuple(scores.shape)}.")
+    order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+    order = [c for c in order if active is None or bool(active[c])]
+    return order if first is None else [c for c in order if first[c]] + [c for c in order if not first[c]]
 
 
 def soft_class_coefficients(classifier_weight: torch.Tensor) -> torch.Tensor:

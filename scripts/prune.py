@@ -54,7 +54,7 @@ from scripts.engine.stages import Schedule, parameter_groups
 from scripts.evaluate.fold import METRICS_JSON, load_fold_weights
 from scripts.evaluate.outputs import write_json
 from scripts.evaluate.prototypes import prototype_peaks, top_prototype_columns
-from scripts.explain.evidence import ranking_contributions, ranking_reference
+from scripts.explain.evidence import ranking_contributions, ranking_first, ranking_reference
 from scripts.explain.gallery import write_gallery
 from scripts.losses import LastLayerLoss, Stage1Loss, forget_loss
 from scripts.networks import UMProtoShare, prototype_descriptors
@@ -139,7 +139,9 @@ def prototype_usage(
         for batch in loader:
             x = plain_tensor(batch["image"]).to(device)
             explanation = model.explain(x)
-            contributions = ranking_contributions(explanation.similarities, model.classifier.effective_weight, reference)
+            weight = model.classifier.effective_weight
+            contributions = ranking_contributions(explanation.similarities, weight, reference)
+            first = ranking_first(weight, reference)
             predicted = explanation.logits.argmax(dim=1)
             brains = foreground_mask(x.cpu())[:, 0]
             for entry in explanation.per_scale:
@@ -150,7 +152,8 @@ def prototype_usage(
                 within = brains[i] if model.map_support == "brain" else None  # read as the reports read it
                 peaks = prototype_peaks(maps, model.prototype_columns, everything, x.shape[2:], within)
                 outside += torch.tensor([0.0 if brains[i][tuple(p)] else 1.0 for p in peaks])
-                top[top_prototype_columns(contributions[i, predicted[i]].cpu(), top_k, active)] += 1
+                voting = None if first is None else first[predicted[i]].cpu()
+                top[top_prototype_columns(contributions[i, predicted[i]].cpu(), top_k, active, voting)] += 1
                 if str(case_id) in keep_images:
                     images[str(case_id)] = x[i].cpu()
             cases += x.shape[0]

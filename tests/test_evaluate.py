@@ -178,7 +178,8 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
     assert metrics["topk_separating"] == pytest.approx(np.mean(shares), abs=1e-12)
     expected = np.mean([row["topk_separating"] for row in correct]) if correct else None
     assert metrics["topk_separating_correct"] == pytest.approx(expected, abs=1e-12)
-    # the top 6 are ranked by w·(S − S̄) (the default), S̄ from the push record's class means
+    # the top 6 (the default ranking): the predicted class's voters (w > 0) first, each group by w·(S − S̄), S̄
+    # from the push record's class means
     assert metrics["evidence_ranking"] == "relative"
     reference = reference_similarity([r["class_similarity"] for r in push["records"]]).float()
     weight = evaluated.network.classifier.effective_weight.detach()
@@ -188,7 +189,8 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
             explanation = evaluated.network.explain(case["image"].as_tensor()[None])
         predicted = int(explanation.logits[0].argmax())
         score = (explanation.similarities[0] - reference) * weight[predicted]
-        top = [c for c in torch.sort(score, descending=True, stable=True).indices.tolist() if active[c]][:6]
+        order = [c for c in torch.sort(score, descending=True, stable=True).indices.tolist() if active[c]]
+        top = ([c for c in order if weight[predicted, c] > 0] + [c for c in order if weight[predicted, c] <= 0])[:6]
         share = sum(separates_column[c] for c in top) / len(top)
         assert by_case[case_id]["topk_separating"] == pytest.approx(share, abs=1e-9)
 

@@ -39,7 +39,7 @@ from scripts.explain.report import (
     separation_verdict,
 )
 from scripts.networks import UMProtoShare
-from scripts.prototypes import reference_similarity
+from scripts.prototypes import ranked_columns, reference_similarity
 
 
 def test_eq31_contributions_hand_computed():
@@ -102,11 +102,17 @@ def test_eq27_per_scale_maps_hand_computed_and_sum_to_class_map():
     torch.testing.assert_close(product[0], maps.clamp_min(1e-12).log().sum(0).exp())
 
 
-def test_top_columns_per_scale_by_contribution():
+def test_ranked_columns_and_the_first_of_each_scale():
     columns = [(1, 0), (1, 1), (1, 2), (3, 0), (3, 1)]
-    contributions = torch.tensor([0.1, 0.9, -0.3, -0.5, -0.2])
-    assert top_columns(contributions, columns, per_scale=2) == [1, 0, 4, 3]
-    assert top_columns(contributions, columns, per_scale=5) == [1, 0, 2, 4, 3]
+    scores = torch.tensor([0.1, 0.9, -0.3, -0.5, -0.2])
+    order = ranked_columns(scores)
+    assert order == [1, 0, 4, 2, 3]
+    assert top_columns(order, columns, per_scale=2) == [1, 0, 4, 3]
+    assert top_columns(order, columns, per_scale=5) == [1, 0, 2, 4, 3]
+    first = torch.tensor([False, False, True, True, False])  # columns 2 and 3 ahead, each group by score
+    assert ranked_columns(scores, first=first) == [2, 3, 1, 0, 4]
+    assert ranked_columns(scores, torch.tensor([True, False, True, True, True]), first) == [2, 3, 0, 4]
+    assert ranked_columns(torch.tensor([0.5, 0.5, 0.5])) == [0, 1, 2]  # ties: lower column first
 
 
 def _evidence(calibration: Calibration | None = None, active: list[bool] | None = None) -> CaseEvidence:
@@ -191,25 +197,40 @@ def test_relative_contributions_hand_computed_sum_to_the_logits_less_the_referen
 
 
 def test_prediction_record_ranks_against_the_training_mean_when_given_one():
-    columns, names = [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"]
-    plain = _evidence()
-    relative = dataclasses.replace(plain, reference=reference_similarity(RANKING_MEANS).float())
-    # HGG predicted: Δy = -0.1, 1.2, 0 ranks 1, 2, 0; w·(S - S̄) = 0.1, -0.1, 0 ranks 0, 2, 1: column 1 matches
-    # HGG well (S 0.6) but less than the average training case does (S̄ 0.65)
+    # four prototypes, columns 0 and 1 vote HGG, 2 and 3 LGG; column 0 matches every training case alike
+    columns, names = [(1, 0), (1, 1), (1, 2), (2, 0)], ["LGG", "HGG"]
+    similarities = torch.tensor([0.99, 0.8, 0.7, 0.3])
+    weight = torch.tensor([[-0.5, -0.5, 1.0, 1.0], [1.0, 1.0, -0.5, -0.5]])
+    means = [{"LGG": 0.98, "HGG": 0.99}, {"LGG": 0.5, "HGG": 0.9}, {"LGG": 0.9, "HGG": 0.5}, {"LGG": 0.8, "HGG": 0.4}]
+    contributions = prototype_contributions(similarities[None], weight)[0]
+    logits = contributions.sum(1)  # LGG 0.105, HGG 1.29
+    plain = CaseEvidence(
+        logits=logits, probabilities=torch.softmax(logits, 0), raw_probabilities=torch.softmax(logits, 0),
+        calibration=Calibration(), predicted=1, similarities=similarities, classifier_weight=weight,
+        zeta=torch.zeros(2, 4), contributions=contributions, sequence_delta=torch.zeros(4, 4),
+        maps_per_scale=[torch.zeros(3, 2, 2, 2), torch.zeros(1, 1, 1, 1)], scales=[1, 2], active=torch.ones(4, dtype=torch.bool),
+    )
+    relative = dataclasses.replace(plain, reference=reference_similarity(means).float())  # S̄ 0.985, 0.7, 0.7, 0.6
+    # Δy for HGG: 0.99, 0.8, -0.35, -0.15 ranks 0, 1, 3, 2. w·(S - S̄): 0.005, 0.1, 0, 0.15; the HGG voters first:
+    # column 1 (matched more than usual) before column 0 (matched as every case is); column 3, an LGG pattern this
+    # case matches less than usual, only after them
     record = prediction_record(relative, columns, names)
-    assert record["evidence_ranking"] == "relative" and [p["column"] for p in record["prototypes"]] == [0, 2, 1]
+    assert record["evidence_ranking"] == "relative" and [p["column"] for p in record["prototypes"]] == [1, 0, 3, 2]
     first = record["prototypes"][0]
-    assert first["reference_similarity"] == pytest.approx(0.4)
-    assert first["relative_contribution"] == pytest.approx({"LGG": -0.2, "HGG": 0.1})
-    assert first["contribution"] == pytest.approx({"LGG": 0.2, "HGG": -0.1})  # Eq. 31 is still reported
-    assert top_columns(relative.ranking_scores[relative.predicted], columns, 3) == [0, 2, 1]
+    assert first["reference_similarity"] == pytest.approx(0.7)
+    assert first["relative_contribution"] == pytest.approx({"LGG": -0.05, "HGG": 0.1})
+    assert first["contribution"] == pytest.approx({"LGG": -0.4, "HGG": 0.8})  # Eq. 31 is still reported
+    total = sum(p["relative_contribution"]["HGG"] for p in record["prototypes"])
+    assert total == pytest.approx(1.29 - (0.985 + 0.7 - 0.35 - 0.3))  # the logit less a case with S = S̄
+    assert top_columns(relative.ranked(1), columns, 1) == [1, 3]
     old = prediction_record(plain, columns, names)
-    assert old["evidence_ranking"] == "contribution" and [p["column"] for p in old["prototypes"]] == [1, 2, 0]
+    assert old["evidence_ranking"] == "contribution" and [p["column"] for p in old["prototypes"]] == [0, 1, 3, 2]
     assert old["prototypes"][0]["reference_similarity"] is None and old["prototypes"][0]["relative_contribution"] is None
-    assert ranking_text(record) == "contribution to HGG relative to the training cases' mean S"
-    assert ranking_text(old) == "contribution to HGG"
+    assert ranking_text(record) == (
+        "those voting for HGG (w > 0) first, each by its contribution to HGG relative to the training cases' mean S")
+    assert ranking_text(old) == "by contribution to HGG"
     lines = contribution_lines(first)
-    assert lines[lines.index("vs training mean S 0.40:") + 1] == "  LGG -0.20  HGG +0.10"
+    assert lines[lines.index("vs training mean S 0.70:") + 1] == "  LGG -0.05  HGG +0.10"
     assert not any(line.startswith("vs training mean") for line in contribution_lines(old["prototypes"][0]))
 
 
@@ -231,8 +252,8 @@ def test_a_pruned_prototype_is_neither_listed_nor_chosen():
     record = prediction_record(evidence, [(1, 0), (1, 1), (1, 2)], ["LGG", "HGG"])
     assert record["predicted_class"] == "LGG"
     assert [p["column"] for p in record["prototypes"]] == [0, 2]
-    assert top_columns(evidence.contributions[0], [(1, 0), (1, 1), (1, 2)], 3, evidence.active) == [0, 2]
-    assert top_columns(evidence.contributions[0], [(1, 0), (1, 1), (1, 2)], 3) == [0, 1, 2]
+    assert evidence.ranked(0) == [0, 2] and top_columns(evidence.ranked(0), [(1, 0), (1, 1), (1, 2)], 3) == [0, 2]
+    assert ranked_columns(evidence.contributions[0]) == [0, 1, 2]
 
 
 def test_the_banner_reads_the_calibrated_probability():

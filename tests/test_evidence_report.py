@@ -146,7 +146,7 @@ def test_report_page_banner_brain_only_overlays_flagged_peaks_letters_and_grade(
                          {0: None, 1: source})
     title = figure.get_suptitle()
     assert title.startswith("CAUTION: low confidence: top probability 0.52")
-    assert title.count("\n") == len(record["warnings"]) + 1  # a line per warning, then the case and the grade lines
+    assert title.count("\n") == len(record["warnings"]) + 2  # a line per warning, the case and grade lines, the ranking
     assert "predicted HGG (p(HGG) = 0.520, uncalibrated softmax)" in title
     assert "true grade LGG (prediction DISAGREES)" in title
     certain = {**record, "probabilities": {"LGG": 2e-5, "HGG": 0.99998}, "warnings": [],

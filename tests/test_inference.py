@@ -126,10 +126,11 @@ def test_prototypes_sorted_with_their_push_source_and_sequence_evidence(served):
     prediction = served.prediction
     predicted = prediction["predicted_class"]
     assert prediction["evidence_ranking"] == "relative"  # the default, with a push record holding class means
-    relative = [entry["relative_contribution"][predicted] for entry in prediction["prototypes"]]
-    assert relative == sorted(relative, reverse=True)
-    contributions = [entry["contribution"][predicted] for entry in prediction["prototypes"]]
-    assert contributions != sorted(contributions, reverse=True)  # this model's Δy alone would order them otherwise
+    voting = [entry["class_weights"][predicted] > 0 for entry in prediction["prototypes"]]
+    assert voting == sorted(voting, reverse=True)  # the predicted class's voters first
+    for group in (True, False):  # each group by w·(S − S̄)
+        relative = [e["relative_contribution"][predicted] for e, v in zip(prediction["prototypes"], voting) if v == group]
+        assert relative == sorted(relative, reverse=True)
     for entry in prediction["prototypes"]:
         record = served.push.records[entry["column"]]
         assert entry["source"]["case_id"] == record["case_id"] and entry["source"]["class_name"] == record["class_name"]
@@ -240,7 +241,8 @@ def test_html_report_beside_the_png(served):
         assert cells in page
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td>", page)
     assert rows == [(str(e["scale"]), str(e["k"])) for e in served.prediction["prototypes"]]
-    assert "Sorted by contribution to " + served.prediction["predicted_class"] + " relative to the training" in page
+    predicted = served.prediction["predicted_class"]
+    assert f"Sorted: those voting for {predicted} (w &gt; 0) first, each by its contribution to {predicted}" in page
 
 
 def test_a_missing_input_dir_is_one_line_exit_2_and_errors_json(served, tmp_path):

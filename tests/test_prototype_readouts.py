@@ -184,12 +184,25 @@ def test_evaluation_maps_the_ground_truth_class_and_reads_eq28_and_peaks():
         nearest = float(((tumour - torch.stack(peak).double()) ** 2).sum(dim=1).min().sqrt())
         assert result.peaks["topk_peak_tumour_distance"][i] == pytest.approx(nearest)
         assert result.top_columns[i] == [column]
-    # ranked against a reference S̄ (beyond any S for column 0): the top-1 is w·(S − S̄)'s argmax, not Δy's
-    reference = torch.tensor([2.0, 0.0])
-    ranked = predict_fold(model, [batch], "cpu", scale_combination="product", top_prototypes=1, reference=reference)
-    weight = model.classifier.weight.detach()
-    for i in range(2):
-        predicted = int(ranked.probs[i].argmax())
-        column = int(((explanation.similarities[i] - reference) * weight[predicted]).argmax())
-        assert ranked.top_columns[i] == [column]
-    assert ranked.top_columns != result.top_columns
+
+
+def test_evaluation_ranks_a_classs_voters_first_by_their_contribution_relative_to_the_reference():
+    model = shared_model()
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor([[1.0, 0.5], [-1.0, 1.0]]))  # class 0: both vote; class 1: column 1
+    images = torch.randn(4, 4, 32, 32, 24, generator=torch.Generator().manual_seed(7))
+    batch = {"image": images, "label": torch.tensor([0, 1, 0, 1]), "case_id": list("abcd")}
+    reference = torch.tensor([2.0, 0.0])  # beyond any S: column 0 adds less than nothing to class 0
+    plain = predict_fold(model, [batch], "cpu", top_prototypes=2)
+    ranked = predict_fold(model, [batch], "cpu", top_prototypes=2, reference=reference)
+    with torch.no_grad():
+        explanation = model.explain(images)
+    for i, similarities in enumerate(explanation.similarities):
+        predicted = int(explanation.logits[i].argmax())
+        weight = model.classifier.weight[predicted]
+        by_delta = sorted(range(2), key=lambda c: -float(similarities[c] * weight[c]))
+        assert plain.top_columns[i] == by_delta
+        relative = (similarities - reference) * weight
+        voters = sorted([c for c in range(2) if weight[c] > 0], key=lambda c: -float(relative[c]))
+        assert ranked.top_columns[i] == voters + [c for c in range(2) if c not in voters]
+    assert ranked.top_columns != plain.top_columns

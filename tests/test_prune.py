@@ -196,8 +196,8 @@ def test_top_contributors_are_counted_as_ranked_against_the_reference(phantoms):
         with torch.no_grad():
             explanation = model.explain(batch["image"])
         for similarities, logits in zip(explanation.similarities, explanation.logits):
-            weight = model.classifier.weight[int(logits.argmax())]
-            expected[int(((similarities - reference) * weight).argmax())] += 1
+            weight = model.classifier.weight[int(logits.argmax())]  # the class's voters (w > 0) first
+            expected[int(torch.where(weight > 0, (similarities - reference) * weight, -torch.inf).argmax())] += 1
     assert usage.top_count.tolist() == expected.tolist()
     assert usage.top_count.tolist() != prototype_usage(model, phantoms, 1, torch.device("cpu")).top_count.tolist()
 

@@ -39,7 +39,7 @@ from scripts.data.transforms import make_dataset
 from scripts.data.validate import validate_cases
 from scripts.engine.iteration import plain_tensor
 from scripts.explain.attribution import class_map
-from scripts.explain.evidence import confidence_warnings, ranking_contributions, ranking_reference
+from scripts.explain.evidence import confidence_warnings, ranking_contributions, ranking_first, ranking_reference
 from scripts.explain.sources import load_push_for
 from scripts.maps import DEFAULT_SCALE_COMBINATION
 from scripts.metrics import (
@@ -175,7 +175,8 @@ def predict_fold(
             preprocessed affine (an uncached dataset).
         scale_combination, brain_only: see :func:`scripts.explain.attribution.class_map`.
         top_prototypes: prototypes per case whose peaks are read: the first by their contribution to the predicted
-            class, relative to ``reference`` when given (:func:`scripts.explain.evidence.ranking_contributions`).
+            class (Δy), or with a ``reference`` those voting for it first, each group by Δy relative to it
+            (:func:`scripts.explain.evidence.ranking_contributions`, :func:`~scripts.explain.evidence.ranking_first`).
         reference: S̄, (K_total,) (:func:`scripts.explain.evidence.ranking_reference`); None: by Δy (Eq. 31).
     """
     network.eval()
@@ -197,6 +198,7 @@ def predict_fold(
                 logits = explanation.logits
                 weight = model.classifier.effective_weight
                 contributions = ranking_contributions(explanation.similarities, weight, reference)
+                first = ranking_first(weight, reference)
                 eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
             else:
                 logits = network(images)
@@ -217,7 +219,8 @@ def predict_fold(
                 values.append(case.get(key, float("nan")))
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
-                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes, model.active_columns)
+                voting = None if first is None else first[predicted[i]]
+                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes, model.active_columns, voting)
                 top_columns.append(chosen)
                 case_maps = [entry.maps[i] for entry in explanation.per_scale]
                 within = brain if model.map_support == "brain" else None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scripts.prototypes import SEPARATION_FLOOR, class_separation
+from scripts.prototypes import SEPARATION_FLOOR, class_separation, ranked_columns
 from scripts.push import peak_voxel
 
 __all__ = [
@@ -55,18 +55,20 @@ READOUT_KEYS = (
 """The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
 
 
-def top_prototype_columns(contributions: Tensor, top_k: int = TOP_PROTOTYPES, active: Tensor | None = None) -> list[int]:
-    """Classifier columns of the ``top_k`` largest contributions, largest first (lower column first on ties).
+def top_prototype_columns(
+    contributions: Tensor, top_k: int = TOP_PROTOTYPES, active: Tensor | None = None, first: Tensor | None = None
+) -> list[int]:
+    """Classifier columns of the ``top_k`` first by :func:`~scripts.prototypes.ranked_columns`.
 
     Args:
-        contributions: one case's contribution of each prototype to one class, (K_total,).
+        contributions: one case's ranking score of each prototype for one class, (K_total,).
         top_k: how many (all active columns when there are fewer).
         active: (K_total,) bool, the prototypes not pruned (``model.active_columns``); None: all.
+        first: (K_total,) bool, the prototypes ranked ahead of the others; None: none.
     """
     if contributions.ndim != 1 or top_k < 1:
         raise ValueError(f"need contributions (K_total,) and top_k >= 1, got {tuple(contributions.shape)}, {top_k}.")
-    order = torch.sort(contributions, descending=True, stable=True).indices.tolist()
-    return [c for c in order if active is None or bool(active[c])][:top_k]
+    return ranked_columns(contributions, active, first)[:top_k]
 
 
 def prototype_peaks(

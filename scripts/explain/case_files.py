@@ -121,7 +121,7 @@ class CaseFiles:
             scale_maps = scale_class_maps(self.network, per_scale, [evidence.predicted], grid)
             class_map = class_map_from_maps(self.network, per_scale, [evidence.predicted], grid, self.scale_combination)
         columns = self.network.prototype_columns
-        chosen = top_columns(evidence.ranking_scores[evidence.predicted], columns, self.top_per_scale, evidence.active)
+        chosen = top_columns(evidence.ranked(evidence.predicted), columns, self.top_per_scale)
         maps = {CLASS_MAP_KEY: class_map[0].cpu()}
         maps |= {f"scale{s}": volume[0].cpu() for s, volume in zip(evidence.scales, scale_maps)}
         maps |= {self._prototype_key(c): evidence.prototype_map(*columns[c], grid) for c in chosen}

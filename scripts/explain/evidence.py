@@ -31,6 +31,7 @@ from scripts.prototypes import (
     EVIDENCE_RANKINGS,
     SEPARATION_FLOOR,
     class_separation,
+    ranked_columns,
     reference_similarity,
     soft_class_coefficients,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "probability_text",
     "prototype_contributions",
     "ranking_contributions",
+    "ranking_first",
     "ranking_reference",
     "relative_contributions",
     "sequence_evidence",
@@ -127,6 +129,13 @@ def ranking_contributions(similarities: Tensor, classifier_weight: Tensor, refer
     is given (:func:`relative_contributions`)."""
     contributions = prototype_contributions(similarities, classifier_weight)
     return contributions if reference is None else relative_contributions(contributions, classifier_weight, reference)
+
+
+def ranking_first(classifier_weight: Tensor, reference: Tensor | None = None) -> Tensor | None:
+    """The prototypes ranked ahead of the others for each class, (C, K_total) bool: with a ``reference``, those
+    that vote for it (w > 0, Eq. 27's K⁺: the ones its evidence map is made of), so that what a reader sees
+    first are matches the case shows, not other classes' patterns it lacks; None (no precedence) without."""
+    return None if reference is None else classifier_weight > 0
 
 
 def ranking_reference(push_records: Sequence[Mapping[str, Any]] | None, ranking: str) -> Tensor | None:
@@ -277,25 +286,18 @@ def unit_scaled(volume: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
     return (data / peak if peak > 0 else np.zeros_like(data)), peak
 
 
-def top_columns(
-    contributions: Tensor, columns: Sequence[tuple[int, int]], per_scale: int, active: Tensor | None = None
-) -> list[int]:
-    """Classifier columns of the ``per_scale`` prototypes of each scale with the largest contribution.
+def top_columns(order: Sequence[int], columns: Sequence[tuple[int, int]], per_scale: int) -> list[int]:
+    """The ``per_scale`` first columns of each scale in a ranked ``order``.
 
     Args:
-        contributions: one class's Δy per column, (K_total,).
+        order: classifier columns, first first (:meth:`CaseEvidence.ranked`; pruned ones left out).
         columns: (scale, k) of each column (``model.prototype_columns``).
-        per_scale: how many per scale (fewer where a scale has fewer prototypes).
-        active: (K_total,) bool, the prototypes not pruned (``model.active_columns``); None: all.
+        per_scale: how many per scale (fewer where a scale has fewer in ``order``).
 
     Returns:
-        Columns by scale, then by contribution, largest first; never a pruned one.
+        Columns by scale, then in ``order``.
     """
-    chosen: list[int] = []
-    for scale in sorted({s for s, _ in columns}):
-        mine = [c for c, (s, _) in enumerate(columns) if s == scale and (active is None or bool(active[c]))]
-        chosen += sorted(mine, key=lambda c: -float(contributions[c]))[:per_scale]
-    return chosen
+    return [c for scale in sorted({s for s, _ in columns}) for c in [c for c in order if columns[c][0] == scale][:per_scale]]
 
 
 @dataclass
@@ -357,6 +359,16 @@ class CaseEvidence:
         """(C, K): what the prototypes are ranked by, :attr:`relative` or else Δy."""
         relative = self.relative
         return self.contributions if relative is None else relative
+
+    @property
+    def ranking_first(self) -> Tensor | None:
+        """(C, K) bool: the prototypes ranked ahead of the others (:func:`ranking_first`); None: none."""
+        return ranking_first(self.classifier_weight, self.reference)
+
+    def ranked(self, klass: int) -> list[int]:
+        """Active columns in the order a reader is shown them for class ``klass``."""
+        first = self.ranking_first
+        return ranked_columns(self.ranking_scores[klass], self.active, None if first is None else first[klass])
 
     def prototype_map(self, scale: int, k: int, size: Sequence[int]) -> Tensor:
         """Attention map M_s^k of this case upsampled to ``size`` (the input grid), (H, W, D)."""
@@ -500,8 +512,8 @@ def prediction_record(
     the image as given was computed in (``fp32``, ``bf16``, ``fp32 (bf16 recheck)``).
 
     Prototypes (pruned ones left out) are sorted by what ``evidence_ranking`` names (:attr:`CaseEvidence.ranking`):
-    their contribution to the predicted class relative to the training cases' mean similarity (``relative``) or
-    their contribution itself (``contribution``), largest first. Each lists its scale, k, similarity, class
+    those that vote for the predicted class first, each group by its contribution relative to the training cases'
+    mean similarity (``relative``), or by their contribution itself (``contribution``), largest first. Each lists its scale, k, similarity, class
     weights, ζ, contribution to every class logit (Eq. 31), the reference similarity S̄ and the contribution
     relative to it (:func:`relative_contributions`; both None when ranked by contribution), the
     similarity change per sequence replaced by its mean (and :func:`driving_sequence`: the sequence that
@@ -523,7 +535,7 @@ def prediction_record(
     if push_records is not None and [(r["scale"], r["k"]) for r in push_records] != [tuple(c) for c in columns]:
         raise ValueError("the push records do not follow the model's prototype columns (another model's push.json?).")
     sequences = SEQUENCE_NAMES[: evidence.sequence_delta.shape[0]]
-    relative, ranked = evidence.relative, evidence.ranking_scores[evidence.predicted]
+    relative = evidence.relative
     entries = []
     for column, (scale, k) in enumerate(columns):
         if not evidence.active[column]:
@@ -556,7 +568,8 @@ def prediction_record(
             }
         )
     predicted = evidence.predicted
-    entries.sort(key=lambda entry: -ranked[entry["column"]].item())
+    rank = {column: i for i, column in enumerate(evidence.ranked(predicted))}
+    entries.sort(key=lambda entry: rank[entry["column"]])
     probabilities = _by_class(evidence.probabilities, class_names)
     return {
         "predicted_class": class_names[predicted],

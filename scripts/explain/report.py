@@ -200,11 +200,12 @@ def separation_line(entry: Mapping[str, Any]) -> str:
 
 
 def ranking_text(record: Mapping[str, Any]) -> str:
-    """What a ``prediction.json`` record's prototypes are sorted by (its ``evidence_ranking``), for a page's title."""
+    """How a ``prediction.json`` record's prototypes are sorted (its ``evidence_ranking``), for both pages."""
     predicted = record["predicted_class"]
     if record.get("evidence_ranking", "contribution") == "relative":
-        return f"contribution to {predicted} relative to the training cases' mean S"
-    return f"contribution to {predicted}"
+        return (f"those voting for {predicted} (w > 0) first, each by its contribution to {predicted} relative to "
+                "the training cases' mean S")
+    return f"by contribution to {predicted}"
 
 
 def contribution_lines(entry: Mapping[str, Any]) -> list[str]:
@@ -292,7 +293,7 @@ def case_figure(
         prediction.get("calibration", {}), prediction.get("flip_average", False), prediction.get("precision", "fp32")
     )
     title = (f"{case_id}: predicted {predicted} ({probability}, {calibration})\nlogits {logits}"
-             f"{known}; top prototypes per scale by {ranking_text(prediction)}; research use only")
+             f"{known}; research use only\ntop prototypes per scale: {ranking_text(prediction)}")
     if warnings:
         title = "CAUTION: " + "\n".join(warnings) + "\n" + title  # a line each: three do not fit on one
     fig.suptitle(title, fontsize=9, color=CAUTION if warnings else "black",

@@ -318,7 +318,7 @@ peak (the voxel <code>maps.json</code> gives); it is flagged when that voxel lie
 Link to a view: <code>report.html#overlay=s1_k0&amp;z=20</code>.</p>
 <div class="bar"></div><p style="font-size: 12px">0 → 1: {html.escape(COLOUR_BAR_LABEL)}</p>
 <h2>Prototype evidence</h2>
-<p>Sorted by {html.escape(ranking_text(record))}. S: similarity; w: classifier weight; Δy = S·w, the
+<p>Sorted: {html.escape(ranking_text(record))}. S: similarity; w: classifier weight; Δy = S·w, the
 prototype's contribution to each class logit (Eq. 31); S̄: the mean of its S over the training cases, each class
 weighted alike; Δy − w·S̄ = w·(S − S̄): its contribution compared with a training case of average similarity (a
 prototype every case matches alike adds about nothing there, however large its Δy);

@@ -88,8 +88,10 @@ def reference_similarity(class_similarities: Sequence[Mapping[str, float | None]
     return torch.tensor(means, dtype=torch.float64)
 
 
-def ranked_columns(scores: torch.Tensor, active: torch.Tensor | None = None, first: torch.Tensor | None = None) -> list[int]:
-    """Classifier columns by ``scores``, largest first (lower column first on ties), those in ``first`` before the rest.
+def ranked_columns(
+    scores: torch.Tensor, active: torch.Tensor | None = None, first: torch.Tensor | None = None
+) -> list[int]:
+    """Classifier columns by ``scores``, largest first (lower column first on ties), ``first`` ones before the rest.
 
     Args:
         scores: one case's ranking score of each prototype for one class, (K_total,).

@@ -220,7 +220,8 @@ def predict_fold(
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
                 voting = None if first is None else first[predicted[i]]
-                chosen = top_prototype_columns(contributions[i, predicted[i]], top_prototypes, model.active_columns, voting)
+                scores = contributions[i, predicted[i]]
+                chosen = top_prototype_columns(scores, top_prototypes, model.active_columns, voting)
                 top_columns.append(chosen)
                 case_maps = [entry.maps[i] for entry in explanation.per_scale]
                 within = brain if model.map_support == "brain" else None

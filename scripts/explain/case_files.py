@@ -7,9 +7,9 @@ on the input files' grid, each divided by its maximum (header window 0–1): ``e
 computes it: scales combined by ``scale_combination``, or Eq. 26 for a class-specific model),
 ``evidence_<class>_brain.nii.gz`` (the same, zero outside the brain), ``evidence_<class>_scale<s>.nii.gz``
 (its per-scale terms, Eq. 27 or 26) and ``prototype_s<s>_k<k>.nii.gz`` for the ``top_per_scale``
-prototypes of each scale that rank first for the predicted class (:attr:`~scripts.explain.evidence.CaseEvidence.ranking`). ``maps.json`` says what
-each map shows, its raw maximum and peak (one :class:`~scripts.explain.input_grid.InputMap` per map,
-which both reports read too).
+prototypes of each scale that rank first for the predicted class
+(:meth:`~scripts.explain.evidence.CaseEvidence.ranked`). ``maps.json`` says what each map shows, its raw
+maximum and peak (one :class:`~scripts.explain.input_grid.InputMap` per map, which both reports read too).
 """
 
 from __future__ import annotations

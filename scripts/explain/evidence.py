@@ -297,7 +297,8 @@ def top_columns(order: Sequence[int], columns: Sequence[tuple[int, int]], per_sc
     Returns:
         Columns by scale, then in ``order``.
     """
-    return [c for scale in sorted({s for s, _ in columns}) for c in [c for c in order if columns[c][0] == scale][:per_scale]]
+    by_scale = {scale: [c for c in order if columns[c][0] == scale] for scale in sorted({s for s, _ in columns})}
+    return [c for chosen in by_scale.values() for c in chosen[:per_scale]]
 
 
 @dataclass
@@ -511,11 +512,12 @@ def prediction_record(
     warning reads ``probabilities``. ``flip_spread`` is the evidence's (None: not measured); ``precision`` what
     the image as given was computed in (``fp32``, ``bf16``, ``fp32 (bf16 recheck)``).
 
-    Prototypes (pruned ones left out) are sorted by what ``evidence_ranking`` names (:attr:`CaseEvidence.ranking`):
-    those that vote for the predicted class first, each group by its contribution relative to the training cases'
-    mean similarity (``relative``), or by their contribution itself (``contribution``), largest first. Each lists its scale, k, similarity, class
-    weights, ζ, contribution to every class logit (Eq. 31), the reference similarity S̄ and the contribution
-    relative to it (:func:`relative_contributions`; both None when ranked by contribution), the
+    Prototypes (pruned ones left out) are sorted as ``evidence_ranking`` says (:meth:`CaseEvidence.ranked`):
+    those that vote for the predicted class first, each group by its contribution relative to the training
+    cases' mean similarity (``relative``), or by the contribution itself (``contribution``), largest first.
+    Each lists its scale, k, similarity, class weights, ζ, contribution to every class logit (Eq. 31), the
+    reference similarity S̄ and the contribution relative to it (:func:`relative_contributions`; both None
+    when ranked by contribution), the
     similarity change per sequence replaced by its mean (and :func:`driving_sequence`: the sequence that
     drives the match, or None), the case and class it was pushed from (``push_records``, in column
     order) with its mean S over each class's push-set cases, and ``separation`` / ``separates_classes``

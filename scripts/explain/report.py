@@ -265,8 +265,8 @@ def case_figure(
     the source case at the prototype's own peak (on the sequence that drives the match, else FLAIR),
     and "S × w = contribution" per class (and relative to the training mean S) with the per-sequence
     similarity change. Maps are divided by their maximum and drawn inside the brain only, on one colour
-    bar; a peak outside the brain is flagged in red. The title gives the true grade and whether the prediction agrees when
-    ``prediction["true_class"]`` is known.
+    bar; a peak outside the brain is flagged in red. The title gives the true grade and whether the
+    prediction agrees when ``prediction["true_class"]`` is known.
 
     Args:
         case_id: shown in the title.

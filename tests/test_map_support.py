@@ -45,6 +45,42 @@ def test_foreground_on_grid_keeps_every_cell_that_touches_the_brain():
     assert coarse.sum() == 1 and coarse[0, 0, 0, 1, 1] == 1
 
 
+def test_foreground_on_grid_by_majority_keeps_the_cells_at_least_half_brain():
+    mask = torch.zeros(1, 1, 4, 4, 2)
+    mask[0, 0, 0:2, 0:2, 0] = 1  # cell (0, 0, 0) of the 2 × 2 × 1 grid: 4 of its 8 voxels, exactly half
+    mask[0, 0, 2, 2, 0] = 1  # cell (1, 1, 0): 1 of 8
+    mask[0, 0, 0:2, 2:4, :] = 1  # cell (0, 1, 0): all 8
+    mask[0, 0, 2:4, 0:2, 0:1] = 1
+    mask[0, 0, 2, 0, 1] = 1  # cell (1, 0, 0): 5 of 8
+    majority = foreground_on_grid(mask, [2, 2, 1], "majority")[0, 0, :, :, 0]
+    assert majority.tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    assert foreground_on_grid(mask, [2, 2, 1])[0, 0, :, :, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]  # any
+    flat = mask[:, :, :, :, 0]  # 2-D, depth 0 alone: the cells hold 4, 4, 4 and 1 of their 4 pixels
+    assert foreground_on_grid(flat, [2, 2], "majority")[0, 0].tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    with pytest.raises(ValueError, match="majority"):
+        foreground_on_grid(mask, [2, 2, 1], "half")
+
+
+def test_majority_cells_keep_the_coarse_maps_off_cells_mostly_outside_the_brain():
+    torch.manual_seed(0)
+    model = UMProtoShare(**TINY, map_support="brain", map_support_cells="majority").eval()
+    x = _box_input(batch=1)
+    with torch.no_grad():
+        explanation = model.explain(x)
+    inside = torch.zeros(1, 1, 32, 32, 24)
+    inside[(0, 0, *BOX)] = 1
+    for entry in explanation.per_scale:
+        size = list(entry.maps.shape[2:])
+        share = F.adaptive_avg_pool3d(inside, size)  # each cell's share of brain voxels
+        support = share >= 0.5
+        assert (share[~support] > 0).any() or entry.scale == 1  # coarser grids have straddling cells left out
+        maps = entry.maps
+        assert torch.equal(maps.masked_select(~support.expand_as(maps)), torch.zeros(int((~support).sum()) * maps.shape[1]))
+        assert (maps.masked_select(support.expand_as(maps)) > 0).all()
+    with pytest.raises(ValueError, match="map_support_cells"):
+        UMProtoShare(**TINY, map_support="brain", map_support_cells="most")
+
+
 def test_brain_supported_maps_are_exactly_zero_outside_the_box_and_still_sum_to_one():
     torch.manual_seed(0)
     model = UMProtoShare(**TINY, map_support="brain").eval()

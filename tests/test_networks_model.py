@@ -148,12 +148,18 @@ def test_bad_model_configuration_raises(kwargs):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"prototypes_per_scale": (0, 0, 30), "fusion": "none", "prototype_sharing": "class_specific"}]
+    "kwargs",
+    [
+        {},
+        {"prototypes_per_scale": (0, 0, 30), "fusion": "none", "prototype_sharing": "class_specific"},
+        {"map_support": "brain", "map_support_margin": 3, "map_support_cells": "majority"},
+    ],
 )
 def test_torchscript_logits_equal_python(kwargs):
     model = tiny(**kwargs).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(2, 4, 32, 32, 24)
+    x[:, :, :4] = -3.0  # a background slab: the brain support has a border
     torch.testing.assert_close(scripted(x), model(x))
 
 

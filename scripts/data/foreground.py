@@ -14,10 +14,13 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FOREGROUND_TOLERANCE", "brain_mask", "erode", "foreground_mask", "foreground_on_grid"]
+__all__ = ["FOREGROUND_TOLERANCE", "GRID_CELL_RULES", "brain_mask", "erode", "foreground_mask", "foreground_on_grid"]
 
 FOREGROUND_TOLERANCE = 1e-6
 """A voxel is foreground where some channel exceeds that channel's minimum by more than this."""
+GRID_CELL_RULES = ("any", "majority")
+"""When a cell of a coarser grid counts as foreground (:func:`foreground_on_grid`): ``any`` of the voxels it pools
+is, or a ``majority`` (at least half) of them are."""
 
 
 def foreground_mask(images: torch.Tensor, tolerance: float = FOREGROUND_TOLERANCE) -> torch.Tensor:
@@ -84,24 +87,31 @@ def erode(mask: torch.Tensor, margin: int) -> torch.Tensor:
     return -outside
 
 
-def foreground_on_grid(mask: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """A foreground mask brought to a coarser grid: a cell is foreground when any voxel it pools is.
-
-    Adaptive max pooling (2-D or 3-D), so every scale's grid (stride 2, 4, 8, odd sizes included) keeps every cell
-    that touches the brain and no cell that does not.
+def foreground_on_grid(mask: torch.Tensor, size: List[int], rule: str = "any") -> torch.Tensor:
+    """A foreground mask brought to a coarser grid (adaptive pooling, 2-D or 3-D: every scale's grid, stride 2,
+    4, 8, odd sizes included).
 
     Args:
         mask: (B, 1, *S) bool or float.
         size: the target spatial size (len(S) entries).
+        rule: one of :data:`GRID_CELL_RULES`. ``any``: a cell is foreground when any voxel it pools is (max
+            pooling: every cell that touches the brain); ``majority``: when at least half of them are (mean
+            pooling ≥ 0.5: not a cell that lies mostly in the background).
 
     Returns:
         float (B, 1, *size), values 0 or 1.
     """
+    if rule != "any" and rule != "majority":  # GRID_CELL_RULES, spelt out for TorchScript
+        raise ValueError("rule must be 'any' or 'majority', got '" + rule + "'.")
     mask = mask.float()
     if list(mask.shape[2:]) == size:
         return mask
     if mask.ndim == 5:
+        if rule == "majority":
+            return (F.adaptive_avg_pool3d(mask, size) >= 0.5).float()
         return F.adaptive_max_pool3d(mask, size)
     if mask.ndim == 4:
+        if rule == "majority":
+            return (F.adaptive_avg_pool2d(mask, size) >= 0.5).float()
         return F.adaptive_max_pool2d(mask, size)
     raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")

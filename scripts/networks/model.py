@@ -13,7 +13,7 @@ import torch
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
-from scripts.data.foreground import erode, foreground_mask, foreground_on_grid
+from scripts.data.foreground import GRID_CELL_RULES, erode, foreground_mask, foreground_on_grid
 from scripts.prototypes import PROTOTYPE_SHARING, ScaleTerms
 
 from .backbone import Backbone
@@ -118,6 +118,10 @@ class UMProtoShare(GroupedNetwork):
         map_support_margin: with ``map_support="brain"``, leave out this many input voxels along the
             brain's border too (:func:`~scripts.data.foreground.erode`), where the brain/background edge
             makes features that compact maps latch onto.
+        map_support_cells: with ``map_support="brain"``, when a cell of a scale's grid belongs to that brain,
+            one of :data:`~scripts.data.foreground.GRID_CELL_RULES`: ``any`` of its input voxels does, or a
+            ``majority`` of them (so a coarse cell that straddles the brain's border, mostly outside it, is left
+            out too).
         addon_input: one of :data:`ADDON_INPUTS`. ``encoder``: a descriptor (Eq. 14) pools features of its
             map's own neighbourhood, so a prototype can match only where its map lies; ``fused``: the
             paper's G_s = add-on(F_s), where the decoder's features carry context from the whole volume.
@@ -173,6 +177,7 @@ class UMProtoShare(GroupedNetwork):
         map_init_coverage: float | None = None,
         map_support: str = "volume",
         map_support_margin: int = 0,
+        map_support_cells: str = "any",
         decoder_kind: str = "paper",
         addon_input: str = "fused",
     ) -> None:
@@ -182,6 +187,9 @@ class UMProtoShare(GroupedNetwork):
         if map_support_margin < 0:
             raise ValueError(f"map_support_margin must be >= 0 voxels, got {map_support_margin}.")
         self.map_support_margin = int(map_support_margin)
+        if map_support_cells not in GRID_CELL_RULES:
+            raise ValueError(f"map_support_cells must be one of {GRID_CELL_RULES}, got {map_support_cells!r}.")
+        self.map_support_cells = str(map_support_cells)
         if self.map_support == "brain" and similarity_kind == "voxel_topk":
             raise ValueError("map_support='brain' needs maps from a mapping module; similarity_kind='voxel_topk' has none.")
         if len(prototypes_per_scale) != 3 or min(prototypes_per_scale) < 0 or sum(prototypes_per_scale) < 1:
@@ -355,7 +363,7 @@ class UMProtoShare(GroupedNetwork):
         if self.map_support == "volume":
             return [None for _ in features]
         brain = erode(foreground_mask(x), self.map_support_margin)
-        return [foreground_on_grid(brain, list(f.shape[2:])).to(f.dtype) for f in features]
+        return [foreground_on_grid(brain, list(f.shape[2:]), self.map_support_cells).to(f.dtype) for f in features]
 
     def similarities(self, x: Tensor) -> Tensor:
         """S(x, P) (B, K_total) from x (B, C_in, H, W, D)."""

@@ -59,6 +59,11 @@ def test_foreground_on_grid_by_majority_keeps_the_cells_at_least_half_brain():
     assert foreground_on_grid(flat, [2, 2], "majority")[0, 0].tolist() == [[1.0, 1.0], [1.0, 0.0]]
     with pytest.raises(ValueError, match="majority"):
         foreground_on_grid(mask, [2, 2, 1], "half")
+    batch = torch.zeros(2, 1, 4, 4, 2)
+    batch[0, 0, 3, 0, 1] = 1  # a brain of one voxel: no cell is half brain, so the cell touching it stays
+    batch[1] = mask[0]
+    cells = foreground_on_grid(batch, [2, 2, 1], "majority")[:, 0, :, :, 0]
+    assert cells[0].tolist() == [[0.0, 0.0], [1.0, 0.0]] and cells[1].tolist() == [[1.0, 1.0], [1.0, 0.0]]
 
 
 def test_majority_cells_keep_the_coarse_maps_off_cells_mostly_outside_the_brain():

@@ -96,7 +96,8 @@ def foreground_on_grid(mask: torch.Tensor, size: List[int], rule: str = "any") -
         size: the target spatial size (len(S) entries).
         rule: one of :data:`GRID_CELL_RULES`. ``any``: a cell is foreground when any voxel it pools is (max
             pooling: every cell that touches the brain); ``majority``: when at least half of them are (mean
-            pooling ≥ 0.5: not a cell that lies mostly in the background).
+            pooling ≥ 0.5: not a cell that lies mostly in the background), except in a case where no cell is
+            (a brain smaller than a cell), which keeps ``any``'s cells so that its maps have somewhere to lie.
 
     Returns:
         float (B, 1, *size), values 0 or 1.
@@ -107,11 +108,15 @@ def foreground_on_grid(mask: torch.Tensor, size: List[int], rule: str = "any") -
     if list(mask.shape[2:]) == size:
         return mask
     if mask.ndim == 5:
-        if rule == "majority":
-            return (F.adaptive_avg_pool3d(mask, size) >= 0.5).float()
-        return F.adaptive_max_pool3d(mask, size)
-    if mask.ndim == 4:
-        if rule == "majority":
-            return (F.adaptive_avg_pool2d(mask, size) >= 0.5).float()
-        return F.adaptive_max_pool2d(mask, size)
-    raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
+        touching = F.adaptive_max_pool3d(mask, size)
+        share = F.adaptive_avg_pool3d(mask, size)
+    elif mask.ndim == 4:
+        touching = F.adaptive_max_pool2d(mask, size)
+        share = F.adaptive_avg_pool2d(mask, size)
+    else:
+        raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
+    if rule == "any":
+        return touching
+    majority = (share >= 0.5).float()
+    empty = majority.flatten(1).amax(dim=1) == 0  # (B,): no cell is half brain
+    return torch.where(empty.reshape([-1] + [1] * (mask.ndim - 1)), touching, majority)

@@ -31,6 +31,7 @@ CONSTRUCTED = {
     "mapping_dim": 8,
     "map_support": "brain",
     "map_support_margin": 0,
+    "map_support_cells": "majority",
 }
 """Architecture of the constructed model (config ids of inference.json)."""
 GEOMETRY = {"roi_size": [48, 48, 48], "target_spacing": 2.0}

@@ -109,14 +109,13 @@ def foreground_on_grid(mask: torch.Tensor, size: List[int], rule: str = "any") -
         return mask
     if mask.ndim == 5:
         touching = F.adaptive_max_pool3d(mask, size)
-        share = F.adaptive_avg_pool3d(mask, size)
     elif mask.ndim == 4:
         touching = F.adaptive_max_pool2d(mask, size)
-        share = F.adaptive_avg_pool2d(mask, size)
     else:
         raise ValueError(f"mask must be (B, 1, H, W[, D]), got {mask.ndim} dimensions.")
     if rule == "any":
         return touching
+    share = F.adaptive_avg_pool3d(mask, size) if mask.ndim == 5 else F.adaptive_avg_pool2d(mask, size)
     majority = (share >= 0.5).float()
     empty = majority.flatten(1).amax(dim=1) == 0  # (B,): no cell is half brain
     return torch.where(empty.reshape([-1] + [1] * (mask.ndim - 1)), touching, majority)

@@ -25,7 +25,6 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.networks import eval_mode
 from monai.transforms import Compose
-from monai.utils import look_up_option
 from torch import Tensor
 
 from scripts.calibration import Calibration
@@ -36,7 +35,7 @@ from scripts.explain.evidence import calibration_note, explain_case, probability
 from scripts.explain.sources import SourceImages, load_push_for
 from scripts.maps import DEFAULT_SCALE_COMBINATION
 from scripts.networks import UMProtoShare
-from scripts.prototypes import EVIDENCE_RANKINGS
+from scripts.prototypes import checked_ranking
 
 __all__ = ["ERRORS_JSON", "EvidenceWriter"]
 
@@ -103,7 +102,7 @@ class EvidenceWriter:
         self.calibration = Calibration() if calibration is None else calibration
         self.uncertainty_flips = bool(uncertainty_flips)
         self.flip_average = bool(flip_average)
-        self.evidence_ranking = look_up_option(evidence_ranking, EVIDENCE_RANKINGS)
+        self.evidence_ranking = checked_ranking(evidence_ranking)
         self._reference: Tensor | None = None
         self.files = CaseFiles(network, preprocessing, [str(n) for n in class_names], int(top_per_scale),
                                scale_combination, write_report)

@@ -22,6 +22,7 @@ __all__ = [
     "SEPARATION_FLOOR",
     "ZETA_EPS",
     "ScaleTerms",
+    "checked_ranking",
     "class_separation",
     "ranked_columns",
     "reference_similarity",
@@ -43,6 +44,13 @@ EVIDENCE_RANKINGS = ("relative", "contribution")
 vote for the class (w > 0: those its evidence map is made of, Eq. 27) first, each group by w·(S − S̄), the
 contribution relative to a training case of average similarity (S̄: :func:`reference_similarity`); or
 ``contribution``, by Δy = w·S (Eq. 31) alone."""
+
+
+def checked_ranking(ranking: str) -> str:
+    """``ranking`` when it is one of :data:`EVIDENCE_RANKINGS`; else a ValueError naming ``evidence_ranking``."""
+    if ranking not in EVIDENCE_RANKINGS:
+        raise ValueError(f"evidence_ranking must be one of {EVIDENCE_RANKINGS}, got {ranking!r}.")
+    return str(ranking)
 
 
 def class_separation(class_similarity: Mapping[str, float | None] | None, favoured: str) -> float | None:

@@ -58,7 +58,7 @@ from scripts.explain.evidence import ranking_contributions, ranking_first, ranki
 from scripts.explain.gallery import write_gallery
 from scripts.losses import LastLayerLoss, Stage1Loss, forget_loss
 from scripts.networks import UMProtoShare, prototype_descriptors
-from scripts.prototypes import EVIDENCE_RANKINGS, SEPARATION_FLOOR
+from scripts.prototypes import SEPARATION_FLOOR, checked_ranking
 from scripts.push import PushResult, load_push, non_separating_columns, push_prototypes, save_push
 
 __all__ = [
@@ -397,7 +397,7 @@ class PruneFold:
         self.unused_top_k = int(unused_top_k)
         self.unused_weight = float(unused_weight)
         self.separation_floor = float(separation_floor)
-        self.evidence_ranking = look_up_option(evidence_ranking, EVIDENCE_RANKINGS)
+        self.evidence_ranking = checked_ranking(evidence_ranking)
         self.forbid_names = [str(name) for name in forbid_prototypes]
         self.forget_epochs = int(forget_epochs)
         self.forget_weight = float(forget_weight)

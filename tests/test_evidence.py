@@ -13,7 +13,7 @@ import torch
 from test_evidence_fixtures import CONSTRUCTED, GEOMETRY, ODD_AFFINE, ODD_SHAPE, constructed_model, write_case
 
 from scripts.calibration import Calibration
-from scripts.data import preprocessing_transforms
+from scripts.data import InferenceCases, preprocessing_transforms
 from scripts.explain.attribution import class_map_from_maps, scale_class_maps
 from scripts.explain.evidence import (
     LOW_PROBABILITY,
@@ -38,6 +38,7 @@ from scripts.explain.report import (
     separation_line,
     separation_verdict,
 )
+from scripts.inference import EvidenceWriter
 from scripts.networks import UMProtoShare
 from scripts.prototypes import ranked_columns, reference_similarity
 
@@ -244,6 +245,13 @@ def test_ranking_reference_says_what_it_falls_back_to(caplog):
     assert "it has none" in caplog.text and "there is no push record" in caplog.text
     with pytest.raises(ValueError, match="evidence_ranking"):
         ranking_reference(records, "similarity")
+
+
+def test_a_bad_evidence_ranking_is_refused_by_name_before_any_case(tmp_path):
+    with pytest.raises(ValueError, match="evidence_ranking must be one of .* got 'similarity'"):
+        EvidenceWriter(constructed_model(), preprocessing_transforms(**GEOMETRY), InferenceCases([], []), tmp_path,
+                       ["LGG", "HGG"], evidence_ranking="similarity")
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_pruned_prototype_is_neither_listed_nor_chosen():

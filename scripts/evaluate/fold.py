@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 from monai.transforms import Compose
-from monai.utils import look_up_option
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -52,7 +51,7 @@ from scripts.metrics import (
     similarity_spread,
 )
 from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, checked_recheck_margin, resolve_precision, unwrap
-from scripts.prototypes import EVIDENCE_RANKINGS
+from scripts.prototypes import checked_ranking
 from scripts.uncertainty import flip_probabilities, spread_of
 
 from .missing import missing_sequence_bac
@@ -398,7 +397,7 @@ class FoldEvaluator:
         self.bf16_recheck_margin = checked_recheck_margin(bf16_recheck_margin)
         self.uncertainty_flips = as_flag(uncertainty_flips, "uncertainty_flips")
         self.flip_average = as_flag(flip_average, "flip_average")
-        self.evidence_ranking = look_up_option(evidence_ranking, EVIDENCE_RANKINGS)
+        self.evidence_ranking = checked_ranking(evidence_ranking)
 
     def _predict(self, images: Tensor) -> Tensor:
         return self.network(images.to(self.device))

@@ -28,8 +28,8 @@ from scripts.calibration import Calibration, format_probability
 from scripts.maps import resize_to_input
 from scripts.networks import UMProtoShare
 from scripts.prototypes import (
-    EVIDENCE_RANKINGS,
     SEPARATION_FLOOR,
+    checked_ranking,
     class_separation,
     ranked_columns,
     reference_similarity,
@@ -145,9 +145,7 @@ def ranking_reference(push_records: Sequence[Mapping[str, Any]] | None, ranking:
     without class means (a push from before they were recorded, a similarity that is not a plain cosine) or
     no record leaves the ranking at Δy (Eq. 31), with a warning, and every output says which was used.
     """
-    if ranking not in EVIDENCE_RANKINGS:
-        raise ValueError(f"evidence_ranking must be one of {EVIDENCE_RANKINGS}, got {ranking!r}.")
-    if ranking == "contribution":
+    if checked_ranking(ranking) == "contribution":
         return None
     reference = None if push_records is None else reference_similarity(
         [record.get("class_similarity") for record in push_records]

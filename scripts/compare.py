@@ -43,6 +43,7 @@ COLUMNS = {
     "spread_mean": "S spread (mean)",
     "spread_min": "S spread (min)",
     "ap_eq28": "AP (Eq. 28)",
+    "tumour_in_support": "tumour in map support",
     "topk_peak_in_brain": "top-k peaks in brain",
     "topk_peak_in_tumour_correct": "top-k peaks in tumour (correct)",
     "topk_peak_tumour_distance_correct": "top-k peaks' distance to tumour, voxels (correct)",
@@ -81,7 +82,7 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "spread_mean": number(spread.get("mean")),
         "spread_min": number(spread.get("min")),
         **{key: number(metrics.get(key)) for key in
-           ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
+           ("ap_eq28", "tumour_in_support", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
             "prototype_source_agrees", "prototype_separates", "topk_separating_correct",
             "ece_raw", "ece", "ece_if_calibrated", "nll_raw", "nll", "brier")},
     }

@@ -55,9 +55,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRICS = (
-    "bac", "accuracy", "sensitivity", "specificity", "roc_auc", "ap", "ids", "ap_eq28", "topk_peak_in_brain",
-    "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct", "prototype_source_agrees", "prototype_separates",
-    "topk_separating_correct",
+    "bac", "accuracy", "sensitivity", "specificity", "roc_auc", "ap", "ids", "ap_eq28", "tumour_in_support",
+    "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct", "prototype_source_agrees",
+    "prototype_separates", "topk_separating_correct",
     "ece_raw", "ece",
     "brier_raw", "brier", "nll_raw", "nll",
 )

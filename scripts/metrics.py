@@ -33,6 +33,7 @@ __all__ = [
     "min_max_normalize",
     "per_class_recall",
     "similarity_spread",
+    "tumour_in_support",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,29 @@ def localisation_summary(attribution: torch.Tensor, mask: torch.Tensor, brain: t
         "tumour_share_brain": float((tumour & brain).sum()) / max(int(brain.sum()), 1),
         "peak_in_tumour": float(tumour.flatten()[volume.flatten().argmax()]),
     }
+
+
+def tumour_in_support(supports: Sequence[torch.Tensor], mask: torch.Tensor) -> float:
+    """Share of the tumour that every prototype scale's maps may cover: the voxels of the whole-tumour mask
+    where each scale's map support (0/1 on its grid, :meth:`scripts.networks.UMProtoShare.map_supports`),
+    brought to the input grid by :func:`scripts.maps.resize_to_input`, is at least 0.5, i.e. where a
+    resized map is drawn mostly from supported cells. The product class map is 0 outside this region by
+    construction, whatever the model learnt; 1.0 for maps over the whole volume (no supports).
+
+    Args:
+        supports: one per prototype scale, (h_s, w_s, d_s) or (1, h_s, w_s, d_s), values 0 or 1.
+        mask: whole-tumour mask on the input grid, (H, W, D) or (1, H, W, D).
+
+    Returns:
+        A fraction; NaN for an empty tumour mask.
+    """
+    tumour = _single_map(mask, "mask")[0, 0] > 0
+    if not bool(tumour.any()):
+        return math.nan
+    reach = torch.ones_like(tumour)
+    for support in supports:
+        reach &= resize_to_input(_single_map(support, "support"), tumour.shape)[0, 0] >= 0.5
+    return float((reach & tumour).sum()) / float(tumour.sum())
 
 
 def similarity_spread(similarities: torch.Tensor) -> dict[str, float]:

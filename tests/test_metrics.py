@@ -20,6 +20,7 @@ from scripts.metrics import (
     incremental_deletion_score,
     localisation_summary,
     similarity_spread,
+    tumour_in_support,
 )
 
 # ---------------------------------------------------------------- BAC and classification metrics
@@ -436,6 +437,25 @@ def test_similarity_spread_per_prototype_hand_values():
     assert similarity_spread(s) == pytest.approx({"min": 0.0, "mean": 0.7 / 3, "max": 0.5})
     with pytest.raises(ValueError, match="N >= 2"):
         similarity_spread(torch.ones(1, 3))
+
+
+def test_tumour_in_support_hand_counted_on_two_grids():
+    # 4^3 input; tumour [1:3, 0:2, 0:2] = 8 voxels. A 2^3 support with cell (0, 0, 0) only, resized
+    # trilinearly (align_corners=False): each axis weighs it 1, 0.75, 0.25, 0, a voxel the product of its
+    # three weights. Of the tumour, (1, 0, 0) reads 0.75, (1, 1, 0) and (1, 0, 1) 0.5625: in; (1, 1, 1)
+    # 0.42 and every x = 2 voxel (<= 0.25): out. 3 of 8.
+    tumour = torch.zeros(4, 4, 4)
+    tumour[1:3, 0:2, 0:2] = 1
+    coarse = torch.zeros(2, 2, 2)
+    coarse[0, 0, 0] = 1
+    assert tumour_in_support([coarse], tumour) == 3 / 8
+    # a second scale on the input grid that leaves out voxel (1, 0, 0): 2 of 8
+    fine = torch.ones(1, 4, 4, 4)
+    fine[0, 1, 0, 0] = 0
+    assert tumour_in_support([coarse, fine], tumour) == 2 / 8
+    assert tumour_in_support([torch.ones(2, 2, 2)], tumour) == 1.0
+    assert tumour_in_support([], tumour) == 1.0  # maps over the whole volume
+    assert math.isnan(tumour_in_support([coarse], torch.zeros(4, 4, 4)))
 
 
 def test_eq28_density_combination_weighs_each_scale_by_its_voxel_count():

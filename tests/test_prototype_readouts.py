@@ -186,6 +186,33 @@ def test_evaluation_maps_the_ground_truth_class_and_reads_eq28_and_peaks():
         assert result.top_columns[i] == [column]
 
 
+@pytest.mark.parametrize(
+    "support, margin, cells, expected",
+    [
+        ("volume", 0, "any", 1.0),
+        ("brain", 0, "any", 0.75),  # cells from x = 8 on: x 8..19 of the tumour's 4..19
+        ("brain", 5, "any", 0.75),  # brain from x = 13: cell 8..15 still touches it
+        ("brain", 5, "majority", 0.25),  # ... but holds 3 of 8 brain voxels: only x 16..19
+    ],
+)
+def test_evaluation_reads_the_share_of_the_tumour_inside_every_scales_map_support(support, margin, cells, expected):
+    # brain: x >= 8 of a 32 x 32 x 24 input (background slab x < 8); the scale-3 grid is 4 x 4 x 3, cells of 8
+    # voxels, and resized back a cell's support reads >= 0.5 from its own first voxel on. Tumour: x 4..19.
+    torch.manual_seed(0)
+    model = UMProtoShare(encoder_layers=(1, 1), encoder_width=8, embed_dim=16, mapping_dim=12,
+                         prototypes_per_scale=(0, 0, 2), fusion="none", map_support=support,
+                         map_support_margin=margin, map_support_cells=cells).eval()
+    images = torch.randn(1, 4, 32, 32, 24, generator=torch.Generator().manual_seed(3))
+    images[:, :, :8] = images.amin() - 1
+    masks = torch.zeros(1, 1, 32, 32, 24)
+    masks[:, :, 4:20, 10:22, 6:16] = 1
+    batch = {"image": images, "label": torch.tensor([1]), "case_id": ["a"], "mask": masks}
+    result = predict_fold(model, [batch], "cpu", top_prototypes=1)
+    with torch.no_grad():
+        assert model.explain(images).per_scale[0].maps.shape[2:] == (4, 4, 3)
+    assert result.tumour_in_support.tolist() == [expected]
+
+
 def test_evaluation_ranks_a_classs_voters_first_by_their_contribution_relative_to_the_reference():
     model = shared_model()
     with torch.no_grad():

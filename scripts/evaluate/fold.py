@@ -49,6 +49,7 @@ from scripts.metrics import (
     incremental_deletion_score,
     localisation_summary,
     similarity_spread,
+    tumour_in_support,
 )
 from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, checked_recheck_margin, resolve_precision, unwrap
 from scripts.prototypes import checked_ranking
@@ -121,6 +122,9 @@ class FoldPredictions(NamedTuple):
     their mean distance to the tumour in voxels (prototype models; NaN for the tumour without mask); None for a CNN."""
     top_columns: list[list[int]] | None = None
     """Per case, the classifier columns of its top prototypes (those whose peaks are read); None for a CNN."""
+    tumour_in_support: Tensor | None = None
+    """Per case (N,), float64, the share of the tumour every prototype scale's maps may cover
+    (:func:`~scripts.metrics.tumour_in_support`; NaN without mask); None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -182,7 +186,7 @@ def predict_fold(
     model = unwrap(network)
     prototypes = isinstance(model, UMProtoShare)
     case_ids: list[str] = []
-    labels, all_logits, maps, ap, similarities, ap_eq28 = [], [], [], [], [], []
+    labels, all_logits, maps, ap, similarities, ap_eq28, reach = [], [], [], [], [], [], []
     localisation: dict[str, list[float]] = {key: [] for key in LOCALISATION_KEYS}
     peaks: dict[str, list[float]] = {key: [] for key in PEAK_KEYS}
     top_columns: list[list[int]] = []
@@ -199,6 +203,7 @@ def predict_fold(
                 contributions = ranking_contributions(explanation.similarities, weight, reference)
                 first = ranking_first(weight, reference)
                 eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
+                supports = model.map_supports(images, [entry.features for entry in explanation.per_scale])
             else:
                 logits = network(images)
             all_logits.append(logits.float().cpu())
@@ -218,6 +223,8 @@ def predict_fold(
                 values.append(case.get(key, float("nan")))
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
+                case_supports = [support[i].cpu() for support in supports if support is not None]
+                reach.append(float("nan") if mask is None else tumour_in_support(case_supports, mask))
                 voting = None if first is None else first[predicted[i]]
                 scores = contributions[i, predicted[i]]
                 chosen = top_prototype_columns(scores, top_prototypes, model.active_columns, voting)
@@ -250,6 +257,7 @@ def predict_fold(
         torch.tensor(ap_eq28, dtype=torch.float64) if prototypes else None,
         {key: torch.tensor(values, dtype=torch.float64) for key, values in peaks.items()} if prototypes else None,
         top_columns if prototypes else None,
+        torch.tensor(reach, dtype=torch.float64) if prototypes else None,
     )
 
 
@@ -486,7 +494,7 @@ class FoldEvaluator:
             ),
             **(dict.fromkeys(READOUT_KEYS) if result.peaks is None else fold_readouts(
                 result.ap_eq28, result.peaks, probs.argmax(dim=1) == result.labels, self.top_prototypes, sources,
-                separating,
+                separating, result.tumour_in_support,
             )),
             "evidence_ranking": None if result.peaks is None else "contribution" if reference is None else "relative",
             "fold": self.fold,
@@ -506,6 +514,7 @@ class FoldEvaluator:
         extra.update({f"single_prob_{name}": single[:, c] for c, name in enumerate(self.class_names)})
         extra.update({f"logit_{name}": result.logits[:, c] for c, name in enumerate(self.class_names)})
         extra.update({} if result.peaks is None else {"ap_eq28": result.ap_eq28, **result.peaks})
+        extra.update({} if result.tumour_in_support is None else {"tumour_in_support": result.tumour_in_support})
         extra.update({} if separating is None else {"topk_separating": separating})
         extra.update({} if caution is None else caution)
         write_case_table(
@@ -540,9 +549,10 @@ class FoldEvaluator:
                 "fold %d held-out prototypes: AP (Eq. 28 sum, whole volume) %.4f; top-%d peaks in the brain %.3f, in "
                 "the tumour %.3f, %.2f voxels from it on average (correct cases: %.3f, %.3f, %.2f); push source class = "
                 "weights' class: %s; prototypes that separate the classes on the push set: %s (of the top-k: %s, "
-                "correct cases: %s)", self.fold,
+                "correct cases: %s); share of the tumour inside every scale's map support %.3f", self.fold,
                 *(metrics[key] for key in ("ap_eq28", "top_prototypes", *PEAK_KEYS)),
                 *(metrics[f"{key}_correct"] for key in PEAK_KEYS), metrics["prototype_source_agrees"],
                 metrics["prototype_separates"], metrics["topk_separating"], metrics["topk_separating_correct"],
+                metrics["tumour_in_support"],
             )
         return metrics

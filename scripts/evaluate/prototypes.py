@@ -51,6 +51,7 @@ READOUT_KEYS = (
     "topk_separating",
     "topk_separating_correct",
     "prototype_sources",
+    "tumour_in_support",
 )
 """The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
 
@@ -215,6 +216,7 @@ def fold_readouts(
     top_k: int,
     sources: Sequence[Mapping[str, Any]] | None,
     separating: Tensor | None = None,
+    reach: Tensor | None = None,
 ) -> dict[str, Any]:
     """A fold's prototype read-outs (:data:`READOUT_KEYS`): means over cases, and over correct cases (``_correct``).
 
@@ -225,6 +227,7 @@ def fold_readouts(
         top_k: prototypes read per case.
         sources: :func:`source_agreement` of the fold's push record, or None without one.
         separating: :func:`separating_share` per case, (N,), or None (its read-outs are then null).
+        reach: per case (N,), :func:`~scripts.metrics.tumour_in_support` (NaN without mask), or None (null).
     """
     readouts: dict[str, Any] = {"ap_eq28": float(ap_eq28.mean()), "top_prototypes": int(top_k)}
     for key in PEAK_KEYS:
@@ -239,4 +242,5 @@ def fold_readouts(
         None if separating is None else float(separating[correct].mean()) if correct.any() else math.nan
     )
     readouts["prototype_sources"] = None if sources is None else list(sources)
+    readouts["tumour_in_support"] = None if reach is None else float(reach.mean())
     return readouts

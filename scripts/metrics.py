@@ -32,8 +32,8 @@ __all__ = [
     "localisation_summary",
     "min_max_normalize",
     "per_class_recall",
+    "share_in_support",
     "similarity_spread",
-    "tumour_in_support",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,27 +193,29 @@ def localisation_summary(attribution: torch.Tensor, mask: torch.Tensor, brain: t
     }
 
 
-def tumour_in_support(supports: Sequence[torch.Tensor], mask: torch.Tensor) -> float:
-    """Share of the tumour that every prototype scale's maps may cover: the voxels of the whole-tumour mask
-    where each scale's map support (0/1 on its grid, :meth:`scripts.networks.UMProtoShare.map_supports`),
-    brought to the input grid by :func:`scripts.maps.resize_to_input`, is at least 0.5, i.e. where a
-    resized map is drawn mostly from supported cells. The product class map is 0 outside this region by
-    construction, whatever the model learnt; 1.0 for maps over the whole volume (no supports).
+def share_in_support(supports: Sequence[torch.Tensor], mask: torch.Tensor) -> float:
+    """Share of a mask that every prototype scale's maps may cover: its voxels where each scale's map support
+    (0/1 on its grid, :meth:`scripts.networks.UMProtoShare.map_supports`), brought to the input grid by
+    :func:`scripts.maps.resize_to_input`, is at least 0.5, i.e. where a resized map is drawn mostly from
+    supported cells. The product class map is 0 outside this region by construction, whatever the model
+    learnt. Of the whole tumour it is the evaluation's ``tumour_in_support``, of the brain inference's
+    ``brain_in_support``.
 
     Args:
-        supports: one per prototype scale, (h_s, w_s, d_s) or (1, h_s, w_s, d_s), values 0 or 1.
-        mask: whole-tumour mask on the input grid, (H, W, D) or (1, H, W, D).
+        supports: one per prototype scale, (h_s, w_s, d_s) or (1, h_s, w_s, d_s), values 0 or 1; none for maps
+            over the whole volume (1.0).
+        mask: bool or 0/1 mask on the input grid, (H, W, D) or (1, H, W, D).
 
     Returns:
-        A fraction; NaN for an empty tumour mask.
+        A fraction; NaN for an empty mask.
     """
-    tumour = _single_map(mask, "mask")[0, 0] > 0
-    if not bool(tumour.any()):
+    region = _single_map(mask, "mask")[0, 0] > 0
+    if not bool(region.any()):
         return math.nan
-    reach = torch.ones_like(tumour)
+    reach = torch.ones_like(region)
     for support in supports:
-        reach &= resize_to_input(_single_map(support, "support"), tumour.shape)[0, 0] >= 0.5
-    return float((reach & tumour).sum()) / float(tumour.sum())
+        reach &= resize_to_input(_single_map(support, "support"), region.shape)[0, 0] >= 0.5
+    return float((reach & region).sum()) / float(region.sum())
 
 
 def similarity_spread(similarities: torch.Tensor) -> dict[str, float]:

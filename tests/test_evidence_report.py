@@ -155,6 +155,10 @@ def test_report_page_banner_brain_only_overlays_flagged_peaks_letters_and_grade(
     assert "p(HGG) > 0.999, calibrated (T = 3.00 on 12 validation cases)" in title and "1.00" not in title
     texts = [t.get_text() for ax in figure.axes for t in ax.texts]
     assert any("no single sequence dominates" in t for t in texts) and any("driven by FLAIR" in t for t in texts)
+    assert not any("of the brain" in t for t in texts)  # no brain_in_support: no note
+    reached = case_figure("case", case, {**record, "brain_in_support": 0.42}, maps["inside"], {}, {})
+    notes = [t.get_text() for ax in reached.axes for t in ax.texts if "class evidence map" in t.get_text()]
+    assert len(notes) == 1 and "42 % of" in notes[0] and "shows no evidence" in notes[0].replace("\n", " ")
     assert any(ax.get_xlabel() == COLOUR_BAR_LABEL for ax in figure.axes)  # the colour bar, with its unit
     overlays = [(ax, ax.images[-1]) for ax in figure.axes if len(ax.images) == 2]
     assert len(overlays) == 4 * 3 + 1  # class map and two prototypes over 4 sequences; one source panel
@@ -185,6 +189,10 @@ def test_html_page_is_self_contained_with_scrollable_slices_and_brain_only_overl
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and "http://" not in page.replace("http://www.w3", "")
     assert "CAUTION: low confidence" in page and "no single sequence dominates" in page
     assert "p(LGG) = 0.480, p(HGG) = 0.520 (uncalibrated softmax)" in page
+    assert 'id="reach"' not in page  # a record without brain_in_support: maps over the whole volume
+    reached = case_html(tmp_path / "reach.html", "case", case, {**record, "brain_in_support": 0.42}, maps["inside"], {})
+    reach = re.search(r'<p id="reach">(.*?)</p>', reached.read_text(encoding="utf-8")).group(1)
+    assert reach.startswith("Maps can show evidence in 42 % of the brain") and "a tumour there shows no evidence" in reach
     assert "true grade LGG (prediction DISAGREES)" in re.search(r'<p id="grade"[^>]*>(.*?)</p>', page).group(1)
     rows = re.findall(r"<tr><td>", page)
     assert len(rows) == len(record["prototypes"])

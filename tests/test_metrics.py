@@ -19,8 +19,8 @@ from scripts.metrics import (
     deletion_thresholds,
     incremental_deletion_score,
     localisation_summary,
+    share_in_support,
     similarity_spread,
-    tumour_in_support,
 )
 
 # ---------------------------------------------------------------- BAC and classification metrics
@@ -439,7 +439,7 @@ def test_similarity_spread_per_prototype_hand_values():
         similarity_spread(torch.ones(1, 3))
 
 
-def test_tumour_in_support_hand_counted_on_two_grids():
+def test_share_in_support_hand_counted_on_two_grids():
     # 4^3 input; tumour [1:3, 0:2, 0:2] = 8 voxels. A 2^3 support with cell (0, 0, 0) only, resized
     # trilinearly (align_corners=False): each axis weighs it 1, 0.75, 0.25, 0, a voxel the product of its
     # three weights. Of the tumour, (1, 0, 0) reads 0.75, (1, 1, 0) and (1, 0, 1) 0.5625: in; (1, 1, 1)
@@ -448,14 +448,14 @@ def test_tumour_in_support_hand_counted_on_two_grids():
     tumour[1:3, 0:2, 0:2] = 1
     coarse = torch.zeros(2, 2, 2)
     coarse[0, 0, 0] = 1
-    assert tumour_in_support([coarse], tumour) == 3 / 8
+    assert share_in_support([coarse], tumour) == 3 / 8
     # a second scale on the input grid that leaves out voxel (1, 0, 0): 2 of 8
     fine = torch.ones(1, 4, 4, 4)
     fine[0, 1, 0, 0] = 0
-    assert tumour_in_support([coarse, fine], tumour) == 2 / 8
-    assert tumour_in_support([torch.ones(2, 2, 2)], tumour) == 1.0
-    assert tumour_in_support([], tumour) == 1.0  # maps over the whole volume
-    assert math.isnan(tumour_in_support([coarse], torch.zeros(4, 4, 4)))
+    assert share_in_support([coarse, fine], tumour) == 2 / 8
+    assert share_in_support([torch.ones(2, 2, 2)], tumour) == 1.0
+    assert share_in_support([], tumour) == 1.0  # maps over the whole volume
+    assert math.isnan(share_in_support([coarse], torch.zeros(4, 4, 4)))
 
 
 def test_eq28_density_combination_weighs_each_scale_by_its_voxel_count():

@@ -48,8 +48,8 @@ from scripts.metrics import (
     deletion_curve,
     incremental_deletion_score,
     localisation_summary,
+    share_in_support,
     similarity_spread,
-    tumour_in_support,
 )
 from scripts.networks import BF16_RECHECK_MARGIN, UMProtoShare, checked_recheck_margin, resolve_precision, unwrap
 from scripts.prototypes import checked_ranking
@@ -124,7 +124,7 @@ class FoldPredictions(NamedTuple):
     """Per case, the classifier columns of its top prototypes (those whose peaks are read); None for a CNN."""
     tumour_in_support: Tensor | None = None
     """Per case (N,), float64, the share of the tumour every prototype scale's maps may cover
-    (:func:`~scripts.metrics.tumour_in_support`; NaN without mask); None for a CNN."""
+    (:func:`~scripts.metrics.share_in_support`; NaN without mask); None for a CNN."""
 
 
 def as_flag(value: bool | str, name: str) -> bool:
@@ -224,7 +224,7 @@ def predict_fold(
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
                 case_supports = [support[i].cpu() for support in supports if support is not None]
-                reach.append(float("nan") if mask is None else tumour_in_support(case_supports, mask))
+                reach.append(float("nan") if mask is None else share_in_support(case_supports, mask))
                 voting = None if first is None else first[predicted[i]]
                 scores = contributions[i, predicted[i]]
                 chosen = top_prototype_columns(scores, top_prototypes, model.active_columns, voting)

@@ -227,7 +227,7 @@ def fold_readouts(
         top_k: prototypes read per case.
         sources: :func:`source_agreement` of the fold's push record, or None without one.
         separating: :func:`separating_share` per case, (N,), or None (its read-outs are then null).
-        reach: per case (N,), :func:`~scripts.metrics.tumour_in_support` (NaN without mask), or None (null).
+        reach: per case (N,), :func:`~scripts.metrics.share_in_support` (NaN without mask), or None (null).
     """
     readouts: dict[str, Any] = {"ap_eq28": float(ap_eq28.mean()), "top_prototypes": int(top_k)}
     for key in PEAK_KEYS:

@@ -25,7 +25,9 @@ from monai.transforms import Compose
 from torch import Tensor
 
 from scripts.calibration import Calibration, format_probability
+from scripts.data.foreground import brain_mask
 from scripts.maps import resize_to_input
+from scripts.metrics import share_in_support
 from scripts.networks import UMProtoShare
 from scripts.prototypes import (
     SEPARATION_FLOOR,
@@ -58,6 +60,7 @@ __all__ = [
     "relative_contributions",
     "sequence_evidence",
     "sequence_mean_inputs",
+    "support_note",
     "to_original_space",
     "top_columns",
     "unit_scaled",
@@ -261,6 +264,15 @@ RECHECKED = "fp32 (bf16 recheck)"
 """``precision`` of a case asked for in bf16 and run again in fp32 (its logits lay within the recheck margin)."""
 
 
+def support_note(brain_in_support: float | None) -> str | None:
+    """What a reader must know of the maps' reach: the share of the brain where they may show evidence, or None
+    for maps over the whole volume (``brain_in_support`` of :func:`prediction_record`)."""
+    if brain_in_support is None or math.isnan(brain_in_support):
+        return None
+    return (f"maps can show evidence in {100 * brain_in_support:.0f} % of the brain; not in its outer band "
+            "(nor coarse cells mostly outside it), so a tumour there shows no evidence")
+
+
 def calibration_note(calibration: Mapping[str, Any], flip_average: bool = False, precision: str = "fp32") -> str:
     """What a reader is told about a record's ``calibration`` (and ``flip_average``, ``precision``): ``calibrated
     (T = 2.31 on 12 validation cases)`` or ``uncalibrated softmax``, then ``, mean of 8 mirror images`` when
@@ -340,6 +352,9 @@ class CaseEvidence:
     asked for and the case fell under the network's ``bf16_recheck_margin``."""
     reference: Tensor | None = None
     """S̄, (K,): the similarity the prototypes are ranked against (:func:`ranking_reference`); None: by Δy."""
+    brain_in_support: float | None = None
+    """Share of the case's brain inside every scale's map support (:func:`scripts.metrics.share_in_support`): the
+    rest (its border band, coarse cells mostly outside it) cannot show evidence; None: maps over the whole volume."""
 
     @property
     def ranking(self) -> str:
@@ -400,6 +415,7 @@ def explain_case(
         weight = model.classifier.effective_weight.detach()
         contributions = prototype_contributions(explanation.similarities, weight)[0]
         delta = sequence_evidence(model, image, explanation.similarities)
+        supports = model.map_supports(image[None], [entry.features for entry in explanation.per_scale])
     logits = explanation.logits[0].float().cpu()
     mirrored = flip_probabilities(model, image[None], calibration) if flips or flip_average else None
     probabilities = mirrored[0].mean(dim=0) if flip_average else calibration.apply(logits)
@@ -422,6 +438,9 @@ def explain_case(
         flip_average=flip_average,
         precision=precision,
         reference=None if reference is None else reference.float().cpu(),
+        brain_in_support=None if supports[0] is None else share_in_support(
+            [support[0].cpu() for support in supports], brain_mask(image.cpu())
+        ),
     )
 
 
@@ -521,7 +540,8 @@ def prediction_record(
     order) with its mean S over each class's push-set cases, and ``separation`` / ``separates_classes``
     (:func:`~scripts.prototypes.class_separation` against :data:`~scripts.prototypes.SEPARATION_FLOOR`;
     None without those means): whether it matches the class it votes for better than the others.
-    ``warnings`` lists :func:`confidence_warnings`.
+    ``warnings`` lists :func:`confidence_warnings`. ``brain_in_support`` is the share of the brain where the
+    maps may show evidence (None: the whole volume).
 
     Args:
         evidence: from :func:`explain_case`.
@@ -587,5 +607,6 @@ def prediction_record(
             class_names[int(evidence.logits.argmax())] if evidence.flip_average else None,
         ),
         "evidence_ranking": evidence.ranking,
+        "brain_in_support": evidence.brain_in_support,
         "prototypes": entries,
     }

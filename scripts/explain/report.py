@@ -31,6 +31,7 @@ from scripts.explain.evidence import (
     SEQUENCE_NAMES,
     calibration_note,
     probability_text,
+    support_note,
     unit_scaled,
 )
 from scripts.explain.input_grid import InputCase, InputMap, map_peak
@@ -301,8 +302,10 @@ def case_figure(
     cells = [grid[0, c] for c in range(len(channels))]
     axes = _sequence_row(fig, cells, case, channels, brain, class_map, f"class map {predicted}")
     combination = prediction.get("scale_combination", DEFAULT_SCALE_COMBINATION)
+    reach = support_note(prediction.get("brain_in_support"))
     _text(fig, grid[0, len(channels):], [f"class evidence map of {predicted}", f"(scales combined: {combination})",
-                                         *(probability_text(n, v) for n, v in prediction["probabilities"].items())])
+                                         *(probability_text(n, v) for n, v in prediction["probabilities"].items()),
+                                         *([] if reach is None else textwrap.wrap(reach, 34))])
     for row, entry in enumerate(entries, start=1):
         column = entry["column"]
         cells = [grid[row, c] for c in range(len(channels))]

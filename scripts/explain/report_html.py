@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from scripts.explain.evidence import SEQUENCE_NAMES, calibration_note, probability_text
+from scripts.explain.evidence import SEQUENCE_NAMES, calibration_note, probability_text, support_note
 from scripts.explain.input_grid import InputCase, InputMap
 from scripts.explain.report import (
     AXIAL_LETTERS,
@@ -292,6 +292,8 @@ def case_html(
     disagrees = grade and record["true_class"] != predicted
     known = (f'<p id="grade" class="grade{" disagrees" if disagrees else ""}">predicted {html.escape(predicted)}; '
              f"{html.escape(grade)}</p>" if grade else "")
+    reach = support_note(record.get("brain_in_support"))
+    reach = "" if reach is None else f'<p id="reach">{html.escape(reach[0].upper() + reach[1:])}.</p>'
     banners = "".join(f'<div class="banner">CAUTION: {html.escape(w)}</div>' for w in record.get("warnings", []))
     stops = ", ".join(
         "#%02x%02x%02x" % tuple(int(255 * v) for v in colormaps[MAP_COLOURS](x)[:3]) for x in np.linspace(0, 1, 9)
@@ -304,6 +306,7 @@ def case_html(
 <body>
 <h1>{html.escape(case_id)}: predicted {html.escape(predicted)}</h1>
 {known}<p>{probabilities}. Research use only: not a diagnosis.</p>
+{reach}
 {banners}
 <p><label>overlay <select id="overlay">{options}</select></label>
 <label> opacity <input id="opacity" type="range" min="0" max="1" step="0.05" value="0.5"></label></p>

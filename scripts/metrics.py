@@ -34,6 +34,7 @@ __all__ = [
     "per_class_recall",
     "share_in_support",
     "similarity_spread",
+    "support_reach",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,29 +194,41 @@ def localisation_summary(attribution: torch.Tensor, mask: torch.Tensor, brain: t
     }
 
 
-def share_in_support(supports: Sequence[torch.Tensor], mask: torch.Tensor) -> float:
-    """Share of a mask that every prototype scale's maps may cover: its voxels where each scale's map support
+def support_reach(supports: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+    """Where every prototype scale's maps may lie, on the input grid: the voxels where each scale's map support
     (0/1 on its grid, :meth:`scripts.networks.UMProtoShare.map_supports`), brought to the input grid by
     :func:`scripts.maps.resize_to_input`, is at least 0.5, i.e. where a resized map is drawn mostly from
-    supported cells. The product class map is 0 outside this region by construction, whatever the model
-    learnt. Of the whole tumour it is the evaluation's ``tumour_in_support``, of the brain inference's
-    ``brain_in_support``.
+    supported cells. The product class map is 0 outside it by construction, whatever the model learnt.
 
     Args:
         supports: one per prototype scale, (h_s, w_s, d_s) or (1, h_s, w_s, d_s), values 0 or 1; none for maps
-            over the whole volume (1.0).
+            over the whole volume (everywhere).
+        shape: the input grid, (H, W, D).
+
+    Returns:
+        bool (H, W, D).
+    """
+    reach = torch.ones(tuple(int(n) for n in shape), dtype=torch.bool)
+    for support in supports:
+        reach &= resize_to_input(_single_map(support, "support"), reach.shape)[0, 0].cpu() >= 0.5
+    return reach
+
+
+def share_in_support(supports: Sequence[torch.Tensor], mask: torch.Tensor) -> float:
+    """Share of a mask inside :func:`support_reach`: of the whole tumour the evaluation's ``tumour_in_support``,
+    of the brain inference's ``brain_in_support``.
+
+    Args:
+        supports: as :func:`support_reach`.
         mask: bool or 0/1 mask on the input grid, (H, W, D) or (1, H, W, D).
 
     Returns:
         A fraction; NaN for an empty mask.
     """
-    region = _single_map(mask, "mask")[0, 0] > 0
+    region = _single_map(mask, "mask")[0, 0].cpu() > 0
     if not bool(region.any()):
         return math.nan
-    reach = torch.ones_like(region)
-    for support in supports:
-        reach &= resize_to_input(_single_map(support, "support"), region.shape)[0, 0] >= 0.5
-    return float((reach & region).sum()) / float(region.sum())
+    return float((support_reach(supports, region.shape) & region).sum()) / float(region.sum())
 
 
 def similarity_spread(similarities: torch.Tensor) -> dict[str, float]:

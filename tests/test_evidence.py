@@ -384,25 +384,28 @@ def test_explain_case_flip_average_shows_the_mirror_images_mean_and_predicts_its
 
 @pytest.mark.parametrize(
     "support, margin, expected",
-    [("volume", 0, None), ("brain", 0, (16**3 - 8) / 16**3), ("brain", 2, (12**3 - 8) / 16**3)],
+    [("volume", 0, None), ("brain", 0, 16**3 - 8), ("brain", 2, 12**3 - 8)],
 )
-def test_the_record_gives_the_share_of_the_brain_the_maps_can_reach(support, margin, expected):
+def test_the_evidence_knows_where_its_maps_can_reach(support, margin, expected):
     # brain: the box [4, 20)^3 of a 24^3 image, aligned with the 2-voxel cells of scale 1's 12^3 grid. Without
     # a band, cells 2..9 hold it exactly; resized back (trilinear), a voxel of the box's first or last layer
-    # reads 0.75 along that axis, so every box voxel but its 8 corners (0.75^3 < 0.5) counts. Less 2 voxels,
-    # [6, 18): cells 3..8, 12^3 voxels less 8 corners, of the brain's 16^3. Whole volume: None, and no note.
+    # reads 0.75 along that axis, so every box voxel but its 8 corners (0.75^3 < 0.5) is reached. Less 2 voxels,
+    # [6, 18): cells 3..8, 12^3 voxels less 8 corners. Whole volume: None, and no note on the pages.
     torch.manual_seed(1)
     model = UMProtoShare(**{**CONSTRUCTED, "map_support": support, "map_support_margin": margin}).eval()
     image = torch.zeros(4, 24, 24, 24)
     image[:, 4:20, 4:20, 4:20] = 1.0 + torch.rand(4, 16, 16, 16, generator=torch.Generator().manual_seed(2))
     evidence = explain_case(model, image)
     assert [tuple(m.shape[1:]) for m in evidence.maps_per_scale] == [(12, 12, 12)]
-    record = prediction_record(evidence, [(1, k) for k in range(3)], ["LGG", "HGG"])
     if expected is None:
-        assert record["brain_in_support"] is None and support_note(None) is None
-    else:
-        assert record["brain_in_support"] == pytest.approx(expected)
-        assert f"in {100 * expected:.0f} % of the brain" in support_note(record["brain_in_support"])
+        assert evidence.support_reach is None and support_note(None) is None
+        return
+    reach = evidence.support_reach
+    assert int(reach.sum()) == expected and not reach[:4].any() and not reach[20:].any()
+    cells = evidence.maps_per_scale[0]  # (3, 12, 12, 12): zero on every cell outside the support, not inside it
+    first, last = (4 + margin) // 2, (20 - margin) // 2
+    assert not cells[:, :first].any() and not cells[:, last:].any() and cells[:, first:last].any()
+    assert f"in {100 * expected / 16**3:.0f} % of the brain" in support_note(expected / 16**3)
 
 
 def test_the_record_says_what_the_case_was_computed_in(tmp_path):

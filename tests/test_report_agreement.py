@@ -64,6 +64,25 @@ def test_brain_supported_maps_never_peak_outside_the_brain_in_any_output(tmp_pat
         volume = nib.load(str(out / "c1" / name)).get_fdata()
         assert volume.max() == pytest.approx(1.0) and not volume[~brain].any(), name
     assert all(e["peak_in_brain"] for e in prediction["prototypes"] if "map_file" in e)
+    assert prediction["map_support_file"] is None or prediction["brain_in_support"] is not None
+
+
+def test_map_support_file_shows_where_the_maps_may_lie_and_every_peak_is_inside_it(tmp_path):
+    # a 2-voxel band (network grid) leaves part of the brain out; the file is that region on the input files' grid
+    case = write_case(tmp_path / "cases" / "c1", "c1", seed=11)
+    out = tmp_path / "out"
+    _serve(_outside_model("brain"), Path(case["image"][0]).parent, out, top_prototypes_per_scale=3, map_support="brain",
+           map_support_margin=2)
+    prediction = json.loads((out / "c1" / "prediction.json").read_text())
+    assert prediction["map_support_file"] == "map_support.nii.gz"
+    support = nib.load(str(out / "c1" / "map_support.nii.gz")).get_fdata()
+    channels = np.stack([nib.load(f).get_fdata() for f in case["image"]])
+    brain = (channels > channels.reshape(4, -1).min(1)[:, None, None, None] + 1e-6).any(0)
+    assert set(np.unique(support)) == {0.0, 1.0} and not support[~brain].any()
+    share = support[brain].mean()
+    assert 0.3 < share < 0.95 and prediction["brain_in_support"] == pytest.approx(share)
+    for name, entry in json.loads((out / "c1" / "maps.json").read_text())["maps"].items():
+        assert support[tuple(entry["peak_voxel"])] == 1.0, name
 
 
 def _html_payload(page: str) -> dict:

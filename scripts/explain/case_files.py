@@ -10,6 +10,7 @@ computes it: scales combined by ``scale_combination``, or Eq. 26 for a class-spe
 prototypes of each scale that rank first for the predicted class
 (:meth:`~scripts.explain.evidence.CaseEvidence.ranked`). ``maps.json`` says what each map shows, its raw
 maximum and peak (one :class:`~scripts.explain.input_grid.InputMap` per map, which both reports read too).
+A brain-supported network also gets ``map_support.nii.gz``: 1 where its maps may lie at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
@@ -51,6 +53,8 @@ MAPS_JSON = "maps.json"
 PREDICTION_JSON = "prediction.json"
 REPORT_PNG = "report.png"
 REPORT_HTML = "report.html"
+SUPPORT_FILE = "map_support.nii.gz"
+"""Where every scale's maps may lie, on the input files' grid (1 inside; :meth:`CaseFiles.write_support`)."""
 
 
 def _map_file(key: str, predicted: str) -> str:
@@ -159,6 +163,26 @@ class CaseFiles:
         (folder / MAPS_JSON).write_text(json.dumps(sidecar, indent=2) + "\n")
         return written
 
+    def write_support(
+        self, folder: Path, case: InputCase, reference: str, image: MetaTensor, evidence: CaseEvidence
+    ) -> tuple[str | None, float | None]:
+        """Write :data:`SUPPORT_FILE`: 1 where every scale's maps may lie (``evidence.support_reach``), brought to the
+        input files' grid by inverting the preprocessing (≥ 0.5 after its interpolation) and kept inside their
+        brain, 0 elsewhere.
+
+        Returns:
+            Its name and its share of the input files' brain (``prediction.json``'s ``map_support_file`` and
+            ``brain_in_support``, which both reports state); None, None for maps over the whole volume (no file).
+        """
+        if evidence.support_reach is None:
+            return None, None
+        brain = np.asarray(case.brain, dtype=bool)
+        volume = to_original_space(evidence.support_reach[None].float(), image, self.preprocessing)[0] >= 0.5
+        volume = volume.cpu().numpy() & brain
+        description = "where the prototype maps may lie (1): the brain less its border band"
+        write_nifti(volume.astype(np.float32), reference, folder / SUPPORT_FILE, description, (0.0, 1.0))
+        return SUPPORT_FILE, float(volume.sum()) / max(int(brain.sum()), 1)
+
     def record(
         self, case: Mapping[str, Any], evidence: CaseEvidence, written: dict[str, InputMap],
         prototype_maps: dict[int, InputMap], push: PushResult | None, push_dir: str | PathLike | None,
@@ -194,6 +218,9 @@ class CaseFiles:
         written = self.write_maps(folder, on_input, case["image"][0], image, maps, predicted)
         prototype_maps = {c: written[self._prototype_key(c)] for c in chosen}
         record = self.record(case, evidence, written, prototype_maps, sources.push, push_dir)
+        record["map_support_file"], record["brain_in_support"] = self.write_support(
+            folder, on_input, case["image"][0], image, evidence
+        )
         (folder / PREDICTION_JSON).write_text(json.dumps(record, indent=2) + "\n")
         if self.write_report:
             views = {c: sources.view(c) for c in chosen}

@@ -25,9 +25,8 @@ from monai.transforms import Compose
 from torch import Tensor
 
 from scripts.calibration import Calibration, format_probability
-from scripts.data.foreground import brain_mask
 from scripts.maps import resize_to_input
-from scripts.metrics import share_in_support
+from scripts.metrics import support_reach
 from scripts.networks import UMProtoShare
 from scripts.prototypes import (
     SEPARATION_FLOOR,
@@ -266,11 +265,12 @@ RECHECKED = "fp32 (bf16 recheck)"
 
 def support_note(brain_in_support: float | None) -> str | None:
     """What a reader must know of the maps' reach: the share of the brain where they may show evidence, or None
-    for maps over the whole volume (``brain_in_support`` of :func:`prediction_record`)."""
+    for maps over the whole volume (``prediction.json``'s ``brain_in_support``)."""
     if brain_in_support is None or math.isnan(brain_in_support):
         return None
     return (f"maps can show evidence in {100 * brain_in_support:.0f} % of the brain; not in its outer band "
-            "(nor coarse cells mostly outside it), so a tumour there shows no evidence")
+            "(nor coarse cells mostly outside it), so a tumour there shows no evidence (map_support.nii.gz: where "
+            "they can)")
 
 
 def calibration_note(calibration: Mapping[str, Any], flip_average: bool = False, precision: str = "fp32") -> str:
@@ -352,9 +352,10 @@ class CaseEvidence:
     asked for and the case fell under the network's ``bf16_recheck_margin``."""
     reference: Tensor | None = None
     """S̄, (K,): the similarity the prototypes are ranked against (:func:`ranking_reference`); None: by Δy."""
-    brain_in_support: float | None = None
-    """Share of the case's brain inside every scale's map support (:func:`scripts.metrics.share_in_support`): the
-    rest (its border band, coarse cells mostly outside it) cannot show evidence; None: maps over the whole volume."""
+    support_reach: Tensor | None = None
+    """bool (H, W, D) on the network's input grid: where every scale's maps may lie (:func:`scripts.metrics.support_reach`;
+    the rest, the brain's border band and coarse cells mostly outside it, cannot show evidence); None: maps over the
+    whole volume."""
 
     @property
     def ranking(self) -> str:
@@ -438,8 +439,8 @@ def explain_case(
         flip_average=flip_average,
         precision=precision,
         reference=None if reference is None else reference.float().cpu(),
-        brain_in_support=None if supports[0] is None else share_in_support(
-            [support[0].cpu() for support in supports], brain_mask(image.cpu())
+        support_reach=None if supports[0] is None else support_reach(
+            [support[0].cpu() for support in supports], image.shape[1:]
         ),
     )
 
@@ -540,8 +541,7 @@ def prediction_record(
     order) with its mean S over each class's push-set cases, and ``separation`` / ``separates_classes``
     (:func:`~scripts.prototypes.class_separation` against :data:`~scripts.prototypes.SEPARATION_FLOOR`;
     None without those means): whether it matches the class it votes for better than the others.
-    ``warnings`` lists :func:`confidence_warnings`. ``brain_in_support`` is the share of the brain where the
-    maps may show evidence (None: the whole volume).
+    ``warnings`` lists :func:`confidence_warnings`.
 
     Args:
         evidence: from :func:`explain_case`.
@@ -607,6 +607,5 @@ def prediction_record(
             class_names[int(evidence.logits.argmax())] if evidence.flip_average else None,
         ),
         "evidence_ranking": evidence.ranking,
-        "brain_in_support": evidence.brain_in_support,
         "prototypes": entries,
     }

@@ -82,9 +82,9 @@ def read_metrics(fold_dir: str | PathLike) -> dict[str, float]:
         "spread_mean": number(spread.get("mean")),
         "spread_min": number(spread.get("min")),
         **{key: number(metrics.get(key)) for key in
-           ("ap_eq28", "tumour_in_support", "topk_peak_in_brain", "topk_peak_in_tumour_correct", "topk_peak_tumour_distance_correct",
-            "prototype_source_agrees", "prototype_separates", "topk_separating_correct",
-            "ece_raw", "ece", "ece_if_calibrated", "nll_raw", "nll", "brier")},
+           ("ap_eq28", "tumour_in_support", "topk_peak_in_brain", "topk_peak_in_tumour_correct",
+            "topk_peak_tumour_distance_correct", "prototype_source_agrees", "prototype_separates",
+            "topk_separating_correct", "ece_raw", "ece", "ece_if_calibrated", "nll_raw", "nll", "brier")},
     }
 
 

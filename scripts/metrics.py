@@ -215,8 +215,7 @@ def support_reach(supports: Sequence[torch.Tensor], shape: Sequence[int]) -> tor
 
 
 def share_in_support(supports: Sequence[torch.Tensor], mask: torch.Tensor) -> float:
-    """Share of a mask inside :func:`support_reach`: of the whole tumour the evaluation's ``tumour_in_support``,
-    of the brain inference's ``brain_in_support``.
+    """Share of a mask inside :func:`support_reach` (of the whole tumour: the evaluation's ``tumour_in_support``).
 
     Args:
         supports: as :func:`support_reach`.

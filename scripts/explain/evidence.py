@@ -353,9 +353,9 @@ class CaseEvidence:
     reference: Tensor | None = None
     """S̄, (K,): the similarity the prototypes are ranked against (:func:`ranking_reference`); None: by Δy."""
     support_reach: Tensor | None = None
-    """bool (H, W, D) on the network's input grid: where every scale's maps may lie (:func:`scripts.metrics.support_reach`;
-    the rest, the brain's border band and coarse cells mostly outside it, cannot show evidence); None: maps over the
-    whole volume."""
+    """bool (H, W, D) on the network's input grid: where every scale's maps may lie
+    (:func:`scripts.metrics.support_reach`; the rest, the brain's border band and coarse cells mostly outside it,
+    cannot show evidence); None: maps over the whole volume."""
 
     @property
     def ranking(self) -> str:

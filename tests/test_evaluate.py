@@ -150,8 +150,9 @@ def test_prototype_read_outs_are_written_and_recomputed_from_the_network_and_pus
     rows = read_case_table(evaluated.fold_dir / "per_case.csv")
     metrics = evaluated.metrics
     assert metrics["top_prototypes"] == 6
-    for key in ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour"):
+    for key in ("ap_eq28", "topk_peak_in_brain", "topk_peak_in_tumour", "tumour_in_support"):
         assert metrics[key] == pytest.approx(np.mean([row[key] for row in rows]), abs=1e-12)
+    assert all(0 <= row["tumour_in_support"] <= 1 for row in rows)
     correct = [row for row in rows if row["label"] == row["prediction"]]
     for key in ("topk_peak_in_brain", "topk_peak_in_tumour"):
         expected = np.mean([row[key] for row in correct]) if correct else None

@@ -18,6 +18,7 @@ from scripts.evaluate.prototypes import (
     prototype_peaks,
     separating_share,
     source_agreement,
+    support_warning,
     top_prototype_columns,
 )
 from scripts.explain.evidence import prototype_contributions, ranking_contributions
@@ -211,6 +212,14 @@ def test_evaluation_reads_the_share_of_the_tumour_inside_every_scales_map_suppor
     with torch.no_grad():
         assert model.explain(images).per_scale[0].maps.shape[2:] == (4, 4, 3)
     assert result.tumour_in_support.tolist() == [expected]
+
+
+def test_a_fold_whose_tumours_lie_outside_the_maps_support_is_warned_of():
+    assert support_warning(0.95, 3) is None and support_warning(0.9, 3) is None
+    assert support_warning(None, 3) is None and support_warning(math.nan, 3) is None
+    warning = support_warning(0.483, 3)
+    assert warning.startswith("only 48 % of the held-out tumours") and "3-voxel band" in warning
+    assert "--map_support_margin 1 or 0" in warning
 
 
 def test_evaluation_ranks_a_classs_voters_first_by_their_contribution_relative_to_the_reference():

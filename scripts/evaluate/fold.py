@@ -66,6 +66,7 @@ from .prototypes import (
     prototype_peaks,
     separating_share,
     source_agreement,
+    support_warning,
     top_prototype_columns,
 )
 
@@ -555,4 +556,7 @@ class FoldEvaluator:
                 metrics["prototype_separates"], metrics["topk_separating"], metrics["topk_separating_correct"],
                 metrics["tumour_in_support"],
             )
+            warning = support_warning(metrics["tumour_in_support"], model.map_support_margin)
+            if warning is not None:
+                logger.warning("fold %d: %s", self.fold, warning)
         return metrics

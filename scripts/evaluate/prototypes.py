@@ -33,6 +33,7 @@ __all__ = [
     "prototype_peaks",
     "separating_share",
     "source_agreement",
+    "support_warning",
     "top_prototype_columns",
 ]
 
@@ -54,6 +55,9 @@ READOUT_KEYS = (
     "tumour_in_support",
 )
 """The keys :func:`fold_readouts` adds to a fold's ``metrics.json`` (all null for a CNN)."""
+SUPPORT_WARNING = 0.9
+"""A fold whose held-out tumours lie less than this inside the maps' support (``tumour_in_support``) is warned of:
+on the quick start they lie 0.97 inside it, on the shifted family (edge tumours) 0.48."""
 
 
 def top_prototype_columns(
@@ -244,3 +248,18 @@ def fold_readouts(
     readouts["prototype_sources"] = None if sources is None else list(sources)
     readouts["tumour_in_support"] = None if reach is None else float(reach.mean())
     return readouts
+
+
+def support_warning(tumour_in_support: float | None, margin: int) -> str | None:
+    """The evaluation's warning when the held-out tumours lie less than :data:`SUPPORT_WARNING` inside the maps'
+    support (mean of :func:`~scripts.metrics.share_in_support`), naming the band to narrow; None otherwise.
+
+    Args:
+        tumour_in_support: the fold's mean share (None or NaN: no masks, or maps over the whole volume).
+        margin: the network's ``map_support_margin``.
+    """
+    if tumour_in_support is None or math.isnan(tumour_in_support) or tumour_in_support >= SUPPORT_WARNING:
+        return None
+    return (f"only {100 * tumour_in_support:.0f} % of the held-out tumours lie where the prototype maps may lie "
+            f"(the brain less a {margin}-voxel band along its border, coarse cells mostly outside it): a tumour at the "
+            "brain's edge cannot show evidence; --map_support_margin 1 or 0 (trained and read alike) reaches more of it")

@@ -64,7 +64,7 @@ def test_brain_supported_maps_never_peak_outside_the_brain_in_any_output(tmp_pat
         volume = nib.load(str(out / "c1" / name)).get_fdata()
         assert volume.max() == pytest.approx(1.0) and not volume[~brain].any(), name
     assert all(e["peak_in_brain"] for e in prediction["prototypes"] if "map_file" in e)
-    assert prediction["map_support_file"] is None or prediction["brain_in_support"] is not None
+    assert prediction["map_support_file"] == "map_support.nii.gz" and 0 < prediction["brain_in_support"] <= 1
 
 
 def test_map_support_file_shows_where_the_maps_may_lie_and_every_peak_is_inside_it(tmp_path):
@@ -97,6 +97,9 @@ def test_four_outputs_agree_on_a_peak_outside_the_brain(tmp_path):
     prediction = json.loads((folder / "prediction.json").read_text())
     sidecar = json.loads((folder / "maps.json").read_text())["maps"]
     entries = {e["k"]: e for e in prediction["prototypes"]}
+    # whole-volume maps: no support file, no share, no note
+    assert prediction["map_support_file"] is None and prediction["brain_in_support"] is None
+    assert not (folder / "map_support.nii.gz").exists()
     # the input's own brain: any sequence above its minimum
     channels = np.stack([nib.load(f).get_fdata() for f in case["image"]])
     brain = (channels > channels.reshape(4, -1).min(1)[:, None, None, None] + 1e-6).any(0)

@@ -204,7 +204,6 @@ def predict_fold(
                 contributions = ranking_contributions(explanation.similarities, weight, reference)
                 first = ranking_first(weight, reference)
                 eq28 = class_map(network, images, target, "prototype_maps", "sum", False, explanation).float().cpu()
-                supports = model.map_supports(images, [entry.features for entry in explanation.per_scale])
             else:
                 logits = network(images)
             all_logits.append(logits.float().cpu())
@@ -224,7 +223,7 @@ def predict_fold(
                 values.append(case.get(key, float("nan")))
             if prototypes:
                 ap_eq28.append(float("nan") if mask is None else activation_precision(eq28[i], mask))
-                case_supports = [support[i].cpu() for support in supports if support is not None]
+                case_supports = [entry.support[i].cpu() for entry in explanation.per_scale if entry.support is not None]
                 reach.append(float("nan") if mask is None else share_in_support(case_supports, mask))
                 voting = None if first is None else first[predicted[i]]
                 scores = contributions[i, predicted[i]]

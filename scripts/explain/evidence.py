@@ -416,7 +416,6 @@ def explain_case(
         weight = model.classifier.effective_weight.detach()
         contributions = prototype_contributions(explanation.similarities, weight)[0]
         delta = sequence_evidence(model, image, explanation.similarities)
-        supports = model.map_supports(image[None], [entry.features for entry in explanation.per_scale])
     logits = explanation.logits[0].float().cpu()
     mirrored = flip_probabilities(model, image[None], calibration) if flips or flip_average else None
     probabilities = mirrored[0].mean(dim=0) if flip_average else calibration.apply(logits)
@@ -439,8 +438,8 @@ def explain_case(
         flip_average=flip_average,
         precision=precision,
         reference=None if reference is None else reference.float().cpu(),
-        support_reach=None if supports[0] is None else support_reach(
-            [support[0].cpu() for support in supports], image.shape[1:]
+        support_reach=None if explanation.per_scale[0].support is None else support_reach(
+            [entry.support[0].cpu() for entry in explanation.per_scale], image.shape[1:]
         ),
     )
 

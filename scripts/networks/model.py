@@ -77,6 +77,9 @@ class ScaleExplanation(NamedTuple):
     fusion_inputs: list[Tensor]
     """What F_s is fused from (:meth:`~scripts.networks.backbone.Backbone.fusion_inputs`), for the
     multi-scale mapping loss; ``model.refuse(scale, inputs)`` recomputes F_s from them."""
+    support: Tensor | None = None
+    """Where the scale's maps may lie (:meth:`UMProtoShare.map_supports`, the mask the head multiplied them by),
+    (B, 1, H_s, W_s, D_s) of 0/1; None for maps over the whole volume."""
 
 
 class Explanation(NamedTuple):
@@ -403,7 +406,8 @@ class UMProtoShare(GroupedNetwork):
         supports = self.map_supports(x, features)
         per_scale = [
             ScaleExplanation(
-                scale=s, features=f, gate=gate, **head.run(f, support, addon)._asdict(), fusion_inputs=fused_from
+                scale=s, features=f, gate=gate, **head.run(f, support, addon)._asdict(), fusion_inputs=fused_from,
+                support=support,
             )
             for s, f, gate, head, fused_from, support, addon in zip(
                 self.scales, features, gates, self.heads.values(), inputs, supports, self.addon_inputs(taps)

@@ -158,6 +158,8 @@ class ScaleTerms(NamedTuple):
             ``mapping_loss_kind="multi_scale"``.
         refuse_fn: fuses resized ``fusion_inputs`` into F_s (``functools.partial(model.refuse, s)``);
             needed only by ``mapping_loss_kind="multi_scale"``.
+        maps: the normalised maps M_s of Eq. 13 `(B, K_s, H_s, W_s, D_s)`; needed only by the scale
+            agreement term (``agreement_weight``).
 
     Without a mapping module (ProtoPNet) ``hidden``, ``w2``, ``soft_maps`` and ``map_fn`` may be None
     when L_map and L_OC are off.
@@ -173,3 +175,4 @@ class ScaleTerms(NamedTuple):
     columns: slice | Sequence[int] | torch.Tensor
     fusion_inputs: Sequence[torch.Tensor] | None = None
     refuse_fn: Callable[[list[torch.Tensor]], torch.Tensor] | None = None
+    maps: torch.Tensor | None = None

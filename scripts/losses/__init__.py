@@ -23,6 +23,7 @@ __all__, __getattr__, __dir__ = exports(
         "multiscale_mapping_loss": "localisation",
         "online_cam_logits": "localisation",
         "resize_spatial": "localisation",
+        "scale_agreement_loss": "localisation",
         "CLASSIFICATION_LOSSES": "terms",
         "CLUSTERING_FORMS": "terms",
         "classification_loss": "terms",

@@ -8,7 +8,13 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from scripts.losses.localisation import LSE_SHARPNESS, mapping_loss, multiscale_mapping_loss, online_cam_logits
+from scripts.losses.localisation import (
+    LSE_SHARPNESS,
+    mapping_loss,
+    multiscale_mapping_loss,
+    online_cam_logits,
+    scale_agreement_loss,
+)
 from scripts.losses.terms import (
     CLASSIFICATION_LOSSES,
     CLUSTERING_FORMS,
@@ -18,6 +24,7 @@ from scripts.losses.terms import (
     l1_regularisation,
     separation_loss_class_specific,
 )
+from scripts.maps import class_attention_map
 from scripts.prototypes import PROTOTYPE_SHARING, ScaleTerms, soft_class_coefficients
 
 __all__ = ["MAPPING_LOSS_KINDS", "MAP_RATIOS", "ClassificationLoss", "LastLayerLoss", "Stage1Loss"]
@@ -65,7 +72,9 @@ class Stage1Loss(ClassificationLoss):
     """Stage-1 (latent space) objective (Eq. 1/19).
 
     ``L = l_cls L_cls + l_clst L_clst + l_sep L_sep + l_map/n_s sum_s L_map^s
-    + l_OC/n_s sum_s L_OC^s + l_div L_div`` with n_s the number of scales given.
+    + l_OC/n_s sum_s L_OC^s + l_div L_div`` with n_s the number of scales given, plus, when
+    ``agreement_weight > 0`` (not in the paper), ``l_agree`` times the scale agreement of each case's
+    true-class map (:func:`~scripts.losses.localisation.scale_agreement_loss`).
 
     Args:
         prototype_sharing: ``"shared"`` (Eq. 8-9 with zeta of Eq. 7) or ``"class_specific"``
@@ -74,7 +83,8 @@ class Stage1Loss(ClassificationLoss):
             :data:`~scripts.losses.terms.CLUSTERING_FORMS`: ``"sum"`` (Eq. 8-9 as printed), ``"mean"``
             (zeta-normalised) or ``"max"`` (max over the prototypes zeta assigns). No effect with
             ``"class_specific"``. ``clst_weight = sep_weight = 0`` switches the pair off.
-        cls_weight, clst_weight, sep_weight, map_weight, oc_weight, div_weight: the lambdas.
+        cls_weight, clst_weight, sep_weight, map_weight, oc_weight, div_weight, agreement_weight: the
+            lambdas (``agreement_weight`` 0 leaves the term out, the paper's objective).
         use_map, use_oc: switch L_map / L_OC off (their map_fn / hidden are then unused).
         map_ratios: r is drawn uniformly from these once per call.
         seed: seeds a private generator for the r draws; None uses torch's global RNG.
@@ -93,6 +103,7 @@ class Stage1Loss(ClassificationLoss):
         map_weight: float = 0.5,
         oc_weight: float = 0.05,
         div_weight: float = 0.001,
+        agreement_weight: float = 0.0,
         use_map: bool = True,
         use_oc: bool = True,
         map_ratios: Sequence[float] = MAP_RATIOS,
@@ -118,6 +129,10 @@ class Stage1Loss(ClassificationLoss):
             "oc": oc_weight,
             "div": div_weight,
         }
+        if agreement_weight < 0:
+            raise ValueError(f"agreement_weight must be >= 0, got {agreement_weight}.")
+        if agreement_weight > 0:
+            self.lambdas["agree"] = agreement_weight
         self.use_map, self.use_oc = use_map, use_oc
         self.map_ratios = tuple(float(r) for r in map_ratios)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -185,6 +200,7 @@ class Stage1Loss(ClassificationLoss):
         else:
             if ownership is None:
                 raise ValueError('prototype_sharing="class_specific" needs the ownership matrix (K_total, C).')
+            zeta = ownership.t()
             terms = {
                 "clst": clustering_loss_class_specific(similarities, labels, ownership),
                 "sep": separation_loss_class_specific(similarities, labels, ownership),
@@ -198,8 +214,22 @@ class Stage1Loss(ClassificationLoss):
             terms["oc"] = torch.stack(
                 [self._online_cam_loss(s, classifier_weight[:, cols], labels) for s, cols in zip(scales, columns)]
             ).mean()
+        if "agree" in self.lambdas:
+            terms["agree"] = self._agreement_loss(scales, zeta, columns, labels)
         total = sum(self.lambdas[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
+
+    @staticmethod
+    def _agreement_loss(
+        scales: Sequence[ScaleTerms], zeta: torch.Tensor, columns: Sequence[torch.Tensor], labels: torch.Tensor
+    ) -> torch.Tensor:
+        if any(s.maps is None for s in scales):
+            raise ValueError("the scale agreement term needs ScaleTerms.maps (the normalised maps M_s).")
+        class_maps = [
+            class_attention_map([s.maps], zeta[:, cols.to(zeta.device)], labels, s.maps.shape[2:], "sum")
+            for s, cols in zip(scales, columns)
+        ]
+        return scale_agreement_loss(class_maps)
 
 
 class LastLayerLoss(ClassificationLoss):

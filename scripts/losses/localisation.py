@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from scripts.maps import PRODUCT_FLOOR, resize_to_input
+
 __all__ = [
     "LSE_SHARPNESS",
     "lse_pool",
@@ -15,6 +17,7 @@ __all__ = [
     "multiscale_mapping_loss",
     "online_cam_logits",
     "resize_spatial",
+    "scale_agreement_loss",
 ]
 
 LSE_SHARPNESS = 10.0
@@ -124,3 +127,42 @@ def online_cam_logits(
             f"classifier columns {tuple(classifier_columns.shape)}."
         )
     return lse_pool(hidden, sharpness) @ w2.t() @ classifier_columns.t()
+
+
+def scale_agreement_loss(class_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cross-scale agreement of one class's maps (not in the paper; ``agreement_weight`` of Stage1Loss).
+
+    The teacher is the geometric mean of the scales' maps on the finest grid, normalised and detached;
+    each scale's map is pulled towards the teacher average-pooled onto its own grid by
+    ``KL(q_s || m_s) = sum q_s (log q_s - log m_s)``. Maps that already agree are a fixed point (the
+    geometric mean of equal maps is the map), so the term aligns the scales without sharpening them.
+
+    Args:
+        class_maps: per scale, the class map m_s `(B, h_s, w_s, d_s)`, non-negative (each case's map is
+            normalised to sum 1 here; a map that is zero everywhere is skipped).
+
+    Returns:
+        Scalar: the mean over scales and cases with a non-zero map.
+    """
+    if len(class_maps) < 2:
+        raise ValueError(f"scale agreement needs maps of at least two scales, got {len(class_maps)}.")
+    shapes = [tuple(m.shape[1:]) for m in class_maps]
+    if any(len(shape) != 3 for shape in shapes) or len({m.shape[0] for m in class_maps}) != 1:
+        raise ValueError(
+            f"class maps must be (B, h, w, d) with one batch size, got {[tuple(m.shape) for m in class_maps]}."
+        )
+    finest = max(shapes, key=math.prod)
+    sums = [m.flatten(1).sum(1) for m in class_maps]
+    present = torch.stack(sums).gt(0).all(0)  # (B,)
+    distributions = [m / s.clamp_min(PRODUCT_FLOOR).view(-1, 1, 1, 1) for m, s in zip(class_maps, sums)]
+    with torch.no_grad():
+        logs = [resize_to_input(d.unsqueeze(1), finest).clamp_min(PRODUCT_FLOOR).log() for d in distributions]
+        teacher = torch.stack(logs).mean(0).exp()  # (B, 1, *finest)
+    losses = []
+    for m in distributions:
+        q = F.adaptive_avg_pool3d(teacher, m.shape[1:])[:, 0]
+        q = q / q.flatten(1).sum(1).clamp_min(PRODUCT_FLOOR).view(-1, 1, 1, 1)
+        kl = (q * (q.clamp_min(PRODUCT_FLOOR).log() - m.clamp_min(PRODUCT_FLOOR).log())).flatten(1).sum(1)
+        losses.append(kl)
+    per_case = torch.stack(losses).mean(0)
+    return per_case[present].mean() if bool(present.any()) else per_case.sum() * 0.0

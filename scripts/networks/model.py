@@ -438,6 +438,7 @@ class UMProtoShare(GroupedNetwork):
                     columns=self.columns(entry.scale),
                     fusion_inputs=entry.fusion_inputs,
                     refuse_fn=functools.partial(self.refuse, entry.scale),
+                    maps=entry.maps,
                 )
             )
         return terms

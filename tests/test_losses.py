@@ -22,6 +22,7 @@ from scripts.losses import (
     mapping_loss,
     online_cam_logits,
     resize_spatial,
+    scale_agreement_loss,
     separation_loss_class_specific,
     separation_loss_shared,
     separation_loss_shared_max,
@@ -443,3 +444,53 @@ def test_paper_literal_sum_pulls_shared_prototypes_up_for_every_class():
     assert sum(draws) >= 45
     # the hand case: zeta = (0.5, 0.5) for one prototype -> both classes' gradient -0.8*0.5 + 0.08*0.5 = -0.36
     assert _pulled_up_by_every_class(form, clst_weight, sep_weight, torch.tensor([[0.5], [0.5]])).item()
+
+
+def test_scale_agreement_hand_value():
+    # fine map (1, 3) on a 2 x 1 x 1 grid -> (1/4, 3/4); coarse 1 x 1 x 1 map -> 1, resized to the fine grid: (1, 1)
+    # teacher = geometric mean (sqrt(1/4), sqrt(3/4)) normalised: q = (0.5, sqrt .75) / (0.5 + sqrt .75)
+    # fine: KL(q || (1/4, 3/4)); coarse: the teacher pooled onto one cell is 1 = its map -> 0; mean of the two
+    fine = torch.tensor([1.0, 3.0]).reshape(1, 2, 1, 1).requires_grad_()
+    coarse = torch.tensor([5.0]).reshape(1, 1, 1, 1).requires_grad_()
+    q1 = 0.5 / (0.5 + math.sqrt(0.75))
+    expected = (q1 * math.log(q1 / 0.25) + (1 - q1) * math.log((1 - q1) / 0.75)) / 2
+    loss = scale_agreement_loss([fine, coarse])
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    # the teacher is detached: the fine map is pulled from (1/4, 3/4) towards q (its first voxel up)
+    assert fine.grad[0, 0, 0, 0] < 0 < fine.grad[0, 1, 0, 0]
+    assert coarse.grad.abs().max() < 1e-6
+
+
+def test_scale_agreement_is_zero_for_maps_that_agree_and_skips_empty_cases():
+    # equal maps on one grid (any scale factor) and uniform maps on two grids: the teacher is each map itself
+    m = torch.rand(2, 4, 4, 2) + 0.1
+    assert scale_agreement_loss([m, 3.0 * m]).item() == pytest.approx(0.0, abs=1e-6)
+    assert scale_agreement_loss([torch.ones(2, 4, 4, 2), torch.ones(2, 2, 2, 1)]).item() == pytest.approx(0.0, abs=1e-6)
+    # a case whose map at one scale is empty (its class supports no prototype there) is left out of the mean
+    other, coarse = torch.rand(1, 4, 4, 2) + 0.1, torch.rand(2, 2, 2, 1) + 0.1
+    with_empty = scale_agreement_loss([torch.cat([other, torch.zeros(1, 4, 4, 2)]), coarse])
+    alone = scale_agreement_loss([other, coarse[:1]])
+    assert with_empty.item() == pytest.approx(alone.item(), rel=1e-6) and alone.item() > 0
+    with pytest.raises(ValueError, match="at least two scales"):
+        scale_agreement_loss([m])
+
+
+def test_stage1_agreement_term_reads_the_true_class_maps():
+    # y = 1 selects the prototypes with zeta > 0 for class 1: scale 1's only one, scale 2's second (columns 1, 2
+    # of w[1] = (0, 1)); their maps, normalised, are what the term compares
+    scales, w_cls = _two_scales()
+    m1 = torch.rand(1, 1, 4, 4, 4) + 0.1
+    m2 = torch.stack([torch.rand(4, 4, 4), torch.rand(4, 4, 4) + 0.1])[None]
+    scales = [scales[0]._replace(maps=m1), scales[1]._replace(maps=m2)]
+    args = (scales, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls)
+    total_off, parts_off = Stage1Loss(seed=0)(*args)
+    total_on, parts_on = Stage1Loss(seed=0, agreement_weight=0.5)(*args)
+    assert "agree" not in parts_off
+    expected = scale_agreement_loss([m1[:, 0], m2[:, 1]])
+    assert parts_on["agree"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert total_on.item() == pytest.approx(total_off.item() + 0.5 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="agreement_weight"):
+        Stage1Loss(agreement_weight=-1.0)
+    with pytest.raises(ValueError, match="ScaleTerms.maps"):
+        Stage1Loss(agreement_weight=0.5)(_two_scales()[0], *args[1:])

@@ -494,3 +494,7 @@ def test_stage1_agreement_term_reads_the_true_class_maps():
         Stage1Loss(agreement_weight=-1.0)
     with pytest.raises(ValueError, match="ScaleTerms.maps"):
         Stage1Loss(agreement_weight=0.5)(_two_scales()[0], *args[1:])
+    # one scale with prototypes (the single-scale baselines and ablations): nothing to agree with, no term
+    one = scales[1]._replace(columns=slice(0, 2))
+    _, parts_one = Stage1Loss(agreement_weight=0.5)([one], args[1], args[2], w_cls[:, 1:])
+    assert "agree" not in parts_one

@@ -74,7 +74,8 @@ class Stage1Loss(ClassificationLoss):
     ``L = l_cls L_cls + l_clst L_clst + l_sep L_sep + l_map/n_s sum_s L_map^s
     + l_OC/n_s sum_s L_OC^s + l_div L_div`` with n_s the number of scales given, plus, when
     ``agreement_weight > 0`` (not in the paper), ``l_agree`` times the scale agreement of each case's
-    true-class map (:func:`~scripts.losses.localisation.scale_agreement_loss`).
+    true-class map (:func:`~scripts.losses.localisation.scale_agreement_loss`; left out when a single
+    scale carries prototypes).
 
     Args:
         prototype_sharing: ``"shared"`` (Eq. 8-9 with zeta of Eq. 7) or ``"class_specific"``
@@ -214,7 +215,7 @@ class Stage1Loss(ClassificationLoss):
             terms["oc"] = torch.stack(
                 [self._online_cam_loss(s, classifier_weight[:, cols], labels) for s, cols in zip(scales, columns)]
             ).mean()
-        if "agree" in self.lambdas:
+        if "agree" in self.lambdas and len(scales) > 1:
             terms["agree"] = self._agreement_loss(scales, zeta, columns, labels)
         total = sum(self.lambdas[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}

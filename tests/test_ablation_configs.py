@@ -104,3 +104,13 @@ def test_quickstart_parses_to_a_tiny_run_through_every_stage():
     assert explanation.logits.shape == (1, 2) and network.num_prototypes == 30
     assert sum(p.numel() for p in network.parameters()) < 500_000
     assert "quickstart" in parser.get_parsed_content("output_dir")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25])
+def test_agreement_weight_reaches_the_stage1_loss(weight):
+    # train.json's top-level agreement_weight is what Stage1Loss uses; 0 leaves the term out (the paper's objective)
+    parser = _parser()
+    parser["agreement_weight"] = weight
+    lambdas = parser.get_parsed_content("loss").lambdas
+    assert lambdas.get("agree") == (weight or None)
+    assert set(lambdas) - {"agree"} == {"cls", "clst", "sep", "map", "oc", "div"}

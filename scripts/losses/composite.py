@@ -86,6 +86,8 @@ class Stage1Loss(ClassificationLoss):
             ``"class_specific"``. ``clst_weight = sep_weight = 0`` switches the pair off.
         cls_weight, clst_weight, sep_weight, map_weight, oc_weight, div_weight, agreement_weight: the
             lambdas (``agreement_weight`` 0 leaves the term out, the paper's objective).
+        agreement_sharpness: the agreement teacher's exponent (1: the scales' geometric mean; n_scales:
+            their product).
         use_map, use_oc: switch L_map / L_OC off (their map_fn / hidden are then unused).
         map_ratios: r is drawn uniformly from these once per call.
         seed: seeds a private generator for the r draws; None uses torch's global RNG.
@@ -105,6 +107,7 @@ class Stage1Loss(ClassificationLoss):
         oc_weight: float = 0.05,
         div_weight: float = 0.001,
         agreement_weight: float = 0.0,
+        agreement_sharpness: float = 1.0,
         use_map: bool = True,
         use_oc: bool = True,
         map_ratios: Sequence[float] = MAP_RATIOS,
@@ -134,6 +137,7 @@ class Stage1Loss(ClassificationLoss):
             raise ValueError(f"agreement_weight must be >= 0, got {agreement_weight}.")
         if agreement_weight > 0:
             self.lambdas["agree"] = agreement_weight
+        self.agreement_sharpness = float(agreement_sharpness)
         self.use_map, self.use_oc = use_map, use_oc
         self.map_ratios = tuple(float(r) for r in map_ratios)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -220,8 +224,8 @@ class Stage1Loss(ClassificationLoss):
         total = sum(self.lambdas[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
 
-    @staticmethod
     def _agreement_loss(
+        self,
         scales: Sequence[ScaleTerms], zeta: torch.Tensor, columns: Sequence[torch.Tensor], labels: torch.Tensor
     ) -> torch.Tensor:
         if any(s.maps is None for s in scales):
@@ -230,7 +234,7 @@ class Stage1Loss(ClassificationLoss):
             class_attention_map([s.maps], zeta[:, cols.to(zeta.device)], labels, s.maps.shape[2:], "sum")
             for s, cols in zip(scales, columns)
         ]
-        return scale_agreement_loss(class_maps)
+        return scale_agreement_loss(class_maps, self.agreement_sharpness)
 
 
 class LastLayerLoss(ClassificationLoss):

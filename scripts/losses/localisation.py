@@ -129,23 +129,28 @@ def online_cam_logits(
     return lse_pool(hidden, sharpness) @ w2.t() @ classifier_columns.t()
 
 
-def scale_agreement_loss(class_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+def scale_agreement_loss(class_maps: Sequence[torch.Tensor], sharpness: float = 1.0) -> torch.Tensor:
     """Cross-scale agreement of one class's maps (not in the paper; ``agreement_weight`` of Stage1Loss).
 
-    The teacher is the geometric mean of the scales' maps on the finest grid, normalised and detached;
-    each scale's map is pulled towards the teacher average-pooled onto its own grid by
-    ``KL(q_s || m_s) = sum q_s (log q_s - log m_s)``. Maps that already agree are a fixed point (the
-    geometric mean of equal maps is the map), so the term aligns the scales without sharpening them.
+    The teacher is the geometric mean of the scales' maps on the finest grid raised to ``sharpness``,
+    normalised and detached; each scale's map is pulled towards the teacher average-pooled onto its own
+    grid by ``KL(q_s || m_s) = sum q_s (log q_s - log m_s)``. With ``sharpness`` 1, maps that already
+    agree are a fixed point (the geometric mean of equal maps is the map), so the term aligns the scales
+    without sharpening them; with ``sharpness`` n_scales the teacher is the product of the scales' maps
+    (the bundle's class map), sharper than any of them.
 
     Args:
         class_maps: per scale, the class map m_s `(B, h_s, w_s, d_s)`, non-negative (each case's map is
             normalised to sum 1 here; a map that is zero everywhere is skipped).
+        sharpness: exponent of the geometric mean (> 0).
 
     Returns:
         Scalar: the mean over scales and cases with a non-zero map.
     """
     if len(class_maps) < 2:
         raise ValueError(f"scale agreement needs maps of at least two scales, got {len(class_maps)}.")
+    if sharpness <= 0:
+        raise ValueError(f"sharpness must be > 0, got {sharpness}.")
     shapes = [tuple(m.shape[1:]) for m in class_maps]
     if any(len(shape) != 3 for shape in shapes) or len({m.shape[0] for m in class_maps}) != 1:
         raise ValueError(
@@ -157,7 +162,7 @@ def scale_agreement_loss(class_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     distributions = [m / s.clamp_min(PRODUCT_FLOOR).view(-1, 1, 1, 1) for m, s in zip(class_maps, sums)]
     with torch.no_grad():
         logs = [resize_to_input(d.unsqueeze(1), finest).clamp_min(PRODUCT_FLOOR).log() for d in distributions]
-        teacher = torch.stack(logs).mean(0).exp()  # (B, 1, *finest)
+        teacher = (sharpness * torch.stack(logs).mean(0)).exp()  # (B, 1, *finest); >= 1e-12 ** sharpness
     losses = []
     for m in distributions:
         q = F.adaptive_avg_pool3d(teacher, m.shape[1:])[:, 0]

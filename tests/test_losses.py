@@ -460,6 +460,10 @@ def test_scale_agreement_hand_value():
     # the teacher is detached: the fine map is pulled from (1/4, 3/4) towards q (its first voxel up)
     assert fine.grad[0, 0, 0, 0] < 0 < fine.grad[0, 1, 0, 0]
     assert coarse.grad.abs().max() < 1e-6
+    # sharpness 2 = the number of scales: the teacher is the product (1/4, 3/4) * (1, 1), the fine map itself -> 0
+    assert scale_agreement_loss([fine, coarse], sharpness=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="sharpness"):
+        scale_agreement_loss([fine, coarse], sharpness=0.0)
 
 
 def test_scale_agreement_is_zero_for_maps_that_agree_and_skips_empty_cases():

@@ -226,8 +226,12 @@ class Stage1Loss(ClassificationLoss):
 
     def _agreement_loss(
         self,
-        scales: Sequence[ScaleTerms], zeta: torch.Tensor, columns: Sequence[torch.Tensor], labels: torch.Tensor
+        scales: Sequence[ScaleTerms],
+        zeta: torch.Tensor,
+        columns: Sequence[torch.Tensor],
+        labels: torch.Tensor,
     ) -> torch.Tensor:
+        """The scale agreement of each case's true-class map (Eq. 27's selection: prototypes with ζ > 0)."""
         if any(s.maps is None for s in scales):
             raise ValueError("the scale agreement term needs ScaleTerms.maps (the normalised maps M_s).")
         class_maps = [

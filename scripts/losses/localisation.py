@@ -141,7 +141,7 @@ def scale_agreement_loss(class_maps: Sequence[torch.Tensor], sharpness: float = 
 
     Args:
         class_maps: per scale, the class map m_s `(B, h_s, w_s, d_s)`, non-negative (each case's map is
-            normalised to sum 1 here; a map that is zero everywhere is skipped).
+            normalised to sum 1 here; a case whose map is zero at some scale is left out).
         sharpness: exponent of the geometric mean (> 0).
 
     Returns:

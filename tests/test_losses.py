@@ -494,8 +494,13 @@ def test_stage1_agreement_term_reads_the_true_class_maps():
     expected = scale_agreement_loss([m1[:, 0], m2[:, 1]])
     assert parts_on["agree"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert total_on.item() == pytest.approx(total_off.item() + 0.5 * expected.item(), rel=1e-5)
+    _, parts_sharp = Stage1Loss(seed=0, agreement_weight=0.5, agreement_sharpness=2.0)(*args)
+    sharp = scale_agreement_loss([m1[:, 0], m2[:, 1]], sharpness=2.0)
+    assert parts_sharp["agree"].item() == pytest.approx(sharp.item(), rel=1e-5) and sharp.item() != expected.item()
     with pytest.raises(ValueError, match="agreement_weight"):
         Stage1Loss(agreement_weight=-1.0)
+    with pytest.raises(ValueError, match="agreement_sharpness"):
+        Stage1Loss(agreement_weight=0.5, agreement_sharpness=0.0)
     with pytest.raises(ValueError, match="ScaleTerms.maps"):
         Stage1Loss(agreement_weight=0.5)(_two_scales()[0], *args[1:])
     # one scale with prototypes (the single-scale baselines and ablations): nothing to agree with, no term

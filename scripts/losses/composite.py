@@ -137,6 +137,8 @@ class Stage1Loss(ClassificationLoss):
             raise ValueError(f"agreement_weight must be >= 0, got {agreement_weight}.")
         if agreement_weight > 0:
             self.lambdas["agree"] = agreement_weight
+        if agreement_sharpness <= 0:
+            raise ValueError(f"agreement_sharpness must be > 0, got {agreement_sharpness}.")
         self.agreement_sharpness = float(agreement_sharpness)
         self.use_map, self.use_oc = use_map, use_oc
         self.map_ratios = tuple(float(r) for r in map_ratios)

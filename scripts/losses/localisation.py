@@ -170,4 +170,4 @@ def scale_agreement_loss(class_maps: Sequence[torch.Tensor], sharpness: float = 
         kl = (q * (q.clamp_min(PRODUCT_FLOOR).log() - m.clamp_min(PRODUCT_FLOOR).log())).flatten(1).sum(1)
         losses.append(kl)
     per_case = torch.stack(losses).mean(0)
-    return per_case[present].mean() if bool(present.any()) else per_case.sum() * 0.0
+    return (per_case * present).sum() / present.sum().clamp_min(1)

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from scripts.data.foreground import foreground_mask
 from scripts.engine.calibration import calibrate_network
-from scripts.engine.iteration import plain_tensor, train_last_layer_epoch
+from scripts.engine.iteration import flipped_view, plain_tensor, train_last_layer_epoch
 from scripts.engine.persistence import atomic_save
 from scripts.engine.stages import Schedule, parameter_groups
 from scripts.evaluate.fold import METRICS_JSON, load_fold_weights
@@ -465,9 +465,11 @@ class PruneFold:
                 images_b, labels = default_prepare_batch(batch, self.device, False)
                 labels = torch.as_tensor(labels).long().reshape(-1)
                 optimizer.zero_grad(set_to_none=True)
-                explanation = model.explain(plain_tensor(images_b))
+                images_b = plain_tensor(images_b)
+                explanation = model.explain(images_b)
+                flipped = flipped_view(model.explain, model, images_b) if self.stage1_loss.needs_flipped_view else None
                 loss, _ = self.stage1_loss(model.loss_inputs(explanation), explanation.logits, labels,
-                                           model.classifier.effective_weight, model.ownership)
+                                           model.classifier.effective_weight, model.ownership, flipped)
                 term = torch.stack([
                     forget_loss(explanation.per_scale[model.scales.index(s)].descriptors, p) for s, p in patches.items()
                 ]).sum()

@@ -114,3 +114,11 @@ def test_agreement_weight_reaches_the_stage1_loss(weight):
     lambdas = parser.get_parsed_content("loss").lambdas
     assert lambdas.get("agree") == (weight or None)
     assert set(lambdas) - {"agree"} == {"cls", "clst", "sep", "map", "oc", "div"}
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_agreement_flip_reaches_the_stage1_loss(flip):
+    # train.json's agreement_flip decides whether the iteration runs the flipped view for the teacher
+    parser = _parser()
+    parser["agreement_flip"] = flip
+    assert parser.get_parsed_content("loss").needs_flipped_view is flip

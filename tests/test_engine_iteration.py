@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.engines.utils import default_prepare_batch
 
-from scripts.engine import Schedule, StagedIteration, train_last_layer_epoch
+from scripts.engine import Schedule, StagedIteration, flipped_view, train_last_layer_epoch
 from scripts.losses import LastLayerLoss, Stage1Loss
 from scripts.networks import BackboneCNN, ExplainForward, UMProtoShare, group_of, unwrap
 
@@ -65,6 +65,31 @@ def test_stage1_step_leaves_decoder_and_classifier_alone(parts):
     assert output["stage"] == "stage1" and output["batch_size"] == 2
     assert set(output["terms"]) == {"cls", "clst", "sep", "map", "oc", "div"}
     assert output["lr"] == pytest.approx(1e-2)
+
+
+def test_stage1_step_with_agreement_flip_runs_the_flipped_view_without_grad(parts):
+    network, cnn, _ = parts
+    network.set_trainable(SCHEDULE.trainable_groups("stage1"))
+    loss = Stage1Loss(agreement_weight=1.0, agreement_flip=True)
+    iteration = StagedIteration(
+        network, cnn, SCHEDULE, torch.optim.AdamW(cnn.parameters()), torch.optim.AdamW(network.parameters()),
+        torch.nn.CrossEntropyLoss(), loss,
+    )
+    seen = []
+    hook = network.backbone.encoder.conv1.register_forward_hook(
+        lambda module, args, out: seen.append((args[0].detach().clone(), out.requires_grad))
+    )
+    images = _batch()["image"]
+    output = iteration(_engine(epoch=2), _batch())
+    hook.remove()
+    assert [grad for _, grad in seen] == [True, False]  # the view is a second, no-grad forward
+    assert torch.equal(seen[1][0], images.flip((2, 3, 4)))
+    assert "agree" in output["terms"] and torch.isfinite(torch.tensor(output["loss"]))
+    # the helper's maps are the network's own on the flipped input
+    network.eval()
+    view = flipped_view(ExplainForward(network), network, images)
+    direct = network.loss_inputs(network.explain(images.flip((2, 3, 4))))
+    assert all(torch.equal(a.maps, b.maps) and not a.maps.requires_grad for a, b in zip(view, direct))
 
 
 def test_warmup_step_trains_the_cnn_not_the_model(parts):

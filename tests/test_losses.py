@@ -480,6 +480,49 @@ def test_scale_agreement_is_zero_for_maps_that_agree_and_skips_empty_cases():
         scale_agreement_loss([m])
 
 
+def test_scale_agreement_teacher_view_hand_value():
+    # two scales both (0.8, 0.2) on a 2 x 1 x 1 grid, a teacher view (0.2, 0.8): the teacher is the geometric
+    # mean of the three, ((0.8^2 * 0.2)^(1/3), (0.2^2 * 0.8)^(1/3)) normalised; each scale's KL to it, mean of two
+    m = torch.tensor([0.8, 0.2]).reshape(1, 2, 1, 1)
+    view = torch.tensor([0.2, 0.8]).reshape(1, 2, 1, 1)
+    t = ((0.8**2 * 0.2) ** (1 / 3), (0.2**2 * 0.8) ** (1 / 3))
+    q = (t[0] / sum(t), t[1] / sum(t))  # (0.6135, 0.3865)
+    expected = q[0] * math.log(q[0] / 0.8) + q[1] * math.log(q[1] / 0.2)  # 0.0918
+    loss = scale_agreement_loss([m, m.clone()], teacher_views=[view])
+    assert loss.item() == pytest.approx(expected, abs=1e-6) and expected == pytest.approx(0.0918, abs=1e-4)
+    # without the view the scales agree already; an empty view leaves the case out (no case left: 0)
+    assert scale_agreement_loss([m, m.clone()]).item() == pytest.approx(0.0, abs=1e-6)
+    assert scale_agreement_loss([m, m.clone()], teacher_views=[torch.zeros(1, 2, 1, 1)]).item() == 0.0
+    # a map that peaks one voxel off-centre and its mirror: the product's teacher sits at the centre
+    off = torch.tensor([1e-3, 0.5, 0.5]).reshape(1, 3, 1, 1).requires_grad_()
+    scale_agreement_loss([off, off], sharpness=3.0, teacher_views=[off.detach().flip(1)]).backward()
+    assert off.grad[0, 1, 0, 0] < 0 < off.grad[0, 2, 0, 0]
+    with pytest.raises(ValueError, match="one batch size"):
+        scale_agreement_loss([m, m], teacher_views=[torch.ones(2, 2, 1, 1)])
+
+
+def test_stage1_agreement_flip_reads_the_flipped_view():
+    # the flipped view's true-class maps, flipped back, join the teacher: maps that follow the flip
+    # (an equivariant model) give the term without the view; others change it; the view is required
+    scales, w_cls = _two_scales()
+    m1 = torch.rand(1, 1, 4, 4, 4) + 0.1
+    m2 = torch.stack([torch.rand(4, 4, 4), torch.rand(4, 4, 4) + 0.1])[None]
+    scales = [scales[0]._replace(maps=m1), scales[1]._replace(maps=m2)]
+    equivariant = [s._replace(maps=s.maps.flip((2, 3, 4))) for s in scales]
+    other = [s._replace(maps=torch.rand_like(s.maps) + 0.1) for s in scales]
+    args = (scales, torch.tensor([[0.0, LN3]]), torch.tensor([1]), w_cls, None)
+    loss = Stage1Loss(seed=0, agreement_weight=0.5, agreement_flip=True)
+    assert loss.needs_flipped_view and not Stage1Loss(agreement_flip=True).needs_flipped_view
+    plain = scale_agreement_loss([m1[:, 0], m2[:, 1]])
+    assert loss(*args, equivariant)[1]["agree"].item() == pytest.approx(plain.item(), rel=1e-5)
+    views = [other[0].maps[:, 0].flip((1, 2, 3)), other[1].maps[:, 1].flip((1, 2, 3))]
+    expected = scale_agreement_loss([m1[:, 0], m2[:, 1]], teacher_views=views)
+    assert loss(*args, other)[1]["agree"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert expected.item() != pytest.approx(plain.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="flipped view"):
+        loss(*args)
+
+
 def test_stage1_agreement_term_reads_the_true_class_maps():
     # y = 1 selects the prototypes with zeta > 0 for class 1: scale 1's only one, scale 2's second (columns 1, 2
     # of w[1] = (0, 1)); their maps, normalised, are what the term compares

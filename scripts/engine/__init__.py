@@ -36,6 +36,7 @@ __all__, __getattr__, __dir__ = exports(
         "StageHandler": "handlers",
         "epoch_seed": "handlers",
         "StagedIteration": "iteration",
+        "flipped_view": "iteration",
         "plain_tensor": "iteration",
         "train_last_layer_epoch": "iteration",
         "EpochCheckpoint": "persistence",

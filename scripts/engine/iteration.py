@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from scripts.losses import LastLayerLoss, Stage1Loss
 from scripts.networks import BackboneCNN, ExplainForward, UMProtoShare
 from scripts.networks.precision import autocast
+from scripts.prototypes import ScaleTerms
 
 from .diagnostics import stage1_diagnostics
 from .stages import Schedule
@@ -112,9 +113,10 @@ class StagedIteration:
                 own = net.own_class_map_gradient(labels) if self.map_gradient == "own_class" else nullcontext()
                 with own:
                     explanation = self.stage1_forward(images)
+                flipped = flipped_view(self.stage1_forward, net, images) if self.stage1_loss.needs_flipped_view else None
                 loss, terms = self.stage1_loss(
                     net.loss_inputs(explanation), explanation.logits, labels, net.classifier.effective_weight,
-                    net.ownership,
+                    net.ownership, flipped,
                 )
                 diagnostics = stage1_diagnostics(
                     explanation.similarities, explanation.logits, net.classifier.effective_weight,
@@ -130,6 +132,16 @@ class StagedIteration:
             "lr": float(optimizer.param_groups[0]["lr"]),
             "batch_size": int(labels.numel()),
         }
+
+
+def flipped_view(forward: Callable[[Tensor], Any], network: UMProtoShare, images: Tensor) -> list[ScaleTerms]:
+    """Stage-1 loss inputs of ``images`` `(B, C, H, W, D)` flipped along H, W and D, without gradient.
+
+    The agreement teacher's second view (``Stage1Loss(agreement_flip=True)``); ``forward`` is the
+    stage-1 forward (``ExplainForward`` or its DDP wrapper) in its current mode.
+    """
+    with torch.no_grad():
+        return network.loss_inputs(forward(images.flip((2, 3, 4))))
 
 
 def train_last_layer_epoch(

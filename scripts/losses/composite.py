@@ -88,6 +88,9 @@ class Stage1Loss(ClassificationLoss):
             lambdas (``agreement_weight`` 0 leaves the term out, the paper's objective).
         agreement_sharpness: the agreement teacher's exponent (1: the scales' geometric mean; n_scales:
             their product).
+        agreement_flip: the teacher also averages the maps of the input flipped along its three spatial
+            axes, flipped back (``forward``'s ``flipped``), so it cannot sit at a fixed offset from what the
+            prototypes match.
         use_map, use_oc: switch L_map / L_OC off (their map_fn / hidden are then unused).
         map_ratios: r is drawn uniformly from these once per call.
         seed: seeds a private generator for the r draws; None uses torch's global RNG.
@@ -108,6 +111,7 @@ class Stage1Loss(ClassificationLoss):
         div_weight: float = 0.001,
         agreement_weight: float = 0.0,
         agreement_sharpness: float = 1.0,
+        agreement_flip: bool = False,
         use_map: bool = True,
         use_oc: bool = True,
         map_ratios: Sequence[float] = MAP_RATIOS,
@@ -140,6 +144,7 @@ class Stage1Loss(ClassificationLoss):
         if agreement_sharpness <= 0:
             raise ValueError(f"agreement_sharpness must be > 0, got {agreement_sharpness}.")
         self.agreement_sharpness = float(agreement_sharpness)
+        self.agreement_flip = bool(agreement_flip)
         self.use_map, self.use_oc = use_map, use_oc
         self.map_ratios = tuple(float(r) for r in map_ratios)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -165,6 +170,11 @@ class Stage1Loss(ClassificationLoss):
             raise ValueError("L_OC needs hidden and w2 (a mapping module); switch use_oc off without one.")
         return self.classify(online_cam_logits(scale.hidden, scale.w2, classifier_columns, self.lse_sharpness), labels)
 
+    @property
+    def needs_flipped_view(self) -> bool:
+        """Whether :meth:`forward` wants ``flipped``: the agreement term is on and its teacher reads the flipped view."""
+        return self.agreement_flip and "agree" in self.lambdas
+
     def forward(
         self,
         scales: Sequence[ScaleTerms],
@@ -172,6 +182,7 @@ class Stage1Loss(ClassificationLoss):
         labels: torch.Tensor,
         classifier_weight: torch.Tensor,
         ownership: torch.Tensor | None = None,
+        flipped: Sequence[ScaleTerms] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and the unweighted terms.
 
@@ -181,6 +192,8 @@ class Stage1Loss(ClassificationLoss):
             labels: `(B,)`.
             classifier_weight: `(C, K_total)`.
             ownership: hard ownership `(K_total, C)`, required for ``"class_specific"``.
+            flipped: the same cases' terms for the input flipped along its three spatial axes (only the
+                maps are read, by the agreement teacher); required when :attr:`needs_flipped_view`.
 
         Returns:
             The scalar total, and detached unweighted terms keyed ``cls, clst, sep, div`` plus
@@ -222,7 +235,7 @@ class Stage1Loss(ClassificationLoss):
                 [self._online_cam_loss(s, classifier_weight[:, cols], labels) for s, cols in zip(scales, columns)]
             ).mean()
         if "agree" in self.lambdas and len(scales) > 1:
-            terms["agree"] = self._agreement_loss(scales, zeta, columns, labels)
+            terms["agree"] = self._agreement_loss(scales, zeta, columns, labels, flipped)
         total = sum(self.lambdas[name] * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}
 
@@ -232,15 +245,30 @@ class Stage1Loss(ClassificationLoss):
         zeta: torch.Tensor,
         columns: Sequence[torch.Tensor],
         labels: torch.Tensor,
+        flipped: Sequence[ScaleTerms] | None,
     ) -> torch.Tensor:
-        """The scale agreement of each case's true-class map (Eq. 27's selection: prototypes with ζ > 0)."""
-        if any(s.maps is None for s in scales):
+        """The scale agreement of each case's true-class map (Eq. 27's selection: prototypes with ζ > 0).
+
+        With ``agreement_flip`` the flipped view's maps, flipped back, join the teacher: a prototype that
+        fires at a fixed offset from what it matches fires at the mirrored offset in that view, so the
+        teacher sits between the two, on the matched structure.
+        """
+        views = [scales]
+        if self.agreement_flip:
+            if flipped is None or len(flipped) != len(scales):
+                raise ValueError(f"agreement_flip needs the flipped view's ScaleTerms for each of the {len(scales)} scales.")
+            views.append(flipped)
+        if any(s.maps is None for view in views for s in view):
             raise ValueError("the scale agreement term needs ScaleTerms.maps (the normalised maps M_s).")
         class_maps = [
-            class_attention_map([s.maps], zeta[:, cols.to(zeta.device)], labels, s.maps.shape[2:], "sum")
-            for s, cols in zip(scales, columns)
+            [
+                class_attention_map([s.maps], zeta[:, cols.to(zeta.device)], labels, s.maps.shape[2:], "sum")
+                for s, cols in zip(view, columns)
+            ]
+            for view in views
         ]
-        return scale_agreement_loss(class_maps, self.agreement_sharpness)
+        teacher_views = [m.flip((1, 2, 3)) for m in class_maps[1]] if self.agreement_flip else ()
+        return scale_agreement_loss(class_maps[0], self.agreement_sharpness, teacher_views)
 
 
 class LastLayerLoss(ClassificationLoss):

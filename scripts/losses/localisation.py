@@ -129,7 +129,11 @@ def online_cam_logits(
     return lse_pool(hidden, sharpness) @ w2.t() @ classifier_columns.t()
 
 
-def scale_agreement_loss(class_maps: Sequence[torch.Tensor], sharpness: float = 1.0) -> torch.Tensor:
+def scale_agreement_loss(
+    class_maps: Sequence[torch.Tensor],
+    sharpness: float = 1.0,
+    teacher_views: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
     """Cross-scale agreement of one class's maps (not in the paper; ``agreement_weight`` of Stage1Loss).
 
     The teacher is the geometric mean of the scales' maps on the finest grid raised to ``sharpness``,
@@ -137,12 +141,17 @@ def scale_agreement_loss(class_maps: Sequence[torch.Tensor], sharpness: float = 
     grid by ``KL(q_s || m_s) = sum q_s (log q_s - log m_s)``. With ``sharpness`` 1, maps that already
     agree are a fixed point (the geometric mean of equal maps is the map), so the term aligns the scales
     without sharpening them; with ``sharpness`` n_scales the teacher is the product of the scales' maps
-    (the bundle's class map), sharper than any of them.
+    (the bundle's class map), sharper than any of them. ``teacher_views`` join the geometric mean but are
+    not pulled: maps of the same cases from another view of the input, brought back onto its grid (the
+    flipped view of :class:`~scripts.losses.composite.Stage1Loss`), so the teacher sits where the views
+    agree.
 
     Args:
         class_maps: per scale, the class map m_s `(B, h_s, w_s, d_s)`, non-negative (each case's map is
             normalised to sum 1 here; a case whose map is zero at some scale is left out).
-        sharpness: exponent of the geometric mean (> 0).
+        sharpness: exponent of the geometric mean (> 0) of all the maps the teacher averages.
+        teacher_views: further maps `(B, h, w, d)` on any grids, in the teacher only (a case whose map is
+            zero in one of them is left out too).
 
     Returns:
         Scalar: the mean over scales and cases with a non-zero map.
@@ -151,20 +160,19 @@ def scale_agreement_loss(class_maps: Sequence[torch.Tensor], sharpness: float = 
         raise ValueError(f"scale agreement needs maps of at least two scales, got {len(class_maps)}.")
     if sharpness <= 0:
         raise ValueError(f"sharpness must be > 0, got {sharpness}.")
-    shapes = [tuple(m.shape[1:]) for m in class_maps]
-    if any(len(shape) != 3 for shape in shapes) or len({m.shape[0] for m in class_maps}) != 1:
-        raise ValueError(
-            f"class maps must be (B, h, w, d) with one batch size, got {[tuple(m.shape) for m in class_maps]}."
-        )
+    every = [*class_maps, *teacher_views]
+    shapes = [tuple(m.shape[1:]) for m in every]
+    if any(len(shape) != 3 for shape in shapes) or len({m.shape[0] for m in every}) != 1:
+        raise ValueError(f"class maps must be (B, h, w, d) with one batch size, got {[tuple(m.shape) for m in every]}.")
     finest = max(shapes, key=math.prod)
-    sums = [m.flatten(1).sum(1) for m in class_maps]
+    sums = [m.flatten(1).sum(1) for m in every]
     present = torch.stack(sums).gt(0).all(0)  # (B,)
-    distributions = [m / s.clamp_min(PRODUCT_FLOOR).view(-1, 1, 1, 1) for m, s in zip(class_maps, sums)]
+    distributions = [m / s.clamp_min(PRODUCT_FLOOR).view(-1, 1, 1, 1) for m, s in zip(every, sums)]
     with torch.no_grad():
         logs = [resize_to_input(d.unsqueeze(1), finest).clamp_min(PRODUCT_FLOOR).log() for d in distributions]
         teacher = (sharpness * torch.stack(logs).mean(0)).exp()  # (B, 1, *finest); >= 1e-12 ** sharpness
     losses = []
-    for m in distributions:
+    for m in distributions[: len(class_maps)]:
         q = F.adaptive_avg_pool3d(teacher, m.shape[1:])[:, 0]
         q = q / q.flatten(1).sum(1).clamp_min(PRODUCT_FLOOR).view(-1, 1, 1, 1)
         kl = (q * (q.clamp_min(PRODUCT_FLOOR).log() - m.clamp_min(PRODUCT_FLOOR).log())).flatten(1).sum(1)

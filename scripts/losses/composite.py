@@ -253,22 +253,19 @@ class Stage1Loss(ClassificationLoss):
         fires at a fixed offset from what it matches fires at the mirrored offset in that view, so the
         teacher sits between the two, on the matched structure.
         """
-        views = [scales]
-        if self.agreement_flip:
-            if flipped is None or len(flipped) != len(scales):
-                raise ValueError(f"agreement_flip needs the flipped view's ScaleTerms for each of the {len(scales)} scales.")
-            views.append(flipped)
-        if any(s.maps is None for view in views for s in view):
-            raise ValueError("the scale agreement term needs ScaleTerms.maps (the normalised maps M_s).")
-        class_maps = [
-            [
+        if self.agreement_flip and (flipped is None or len(flipped) != len(scales)):
+            raise ValueError(f"agreement_flip needs the flipped view's ScaleTerms for each of the {len(scales)} scales.")
+
+        def true_class_maps(view: Sequence[ScaleTerms]) -> list[torch.Tensor]:
+            if any(s.maps is None for s in view):
+                raise ValueError("the scale agreement term needs ScaleTerms.maps (the normalised maps M_s).")
+            return [
                 class_attention_map([s.maps], zeta[:, cols.to(zeta.device)], labels, s.maps.shape[2:], "sum")
                 for s, cols in zip(view, columns)
             ]
-            for view in views
-        ]
-        teacher_views = [m.flip((1, 2, 3)) for m in class_maps[1]] if self.agreement_flip else ()
-        return scale_agreement_loss(class_maps[0], self.agreement_sharpness, teacher_views)
+
+        teacher_views = [m.flip((1, 2, 3)) for m in true_class_maps(flipped)] if self.agreement_flip else ()
+        return scale_agreement_loss(true_class_maps(scales), self.agreement_sharpness, teacher_views)
 
 
 class LastLayerLoss(ClassificationLoss):

@@ -1,7 +1,7 @@
 """The benchmarked parts, built from the bundle's own configs so that they are the trained code paths.
 
 ``full`` reads ``configs/train.json`` (ResNet-152 encoder, 4×128×128×96, 30 prototypes); ``tiny``
-overlays ``configs/quickstart.json`` (the quick start's small network on 4×48×48×36). Networks,
+overlays ``configs/quickstart.json`` (the quick start's small network on 4×72×72×54). Networks,
 optimisers, losses, the staged iteration, the stage-3 objects and the data transforms are the
 configs' own items; only ``device`` (and any given overrides) are replaced.
 """

@@ -24,7 +24,7 @@ def test_tiny_report_prints_one_json_with_every_section(tmp_path, capsys):
     main(tiny=True, **settings, out=str(out), workdir=str(tmp_path))
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads(out.read_text())
-    assert report["settings"]["configuration"] == "tiny" and report["settings"]["input_shape"] == [4, 48, 48, 36]
+    assert report["settings"]["configuration"] == "tiny" and report["settings"]["input_shape"] == [4, 72, 72, 54]
     for name in ("inference", "push", "ids", "training_iteration", "epochs", "data"):
         for ratio in ("ratio", "cpu_ratio"):
             assert math.isfinite(report[name][ratio]) and report[name][ratio] > 0, (name, ratio)

@@ -38,7 +38,7 @@ def test_quickstart_settings_reach_inference_preprocessing_and_network():
     assert network.backbone.encoder.conv1.out_channels == 8  # quickstart encoder_width
     preprocessing = parser.get_parsed_content("preprocessing")
     resize = [t for t in preprocessing.transforms if type(t).__name__ == "Resized"]
-    assert tuple(resize[0].resizer.spatial_size) == (48, 48, 36)  # 72x72x54 mm box at 1.5 mm
+    assert tuple(resize[0].resizer.spatial_size) == QUICKSTART_SHAPE  # the 72x72x54 mm box at the phantoms' 1 mm
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def served(tmp_path_factory):
     model = parser.get_parsed_content("network_def").eval()
     train = [write_case(root / "train" / f"t{i}", f"t{i}", seed=30 + i, high_grade=bool(i % 2), shape=QUICKSTART_SHAPE,
                         affine=brats_affine(QUICKSTART_SHAPE)) for i in range(2)]
-    push = push_on(model, train, roi_size=list(QUICKSTART_SHAPE), target_spacing=1.5)
+    push = push_on(model, train, roi_size=list(QUICKSTART_SHAPE), target_spacing=parser.get_parsed_content("target_spacing"))
     fold = root / "fold0"
     fold.mkdir()
     torch.save(model.state_dict(), fold / "model.pt")
@@ -66,7 +66,7 @@ def served(tmp_path_factory):
 def test_stacked_inference_writes_every_scale_on_the_input_grid(served):
     root, model, case, image = served
     prediction = json.loads((root / "out" / "new" / "prediction.json").read_text())
-    assert image.shape[2:] == (48, 48, 36)
+    assert image.shape[2:] == QUICKSTART_SHAPE
     with torch.no_grad():
         logits = model(image)[0]
     for c, name in enumerate(prediction["class_names"]):

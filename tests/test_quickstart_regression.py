@@ -24,6 +24,7 @@ SHAPE = (48, 48, 36)
 TINY = {
     "device": "cpu",
     "roi_size": list(SHAPE),
+    "target_spacing": 1.5,  # resampled to 32 x 32 x 24, as before the quick start kept its phantoms' 1 mm
     "check_voxels": False,
     "progress_bar": False,
     "warmup_epochs": 20,

@@ -37,8 +37,9 @@ def test_quickstart_settings_reach_inference_preprocessing_and_network():
     assert network.heads["scale1"].mapping.out_conv.in_channels == 16  # quickstart mapping_dim
     assert network.backbone.encoder.conv1.out_channels == 8  # quickstart encoder_width
     preprocessing = parser.get_parsed_content("preprocessing")
-    resize = [t for t in preprocessing.transforms if type(t).__name__ == "Resized"]
-    assert tuple(resize[0].resizer.spatial_size) == QUICKSTART_SHAPE  # the 72x72x54 mm box at the phantoms' 1 mm
+    names = [type(t).__name__ for t in preprocessing.transforms]
+    box = preprocessing.transforms[names.index("ResizeWithPadOrCropd")].padder.padder.spatial_size
+    assert tuple(box) == QUICKSTART_SHAPE and "Resized" not in names  # the 72x72x54 mm box kept at the phantoms' 1 mm
 
 
 @pytest.fixture(scope="module")
